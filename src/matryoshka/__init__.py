@@ -1,0 +1,20 @@
+"""matryoshka: train, encode, evaluate and search with Matryoshka embedding models.
+
+A Matryoshka model front-loads information into the first dimensions of each embedding, so a
+384-d vector can be cut to 64 or 32 dimensions with little loss. This package trains such models
+with sentence-transformers, encodes at any dimension, and measures what each dimension keeps.
+
+Example:
+    >>> from matryoshka import load_model, encode
+    >>> model = load_model()                      # the packaged all-MiniLM-L6-v2, no download
+    >>> vectors = encode(model, ["a cat on a mat"], dim=64)
+    >>> vectors.shape
+    (1, 64)
+"""
+
+from matryoshka.embeddings import Precision, encode, truncate
+from matryoshka.models import DEFAULT_MODEL, build_static_model, load_model
+
+__version__ = "0.1.0"
+
+__all__ = ["DEFAULT_MODEL", "Precision", "build_static_model", "encode", "load_model", "truncate", "__version__"]

@@ -1,0 +1,187 @@
+"""The main job: train standard and Matryoshka models from one base and compare them per dimension.
+
+Seven models are scored on STS-B test at every dimension:
+
+- ``base``: the untouched starting model;
+- ``standard`` / ``matryoshka``: self-distillation on unlabelled local pairs, with the plain loss or
+  wrapped in ``MatryoshkaLoss`` (the recipe that holds full-size quality, see ``benchmarks/results/compare``);
+- ``nli-standard`` / ``nli-matryoshka``: ``MultipleNegativesRankingLoss`` on NLI triplets, the
+  Matryoshka article's experiment;
+- ``static-standard`` / ``static-matryoshka``: a ``StaticEmbedding`` model trained from random
+  weights on the base model's tokenizer, distilled from the base model.
+
+Each pair shares seed, data, order and hyper-parameters; only the loss wrapper differs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matryoshka.data import load_distillation_pairs, load_sts
+from matryoshka.data.nli import load_nli_triplets
+from matryoshka.evaluation import Results, evaluate_sts
+from matryoshka.models import build_static_model, load_model, resolve_model_name
+from matryoshka.training import (
+    DEFAULT_DIMS,
+    TrainConfig,
+    build_dataset,
+    load_rows,
+    pair_dataset,
+    teacher_embeddings,
+    train,
+)
+
+
+@dataclass
+class CompareConfig:
+    """Settings of ``matryoshka compare``; ``quick()`` caps training to finish in minutes on 2 cores."""
+
+    base_model: str | None = None
+    out: Path = Path("runs/compare")
+    dims: tuple[int, ...] = DEFAULT_DIMS
+    seed: int = 0
+    distill: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            objective="distill", weights=(1, 1, 1, 2, 4, 4), learning_rate=5e-5, batch_size=32, max_examples=16000
+        )
+    )
+    nli: TrainConfig = field(
+        default_factory=lambda: TrainConfig(objective="nli", learning_rate=2e-5, batch_size=32)
+    )
+    static: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            objective="distill", distill_loss="inbatch", learning_rate=0.05, batch_size=256, epochs=5,
+            weights=(1, 1, 1, 2, 4, 4),
+        )
+    )
+    run_static: bool = True
+    run_nli: bool = True
+    quick_mode: bool = False
+    eval_limit: int | None = None
+
+    def cap(self, max_steps: int, max_examples: int) -> None:
+        """Cap every recipe at ``max_steps`` steps over at most ``max_examples`` rows (smoke tests)."""
+        for name in ("distill", "nli", "static"):
+            recipe = getattr(self, name)
+            batch = min(recipe.batch_size, max_examples)
+            setattr(self, name, replace(recipe, max_steps=max_steps, max_examples=max_examples, batch_size=batch))
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> CompareConfig:
+        """A run of a few minutes: the same recipes on a few dozen steps each."""
+        config = cls(**overrides)
+        config.quick_mode = True
+        config.distill = replace(config.distill, max_steps=40, max_examples=2560)
+        config.nli = replace(config.nli, max_steps=30)
+        config.static = replace(config.static, batch_size=64, epochs=1.0, max_steps=40, max_examples=2560)
+        return config
+
+
+def _train_pair(
+    name: str,
+    make_model: Any,
+    config: TrainConfig,
+    out: Path,
+    dims: tuple[int, ...],
+    test: Any,
+    teacher: Any,
+    log: Any,
+    datasets: dict[tuple[Any, ...], Any],
+) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
+    """Train the standard and Matryoshka variant of one recipe on one shared data set; score both."""
+    scores: dict[str, dict[int, float]] = {}
+    runs: dict[str, Any] = {}
+    if config.objective == "nli":
+        dataset, table = build_dataset(config)
+    else:  # the teacher's embeddings are the costly part: share them between recipes
+        key = (config.pair_sources, config.max_examples, config.seed)
+        if key not in datasets:
+            rows = load_rows(config)
+            datasets[key] = (rows, teacher_embeddings(rows, teacher, config.show_progress_bar))
+        rows, table = datasets[key]
+        dataset = pair_dataset(rows, table, config.distill_loss)
+    for matryoshka in (False, True):
+        label = f"{name}-matryoshka" if matryoshka else f"{name}-standard"
+        label = label.removeprefix("distill-")
+        torch.manual_seed(config.seed)
+        model = make_model()
+        log(f"training {label}: {config.objective}, {len(dataset)} rows, max_steps={config.max_steps}")
+        result = train(
+            model,
+            replace(config, matryoshka=matryoshka, dims=dims),
+            out / "models" / label,
+            train_dataset=dataset,
+            teacher_table=table,
+        )
+        scores[label] = evaluate_sts(result.model, test, dims)
+        runs[label] = result.summary()
+        log(f"{label}: {json.dumps({d: round(v, 4) for d, v in scores[label].items()})} ({result.seconds:.0f}s)")
+    return scores, runs
+
+
+def run_compare(config: CompareConfig | None = None, log: Any = print) -> Results:
+    """Train, evaluate and write ``results.json``, ``results.md`` and ``results.png`` to ``config.out``."""
+    config = config or CompareConfig()
+    started = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    test = load_sts("test")[: config.eval_limit]
+    base_name = resolve_model_name(config.base_model)
+    base = load_model(config.base_model)
+    scores: dict[str, dict[int, float]] = {"base": evaluate_sts(base, test, config.dims)}
+    log(f"base: {json.dumps({d: round(v, 4) for d, v in scores['base'].items()})}")
+    runs: dict[str, Any] = {}
+    datasets: dict[tuple[Any, ...], Any] = {}
+
+    recipes = [("distill", config.distill)]
+    if config.run_nli:
+        recipes.append(("nli", config.nli))
+    for name, recipe in recipes:
+        s, r = _train_pair(name, lambda: load_model(config.base_model), recipe, out, config.dims, test, base, log, datasets)
+        scores.update(s)
+        runs.update(r)
+    if config.run_static:
+        full = max(config.dims)
+        s, r = _train_pair(
+            "static",
+            lambda: build_static_model(config.base_model, embedding_dim=full, seed=config.seed),
+            config.static,
+            out,
+            config.dims,
+            test,
+            base,
+            log,
+            datasets,
+        )
+        scores.update(s)
+        runs.update(r)
+
+    order = ["base", "standard", "matryoshka", "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"]
+    scores = {k: scores[k] for k in order if k in scores}
+    results = Results(
+        task="stsb-test",
+        metric="spearman_cosine",
+        scores=scores,
+        metadata={
+            "base_model": base_name,
+            "quick": config.quick_mode,
+            "seed": config.seed,
+            "dims": list(config.dims),
+            "recipes": {"distill": asdict(config.distill), "nli": asdict(config.nli), "static": asdict(config.static)},
+            "runs": runs,
+            "seconds": round(time.perf_counter() - started, 1),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "data": {"distill_pairs": len(load_distillation_pairs(config.distill.pair_sources)),
+                     "nli_triplets": len(load_nli_triplets()), "sts_test_pairs": len(test)},
+        },
+    )
+    results.save(out)
+    return results

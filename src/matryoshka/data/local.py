@@ -1,0 +1,44 @@
+"""Find the local data directory and open its (optionally gzipped) text files."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from matryoshka.data.errors import DataError
+
+#: Environment variable naming a directory laid out like ``shared/data`` (stsb/, snli/, scifact/...).
+DATA_ENV = "MATRYOSHKA_DATA"
+
+
+def data_root() -> Path | None:
+    """The local data directory from ``MATRYOSHKA_DATA``, or ``None`` to use the hub."""
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{DATA_ENV} points to {root}, which is not a directory")
+    return root
+
+
+def find_file(directory: Path, stem: str) -> Path:
+    """Return ``directory/stem`` or ``directory/stem.gz``, whichever exists."""
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"missing data file {stem}[.gz]", path=directory / stem)
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` with line endings (LF or CRLF) stripped; gzip by extension."""
+    try:
+        raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+        with raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+            for number, line in enumerate(text, start=1):
+                yield number, line.rstrip("\r\n")
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+        raise DataError(f"cannot read file: {exc}", path=path) from exc

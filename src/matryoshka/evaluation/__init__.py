@@ -1,0 +1,6 @@
+"""Per-dimension evaluation: STS Spearman, retrieval metrics, and the shared results format."""
+
+from matryoshka.evaluation.results import Results
+from matryoshka.evaluation.sts import evaluate_sts
+
+__all__ = ["Results", "evaluate_sts"]

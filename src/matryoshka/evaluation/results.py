@@ -1,0 +1,170 @@
+"""One shape for every per-dimension result: JSON, a Markdown table and a PNG plot.
+
+The JSON maps each model to its primary score per dimension, e.g.
+``{"matryoshka": {"384": 0.83, "32": 0.81}, "standard": {...}, "task": "stsb-test", ...}``,
+next to the reserved keys ``task``, ``metric``, ``retention``, ``metrics`` (every metric measured,
+``{metric: {model: {dim: value}}}``) and ``metadata``. Tables, plots, the advisor and the demo's
+chart all read this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESERVED_KEYS = ("task", "metric", "retention", "metrics", "metadata")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Results:
+    """Per-dimension scores of one or more models on one task.
+
+    Attributes:
+        task: what was measured, e.g. ``"stsb-test"`` or ``"scifact"``.
+        metric: the primary metric, e.g. ``"spearman_cosine"`` or ``"ndcg@10"``.
+        scores: ``{model: {dim: primary metric}}``.
+        metrics: every metric measured, ``{metric: {model: {dim: value}}}`` (includes the primary one).
+        metadata: configuration, seeds, timings, versions.
+    """
+
+    task: str
+    metric: str
+    scores: dict[str, dict[int, float]]
+    metrics: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [name for name in self.scores if name in RESERVED_KEYS]
+        if bad:
+            raise ValueError(f"model names {bad} collide with reserved result keys {RESERVED_KEYS}")
+        self.metrics.setdefault(self.metric, self.scores)
+
+    def retention(self) -> dict[str, dict[int, float]]:
+        """Score at each dimension divided by the score at the model's largest dimension."""
+        out = {}
+        for name, by_dim in self.scores.items():
+            full = by_dim[max(by_dim)]
+            out[name] = {d: (v / full if full else float("nan")) for d, v in by_dim.items()}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form described in the module docstring."""
+
+        def keyed(by_dim: dict[int, float]) -> dict[str, float]:
+            return {str(d): round(float(v), 6) for d, v in sorted(by_dim.items(), reverse=True)}
+
+        data: dict[str, Any] = {name: keyed(by_dim) for name, by_dim in self.scores.items()}
+        data["task"] = self.task
+        data["metric"] = self.metric
+        data["retention"] = {name: keyed(r) for name, r in self.retention().items()}
+        data["metrics"] = {m: {n: keyed(v) for n, v in per.items()} for m, per in self.metrics.items()}
+        data["metadata"] = self.metadata
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Results:
+        """Read the JSON form back."""
+        try:
+            scores = {
+                name: {int(d): float(v) for d, v in by_dim.items()}
+                for name, by_dim in data.items()
+                if name not in RESERVED_KEYS
+            }
+            metrics = {
+                m: {n: {int(d): float(v) for d, v in by_dim.items()} for n, by_dim in per.items()}
+                for m, per in data.get("metrics", {}).items()
+            }
+            return cls(data["task"], data["metric"], scores, metrics, dict(data.get("metadata", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a matryoshka results file: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Results:
+        """Load ``results.json``."""
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+
+    def to_markdown(self) -> str:
+        """A table with one row per dimension and, per model, the score and its retention."""
+        names = list(self.scores)
+        dims = sorted({d for by_dim in self.scores.values() for d in by_dim}, reverse=True)
+        retention = self.retention()
+        lines = [
+            f"**{self.task}**, {self.metric} per dimension (retention = score at d / score at full size)",
+            "",
+            "| dim | " + " | ".join(f"{n} | {n} retention" for n in names) + " |",
+            "|---:|" + "---:|---:|" * len(names),
+        ]
+        for d in dims:
+            cells = []
+            for n in names:
+                if d in self.scores[n]:
+                    cells += [f"{self.scores[n][d]:.4f}", f"{100 * retention[n][d]:.2f}%"]
+                else:
+                    cells += ["", ""]
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | os.PathLike[str], title: str | None = None) -> None:
+        """Score against dimension (log axis), one line per model, saved as PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        for name, by_dim in self.scores.items():
+            dims = sorted(by_dim)
+            ax.plot(dims, [by_dim[d] for d in dims], marker="o", label=name)
+        all_dims = sorted({d for by_dim in self.scores.values() for d in by_dim})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_dims, [str(d) for d in all_dims])
+        ax.minorticks_off()
+        ax.set_xlabel("embedding dimensions (log scale)")
+        ax.set_ylabel(self.metric)
+        ax.set_title(title or f"{self.task}: {self.metric} per dimension")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buffer = _png_bytes(fig)
+        plt.close(fig)
+        write_atomic(Path(path), buffer)
+
+    def save(self, directory: str | os.PathLike[str], stem: str = "results") -> dict[str, Path]:
+        """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``directory``; return their paths."""
+        directory = Path(directory)
+        paths = {ext: directory / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+        write_atomic(paths["json"], (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        write_atomic(paths["md"], self.to_markdown().encode())
+        self.plot(paths["png"])
+        return paths
+
+
+def _png_bytes(fig: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

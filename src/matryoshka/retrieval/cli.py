@@ -1,0 +1,395 @@
+"""``matryoshka index ...`` and ``matryoshka advise``: a thin command line over the retrieval API.
+
+matryoshka index build --corpus scifact --out runs/scifact-index --stages funnel
+matryoshka index search runs/scifact-index "aspirin and heart attacks" --k 5 --preset binary
+matryoshka index add runs/scifact-index --texts new.jsonl
+matryoshka index delete runs/scifact-index 4983 5836
+matryoshka advise --dataset scifact --target 0.99
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+index_app = typer.Typer(
+    help="Build, search and update a Matryoshka funnel index (prefix shortlist, full-size re-rank).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+console = Console(stderr=True)
+
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Model directory or hub name; default: packaged all-MiniLM-L6-v2."),
+]
+IndexArgument = Annotated[Path, typer.Argument(help="Index directory.", show_default=False)]
+
+
+@index_app.command()
+def build(
+    corpus: Annotated[
+        str,
+        typer.Option(
+            "--corpus", "-c", help="A BEIR data set (scifact, npl, or a directory) or a .txt/.jsonl file of texts."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Index directory to write; an existing index is replaced atomically.")
+    ],
+    model: ModelOption = None,
+    stages: Annotated[
+        str,
+        typer.Option(
+            help="Default funnel: a preset (exact, funnel, binary) or a spec such as 64:binary:400,full:float32:10."
+        ),
+    ] = "exact",
+    storage: Annotated[str, typer.Option(help="dtype of the stored full vectors: float32 or float16.")] = "float32",
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+) -> None:
+    """Encode a corpus at full size and write an index directory."""
+    from matryoshka.retrieval.index import FunnelIndex
+    from matryoshka.retrieval.stages import format_stages
+
+    with _errors():
+        funnel = _parse_stages(stages)
+        ids, texts = read_corpus(corpus)
+        ids = fill_ids(ids, existing=[])
+        loaded = _load_model(model)
+        vectors = encode_with_progress(loaded, texts, batch_size)
+        index = FunnelIndex.from_vectors(
+            vectors, ids, texts, model_name=model_label(model), stages=funnel, storage=storage
+        )  # type: ignore[arg-type]
+        index.save(out)
+    console.print(
+        f"wrote {out}: {len(index):,} vectors × {index.dim} ({storage}), model {index.model_name}, "
+        f"stages {format_stages(index.stages)}",
+        soft_wrap=True,
+    )
+
+
+@index_app.command()
+def search(
+    index_dir: IndexArgument,
+    queries: Annotated[list[str], typer.Argument(help="One or more query texts.", show_default=False)],
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Hits per query.")] = 10,
+    stages: Annotated[
+        Optional[str], typer.Option(help="Funnel spec for this search, e.g. 64:binary:400,full:float32:10.")
+    ] = None,
+    preset: Annotated[Optional[str], typer.Option(help="A named funnel: exact, funnel or binary.")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Override the model named in the manifest.")
+    ] = None,
+    mmap: Annotated[bool, typer.Option(help="Map the vectors from disk instead of reading them.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per query instead of tables.")] = False,
+) -> None:
+    """Search an index; prints the hits and how long each stage took."""
+    from matryoshka.embeddings import encode
+    from matryoshka.retrieval.index import FunnelIndex
+
+    if stages is not None and preset is not None:
+        _fail("give --stages or --preset, not both")
+    with _errors():
+        funnel = _parse_stages(stages or preset) if (stages or preset) else None
+        index = FunnelIndex.load(index_dir, mmap=mmap)
+        name = model or index.model_name
+        if not name:
+            _fail(f"{index_dir} records no model name; pass --model")
+        loaded = _load_model(name)
+        vectors = encode(loaded, queries)
+        hits, timings = index.search_with_timings(vectors, k=k, stages=funnel)
+    if as_json:
+        for query, found in zip(queries, hits):
+            row = {
+                "query": query,
+                "hits": [{"id": h.id, "score": h.score, "text": h.text} for h in found],
+                "stages": timings,
+            }
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        return
+    for query, found in zip(queries, hits):
+        table = Table(title=f"{query}", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("id")
+        table.add_column("score", justify="right")
+        table.add_column("text", overflow="ellipsis", no_wrap=True, max_width=80)
+        for rank, hit in enumerate(found, start=1):
+            table.add_row(str(rank), hit.id, f"{hit.score:.4f}", hit.text or "")
+        out_console.print(table)
+    out_console.print(timings_table(timings, len(queries)))
+
+
+@index_app.command()
+def add(
+    index_dir: IndexArgument,
+    texts: Annotated[
+        Path, typer.Option("--texts", "-t", help='A .txt (one text per line) or .jsonl file ({"_id", "text"}).')
+    ],
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Override the model named in the manifest.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+) -> None:
+    """Encode new texts and add them to an index (no rebuild); texts without ids get the next free numbers."""
+    from matryoshka.retrieval.index import FunnelIndex
+
+    with _errors():
+        index = FunnelIndex.load(index_dir)
+        ids, new_texts = read_text_file(texts)
+        ids = fill_ids(ids, existing=index.ids)
+        name = model or index.model_name
+        if not name:
+            _fail(f"{index_dir} records no model name; pass --model")
+        vectors = encode_with_progress(_load_model(name), new_texts, batch_size)
+        index.add(vectors, ids, new_texts)
+        index.save(index_dir)
+    console.print(f"added {len(ids):,} texts to {index_dir} (now {len(index):,})")
+
+
+@index_app.command()
+def delete(
+    index_dir: IndexArgument,
+    ids: Annotated[list[str], typer.Argument(help="Ids of the documents to remove.", show_default=False)],
+) -> None:
+    """Remove documents by id; unknown ids are reported, not an error."""
+    from matryoshka.retrieval.index import FunnelIndex
+
+    with _errors():
+        index = FunnelIndex.load(index_dir)
+        unknown = [doc_id for doc_id in dict.fromkeys(ids) if doc_id not in index]
+        removed = index.delete(ids)
+        if removed:
+            index.save(index_dir)
+    console.print(f"deleted {removed:,} of {len(set(ids)):,} ids from {index_dir} (now {len(index):,})")
+    if unknown:
+        console.print(
+            f"[yellow]not in the index:[/yellow] {', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''}"
+        )
+
+
+@index_app.command()
+def info(index_dir: IndexArgument) -> None:
+    """Print an index's manifest (no data files are read)."""
+    from matryoshka.retrieval.store import IndexCorruptError, read_manifest
+
+    try:
+        manifest = read_manifest(index_dir)
+    except (FileNotFoundError, IndexCorruptError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+
+
+def advise_command(
+    dataset: Annotated[str, typer.Option(help="A BEIR data set: scifact, npl, or a directory.")] = "scifact",
+    model: ModelOption = None,
+    target: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of exact nDCG@10 to keep.")] = 0.99,
+    dims: Annotated[str, typer.Option(help="First-stage dims to try, comma-separated.")] = "384,256,128,64,32,16",
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Write the report: a .json or .md file, or a directory for both."),
+    ] = None,
+) -> None:
+    """Recommend the cheapest funnel (first-stage bytes, then speed) that keeps target × exact nDCG@10."""
+    from matryoshka.data.beir import load_beir
+    from matryoshka.evaluation.results import write_atomic
+    from matryoshka.retrieval.advisor import advise
+
+    try:
+        dim_list = [int(part) for part in dims.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--dims must be comma-separated integers, got {dims!r}") from None
+    if not dim_list:
+        raise typer.BadParameter("--dims is empty")
+    with _errors():
+        data = load_beir(dataset)
+        loaded = _load_model(model)
+        console.print(f"{data!r}: encoding {len(data.corpus):,} documents and {len(data.queries):,} queries once")
+        report = advise(loaded, data, dim_list, target=target, model_name=model_label(model), show_progress=True)
+    out_console.print(report.table())
+    if out is not None:
+        if out.suffix == ".json":
+            write_atomic(out, json.dumps(report.to_dict(), indent=2).encode())
+        elif out.suffix == ".md":
+            write_atomic(out, report.to_markdown().encode())
+        else:
+            write_atomic(out / "advice.json", json.dumps(report.to_dict(), indent=2).encode())
+            write_atomic(out / "advice.md", report.to_markdown().encode())
+        console.print(f"wrote {out}")
+
+
+# -- helpers (public so the server and tests can reuse them) ------------------------------------
+
+
+def read_corpus(source: str) -> tuple[list[str | None], list[str]]:
+    """Texts to index from a .txt/.jsonl file or a BEIR data set (name or directory): ``(ids, texts)``."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return read_text_file(path)
+    from matryoshka.data.beir import load_beir, resolve_beir_dir
+    from matryoshka.data.beir import read_corpus as read_beir_corpus
+    from matryoshka.data.local import find_file
+
+    directory = resolve_beir_dir(source)
+    corpus = read_beir_corpus(find_file(directory, "corpus.jsonl")) if directory else load_beir(source).corpus
+    return list(corpus), list(corpus.values())
+
+
+def read_text_file(path: Path) -> tuple[list[str | None], list[str]]:
+    """Read ``(ids, texts)`` from a .txt file (one text per line, no ids) or a .jsonl[.gz] file whose lines
+    are strings or objects with ``text`` and optional ``_id``/``id`` and ``title``.
+
+    Raises:
+        DataError: the file is missing, empty or malformed (the message names the line).
+    """
+    from matryoshka.data.errors import DataError
+    from matryoshka.data.local import read_lines
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such file", path=path)
+    ids: list[str | None] = []
+    texts: list[str] = []
+    is_jsonl = path.name.endswith((".jsonl", ".jsonl.gz", ".ndjson"))
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            ids.append(None)
+            texts.append(line.strip())
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=number) from None
+        if isinstance(record, str):
+            record = {"text": record}
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError("expected a string or an object with a string 'text'", path=path, line=number)
+        doc_id = record.get("_id", record.get("id"))
+        if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or str(doc_id) == ""):
+            raise DataError(f"id must be a non-empty string or integer, got {doc_id!r}", path=path, line=number)
+        ids.append(None if doc_id is None else str(doc_id))
+        texts.append(f"{record.get('title') or ''} {record['text']}".strip())
+    if not texts:
+        raise DataError("no texts found", path=path)
+    return ids, texts
+
+
+def fill_ids(ids: list[str | None], existing: list[str]) -> list[str]:
+    """Give texts without an id the next free integers (after the largest numeric id in use)."""
+    numeric = [int(i) for i in [*existing, *ids] if i is not None and i.isdigit()]
+    next_id = max(numeric) + 1 if numeric else len(existing)
+    filled = []
+    for doc_id in ids:
+        if doc_id is None:
+            doc_id, next_id = str(next_id), next_id + 1
+        filled.append(doc_id)
+    return filled
+
+
+def model_label(name: str | None) -> str:
+    """What the manifest records for ``--model``: the default's name, an absolute path, or a hub name."""
+    from matryoshka.models import DEFAULT_MODEL
+
+    if name is None:
+        return DEFAULT_MODEL
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def encode_with_progress(model: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Encode at full size in chunks under a rich progress bar."""
+    import numpy as np
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from matryoshka.embeddings import encode
+    from matryoshka.models import model_dimension
+
+    if not texts:
+        return np.zeros((0, model_dimension(model)), dtype=np.float32)
+    chunk = max(batch_size * 16, 512)
+    parts = []
+    columns = (TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("encoding", total=len(texts))
+        for start in range(0, len(texts), chunk):
+            batch = texts[start : start + chunk]
+            parts.append(encode(model, batch, batch_size=batch_size, show_progress_bar=False))
+            progress.advance(task, len(batch))
+    return np.concatenate(parts)
+
+
+def timings_table(timings: list[dict[str, Any]], queries: int) -> Table:
+    """Per-stage timings of one search call as a rich table."""
+    table = Table(title=f"stages ({queries} {'query' if queries == 1 else 'queries'})", title_justify="left")
+    for column in ("stage", "dim", "codec", "candidates", "keep", "ms"):
+        table.add_column(column, justify="left" if column in ("codec",) else "right")
+    for position, t in enumerate(timings, start=1):
+        table.add_row(
+            str(position),
+            str(t["dim"]),
+            t["codec"],
+            f"{t['candidates']:,}",
+            f"{t['keep']:,}",
+            f"{t['seconds'] * 1000:.2f}",
+        )
+    table.add_row("", "", "total", "", "", f"{sum(t['seconds'] for t in timings) * 1000:.2f}", style="bold")
+    return table
+
+
+_MODELS: dict[str, Any] = {}
+
+
+def _load_model(name: str | None) -> SentenceTransformer:
+    from matryoshka.models import load_model, resolve_model_name
+
+    key = resolve_model_name(name)
+    if key not in _MODELS:  # one process may load the same model for several commands (tests, notebooks)
+        _MODELS[key] = load_model(name)
+    return _MODELS[key]
+
+
+def _parse_stages(spec: str) -> list:
+    from matryoshka.retrieval.stages import parse_stages
+
+    try:
+        return parse_stages(spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--stages/--preset") from None
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+class _errors:
+    """Turn the library's expected errors into a one-line message and exit status 1."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> bool:
+        from matryoshka.models import ModelLoadError
+        from matryoshka.retrieval.store import IndexCorruptError
+
+        expected = (ValueError, FileNotFoundError, FileExistsError, IndexCorruptError, ModelLoadError)
+        if exc is not None and isinstance(exc, expected) and not isinstance(exc, typer.BadParameter):
+            _fail(str(exc))
+        return False

@@ -1,0 +1,475 @@
+"""A funnel index over Matryoshka embeddings: scan a cheap prefix, re-rank the shortlist at full size.
+
+The index stores each full vector once (unit length, float32 or float16). Every other view is
+derived from it: a ``d``-dim prefix re-normalized to unit length, its sign bits, or int8 codes.
+Derived views that a first stage scans are built on first use and cached in memory; later stages
+compute their view from the stored vectors of the few candidates they re-score.
+
+Example:
+    >>> index = FunnelIndex.build(model, texts, stages=parse_stages("64:float32:400,full:float32:10"))
+    >>> hits = index.search(encode(model, ["a question"]), k=5)
+    >>> hits[0][0].id, hits[0][0].score
+    ('17', 0.61)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, get_args
+
+import faiss
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+from matryoshka.embeddings import encode
+from matryoshka.retrieval.stages import PRESETS, Stage, resolve_stages, validate_stages
+
+Storage = Literal["float32", "float16"]
+STORAGES: tuple[str, ...] = get_args(Storage)
+
+_BLOCK_ROWS = 65_536  # rows per block when deriving views or scanning float16 storage
+_RERANK_BYTES = 32 << 20  # gathered candidate vectors per re-rank chunk
+_INT8_TRAIN_ROWS = 262_144  # rows (evenly spaced) that set the int8 ranges
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
+
+
+@dataclass
+class Hit:
+    """One search result: the document id, its score in the last stage, and its text if stored."""
+
+    id: str
+    score: float
+    text: str | None = None
+
+
+class _Snapshot(NamedTuple):
+    vectors: np.ndarray
+    ids: list[str]
+    texts: list[str | None] | None
+    views: dict[tuple[str, int], Any]
+
+
+class FunnelIndex:
+    """Full vectors stored once, searched through a funnel of :class:`Stage` passes.
+
+    Create one with :meth:`from_vectors`, :meth:`build` or :meth:`load`. ``stages`` is the default
+    funnel (``PRESETS["exact"]`` unless given); every search may pass its own.
+
+    Attributes:
+        model_name: the model that produced the vectors (recorded in the manifest).
+        dim: full vector dimension.
+        storage: ``"float32"`` or ``"float16"``, the dtype of the stored full vectors.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        ids: list[str],
+        texts: list[str | None] | None,
+        model_name: str,
+        stages: Sequence[Stage] | None,
+        storage: Storage,
+    ) -> None:
+        # Trusted constructor: vectors are unit rows of dtype ``storage``; public paths validate first.
+        self._vectors = vectors
+        self._ids = ids
+        self._texts = texts
+        self._rows = {doc_id: row for row, doc_id in enumerate(ids)}
+        self._views: dict[tuple[str, int], Any] = {}
+        self._lock = threading.RLock()
+        self.model_name = model_name
+        self.dim = int(vectors.shape[1])
+        self.storage: Storage = storage
+        self.stages = list(PRESETS["exact"]) if stages is None else list(stages)
+
+    @property
+    def stages(self) -> list[Stage]:
+        """The default funnel used when a search passes no stages."""
+        return list(self._stages)
+
+    @stages.setter
+    def stages(self, stages: Sequence[Stage]) -> None:
+        self._stages = validate_stages(stages, self.dim)
+
+    @property
+    def ids(self) -> list[str]:
+        """Document ids in insertion order."""
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._rows
+
+    def __repr__(self) -> str:
+        from matryoshka.retrieval.stages import format_stages
+
+        return (
+            f"FunnelIndex(count={len(self)}, dim={self.dim}, storage={self.storage!r}, "
+            f"model_name={self.model_name!r}, stages={format_stages(self._stages)!r})"
+        )
+
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: np.ndarray,
+        ids: Sequence[str],
+        texts: Sequence[str | None] | None = None,
+        model_name: str = "",
+        stages: Sequence[Stage] | None = None,
+        storage: Storage = "float32",
+    ) -> FunnelIndex:
+        """Index full-size embeddings (any norm; they are scaled to unit length and stored once).
+
+        Raises:
+            ValueError: shapes, ids or texts do not match, an id repeats, or vectors hold NaN/inf.
+        """
+        _check_storage(storage)
+        array = np.asarray(vectors)
+        if array.ndim != 2 or array.shape[1] < 1:
+            raise ValueError(f"vectors must be a 2-d array (count, dim), got shape {array.shape}")
+        ids = _check_ids(ids, len(array))
+        texts = _check_texts(texts, len(array))
+        return cls(_unit_rows(array, storage), ids, texts, model_name, stages, storage)
+
+    @classmethod
+    def build(
+        cls,
+        model: SentenceTransformer,
+        texts: Sequence[str],
+        ids: Sequence[str] | None = None,
+        model_name: str = "",
+        stages: Sequence[Stage] | None = None,
+        storage: Storage = "float32",
+        batch_size: int = 64,
+        show_progress_bar: bool = True,
+    ) -> FunnelIndex:
+        """Encode ``texts`` at full size with ``model`` and index them (ids default to ``"0", "1", ...``)."""
+        texts = list(texts)
+        ids = [str(i) for i in range(len(texts))] if ids is None else list(ids)
+        vectors = encode(model, texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        return cls.from_vectors(vectors, ids, texts, model_name=model_name, stages=stages, storage=storage)
+
+    def search(self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None) -> list[list[Hit]]:
+        """Return the ``k`` best hits per query row (full-size vectors; normalized here).
+
+        Ties are broken by insertion order, so results are deterministic.
+        """
+        return self.search_with_timings(queries, k=k, stages=stages)[0]
+
+    def search_with_timings(
+        self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None
+    ) -> tuple[list[list[Hit]], list[dict[str, Any]]]:
+        """Like :meth:`search`, plus one dict per stage: ``dim, codec, keep, candidates, seconds``.
+
+        ``candidates`` is how many vectors the stage scored per query; ``seconds`` covers the whole
+        batch and leaves out building a cached view on first use (see :meth:`prepare`).
+        """
+        query = _unit_rows(np.atleast_2d(np.asarray(queries)), "float32")
+        if query.shape[1] != self.dim:
+            raise ValueError(f"queries have {query.shape[1]} dims but the index holds {self.dim}-dim vectors")
+        snap, plan = self._snapshot(self._stages if stages is None else stages, k)
+        count = len(snap.ids)
+        if count == 0 or len(query) == 0:
+            timings = [_timing(s, 0, 0.0) for s in plan]
+            return [[] for _ in range(len(query))], timings
+        timings = []
+        start = time.perf_counter()
+        scores, rows = self._scan(snap, query, plan[0], ordered=len(plan) == 1)
+        timings.append(_timing(plan[0], count, time.perf_counter() - start))
+        for stage in plan[1:]:
+            candidates = rows.shape[1]
+            start = time.perf_counter()
+            scores, rows = self._rerank(snap, query, rows, stage)
+            timings.append(_timing(stage, candidates, time.perf_counter() - start))
+        texts = snap.texts
+        hits = [
+            [Hit(snap.ids[r], float(s), texts[r] if texts is not None else None) for s, r in zip(srow, rrow)]
+            for srow, rrow in zip(scores, rows)
+        ]
+        return hits, timings
+
+    def prepare(self, stages: Sequence[Stage] | None = None) -> None:
+        """Build the cached views that ``stages`` scan, so the first search is not slowed by it."""
+        self._snapshot(self._stages if stages is None else stages, 1)
+
+    def add(self, vectors: np.ndarray, ids: Sequence[str], texts: Sequence[str | None] | None = None) -> None:
+        """Append vectors under new ids; cached views are extended, nothing is rebuilt.
+
+        Raises:
+            ValueError: an id is already in the index or repeats, or shapes do not match.
+        """
+        array = np.asarray(vectors)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise ValueError(f"expected vectors of shape (count, {self.dim}), got {array.shape}")
+        new_ids = _check_ids(ids, len(array))
+        new_texts = _check_texts(texts, len(array))
+        rows = _unit_rows(array, self.storage)
+        with self._lock:
+            taken = [doc_id for doc_id in new_ids if doc_id in self._rows]
+            if taken:
+                more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+                raise ValueError(f"id {taken[0]!r}{more} is already in the index; delete it first to replace it")
+            if self._texts is None and new_texts is not None:
+                self._texts = [None] * len(self._ids)
+            texts_after = None
+            if self._texts is not None:
+                texts_after = self._texts + (list(new_texts) if new_texts is not None else [None] * len(rows))
+            views = {key: _extend_view(key, view, rows, self.dim) for key, view in self._views.items()}
+            start = len(self._ids)
+            self._vectors = np.concatenate([self._vectors, rows]) if len(self._ids) else rows
+            self._ids = self._ids + new_ids
+            self._texts = texts_after
+            self._rows.update({doc_id: start + i for i, doc_id in enumerate(new_ids)})
+            self._views = views
+
+    def delete(self, ids: Iterable[str] | str) -> int:
+        """Remove the given ids; return how many were found (unknown ids are ignored)."""
+        wanted = [ids] if isinstance(ids, str) else list(ids)
+        with self._lock:
+            rows = sorted({self._rows[doc_id] for doc_id in wanted if doc_id in self._rows})
+            if not rows:
+                return 0
+            keep = np.ones(len(self._ids), dtype=bool)
+            keep[rows] = False
+            self._vectors = np.ascontiguousarray(self._vectors[keep])
+            self._ids = [doc_id for doc_id, kept in zip(self._ids, keep) if kept]
+            if self._texts is not None:
+                self._texts = [text for text, kept in zip(self._texts, keep) if kept]
+            self._rows = {doc_id: row for row, doc_id in enumerate(self._ids)}
+            self._views = {}
+        return len(rows)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index directory atomically (see :mod:`matryoshka.retrieval.store`)."""
+        from matryoshka.retrieval.store import write_index
+
+        with self._lock:
+            vectors, ids, texts = self._vectors, self._ids, self._texts
+        write_index(path, vectors, ids, texts, model_name=self.model_name, storage=self.storage, stages=self._stages)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], mmap: bool = False, verify: bool = True) -> FunnelIndex:
+        """Read an index directory; ``mmap`` maps the vectors instead of reading them into memory.
+
+        Raises:
+            IndexCorruptError: a file is missing, truncated, edited or does not match the manifest.
+        """
+        from matryoshka.retrieval.store import read_index
+
+        stored = read_index(path, mmap=mmap, verify=verify)
+        return cls(stored.vectors, stored.ids, stored.texts, stored.model_name, stored.stages, stored.storage)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the stored vectors and every cached view."""
+        total = int(self._vectors.nbytes)
+        for (codec, dim), view in list(self._views.items()):
+            total += _view_bytes(codec, dim, view, len(self))
+        return total
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _snapshot(self, stages: Sequence[Stage], k: int) -> tuple[_Snapshot, list[Stage]]:
+        """A consistent view of the data and the search plan for it, building missing views."""
+        with self._lock:
+            plan = resolve_stages(stages, self.dim, k, max(len(self._ids), 1))
+            needed = {_view_key(plan[0], self.dim, self.storage)}
+            needed |= {("int8", s.dim) for s in plan[1:] if s.codec == "int8"}
+            for key in needed - {None} - set(self._views):
+                self._views[key] = _build_view(key, self._vectors)
+            return _Snapshot(self._vectors, self._ids, self._texts, self._views), plan
+
+    def _scan(self, snap: _Snapshot, query: np.ndarray, stage: Stage, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``stage.keep`` of every vector; sorted (score, then insertion order) only when ``ordered``."""
+        dim, keep = stage.dim, stage.keep
+        prefix = _unit_rows(query[:, :dim], "float32")
+        key = _view_key(stage, self.dim, self.storage)
+        if stage.codec == "float32":
+            base = snap.vectors if key is None else snap.views[key]
+            scores, rows = _knn_ip(prefix, base, keep, dim)
+        elif stage.codec == "binary":
+            distances, rows = snap.views[key].search(np.packbits(prefix > 0, axis=1), keep)
+            scores = np.cos(np.pi * distances / dim).astype(np.float32)
+        else:
+            scores, rows = snap.views[key].search(prefix, keep)
+        return _sort_hits(scores, rows) if ordered else (scores, rows)
+
+    def _rerank(
+        self, snap: _Snapshot, query: np.ndarray, rows: np.ndarray, stage: Stage
+    ) -> tuple[np.ndarray, np.ndarray]:
+        dim, keep = stage.dim, min(stage.keep, rows.shape[1])
+        prefix = _unit_rows(query[:, :dim], "float32")
+        chunk = max(1, _RERANK_BYTES // max(1, rows.shape[1] * dim * 4))
+        out_scores = np.empty((len(rows), keep), dtype=np.float32)
+        out_rows = np.empty((len(rows), keep), dtype=np.int64)
+        for start in range(0, len(rows), chunk):
+            cand = rows[start : start + chunk]
+            n_q, n_c = cand.shape
+            vectors = _gather_prefix(snap.vectors, cand.ravel(), dim)
+            if stage.codec == "float16":
+                vectors = vectors.astype(np.float16).astype(np.float32)
+            elif stage.codec == "int8":
+                sq = snap.views[("int8", dim)]
+                vectors = sq.sa_decode(sq.sa_encode(vectors))
+            if stage.codec == "binary":
+                codes = np.packbits(vectors > 0, axis=1).reshape(n_q, n_c, -1)
+                q_codes = np.packbits(prefix[start : start + n_q] > 0, axis=1)
+                distances = _POPCOUNT[codes ^ q_codes[:, None, :]].sum(axis=2)
+                scores = np.cos(np.pi * distances / dim).astype(np.float32)
+            else:
+                scores = np.matmul(vectors.reshape(n_q, n_c, dim), prefix[start : start + n_q, :, None])[..., 0]
+            out_scores[start : start + n_q], out_rows[start : start + n_q] = _top(scores, cand, keep)
+        return out_scores, out_rows
+
+
+def _timing(stage: Stage, candidates: int, seconds: float) -> dict[str, Any]:
+    return {"dim": stage.dim, "codec": stage.codec, "keep": stage.keep, "candidates": candidates, "seconds": seconds}
+
+
+def _check_storage(storage: str) -> None:
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+
+
+def _check_ids(ids: Sequence[str], count: int) -> list[str]:
+    if isinstance(ids, str):
+        raise ValueError("ids must be a sequence of strings, not one string")
+    ids = list(ids)
+    if len(ids) != count:
+        raise ValueError(f"got {len(ids)} ids for {count} vectors")
+    bad = [doc_id for doc_id in ids if not isinstance(doc_id, str) or not doc_id]
+    if bad:
+        raise ValueError(f"ids must be non-empty strings, got {bad[0]!r}")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(doc_id for doc_id in ids if doc_id in seen or seen.add(doc_id))
+        raise ValueError(f"id {duplicate!r} appears more than once")
+    return ids
+
+
+def _check_texts(texts: Sequence[str | None] | None, count: int) -> list[str | None] | None:
+    if texts is None:
+        return None
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not one string")
+    texts = list(texts)
+    if len(texts) != count:
+        raise ValueError(f"got {len(texts)} texts for {count} vectors")
+    if any(t is not None and not isinstance(t, str) for t in texts):
+        raise ValueError("texts must be strings or None")
+    return texts
+
+
+def _unit_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), block by block, as ``dtype``."""
+    out = np.empty(vectors.shape, dtype=dtype)
+    for start in range(0, len(vectors), _BLOCK_ROWS):
+        block = np.asarray(vectors[start : start + _BLOCK_ROWS], dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise ValueError("vectors contain NaN or infinity")
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + len(block)] = block / np.where(norms == 0, 1.0, norms)
+    return out
+
+
+def _gather_prefix(vectors: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarray:
+    """Unit-length ``dim``-prefixes of the stored rows ``rows`` (stored full rows are already unit)."""
+    if dim == vectors.shape[1]:
+        return np.take(vectors, rows, axis=0).astype(np.float32, copy=False)
+    prefix = vectors[rows, :dim].astype(np.float32, copy=False)
+    norms = np.sqrt(np.einsum("ij,ij->i", prefix, prefix))
+    prefix /= np.where(norms == 0, 1.0, norms)[:, None]
+    return prefix
+
+
+def _top(scores: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` best per query by score, ties to the earlier row, sorted; a partition, not a full sort."""
+    if keep < scores.shape[1]:
+        picked = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        top_scores, top_rows = np.take_along_axis(scores, picked, axis=1), np.take_along_axis(rows, picked, axis=1)
+        cutoff = top_scores.min(axis=1, keepdims=True)
+        # where the partition split a tie at the cut-off, redo that query with the exact order
+        split = np.flatnonzero((scores == cutoff).sum(axis=1) > (top_scores == cutoff).sum(axis=1))
+        for i in split:
+            order = np.lexsort((rows[i], -scores[i]))[:keep]
+            top_scores[i], top_rows[i] = scores[i][order], rows[i][order]
+        scores, rows = top_scores, top_rows
+    return _sort_hits(scores, rows)
+
+
+def _sort_hits(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order each row by score, descending, then by insertion order."""
+    order = np.lexsort((rows, -scores), axis=1)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
+def _knn_ip(query: np.ndarray, base: np.ndarray, keep: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``keep`` with FAISS, straight on ``base`` (no copy into an index).
+
+    float16 storage is scanned in float32 blocks merged by a FAISS result heap.
+    """
+    if base.dtype == np.float32:
+        return faiss.knn(query, base, keep, faiss.METRIC_INNER_PRODUCT)
+    heap = faiss.ResultHeap(len(query), keep, keep_max=True)
+    for start in range(0, len(base), _BLOCK_ROWS):
+        block = np.ascontiguousarray(base[start : start + _BLOCK_ROWS, :dim], dtype=np.float32)
+        scores, rows = faiss.knn(query, block, min(keep, len(block)), faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, rows + start)
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def _view_key(stage: Stage, full_dim: int, storage: str) -> tuple[str, int] | None:
+    """Cache key of the view a first stage scans; ``None`` when it scans the stored vectors."""
+    if stage.codec == "float32" and stage.dim == full_dim:
+        return None
+    return (stage.codec, stage.dim)
+
+
+def _prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
+    for start in range(0, len(vectors), _BLOCK_ROWS):
+        yield _unit_rows(vectors[start : start + _BLOCK_ROWS, :dim], "float32")
+
+
+def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
+    codec, dim = key
+    if codec == "float32":
+        view = np.empty((len(vectors), dim), dtype=np.float32)
+        for i, block in enumerate(_prefix_blocks(vectors, dim)):
+            view[i * _BLOCK_ROWS : i * _BLOCK_ROWS + len(block)] = block
+        return view
+    if codec == "binary":
+        view = faiss.IndexBinaryFlat(dim)
+    else:
+        qtype = faiss.ScalarQuantizer.QT_fp16 if codec == "float16" else faiss.ScalarQuantizer.QT_8bit
+        view = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
+        if codec == "int8":
+            sample = np.linspace(0, max(len(vectors) - 1, 0), min(len(vectors), _INT8_TRAIN_ROWS)).astype(np.int64)
+            view.train(_unit_rows(vectors[sample, :dim], "float32") if len(sample) else np.zeros((1, dim), "float32"))
+    for block in _prefix_blocks(vectors, dim):
+        view.add(np.packbits(block > 0, axis=1) if codec == "binary" else block)
+    return view
+
+
+def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: int) -> Any:
+    """A copy of ``view`` with ``rows`` appended (searches in flight keep the old one)."""
+    codec, dim = key
+    prefix = np.concatenate(list(_prefix_blocks(rows, dim))) if len(rows) else np.zeros((0, dim), np.float32)
+    if codec == "float32":
+        return np.concatenate([view, prefix])
+    extended = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)
+    extended.add(np.packbits(prefix > 0, axis=1) if codec == "binary" else prefix)
+    return extended
+
+
+def _view_bytes(codec: str, dim: int, view: Any, count: int) -> int:
+    if codec == "float32":
+        return int(view.nbytes)
+    return count * {"float16": 2 * dim, "int8": dim, "binary": dim // 8}[codec]

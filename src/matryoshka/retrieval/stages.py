@@ -1,0 +1,153 @@
+"""Search stages: which prefix of the vectors to score, in which precision, and how many to keep.
+
+A funnel is a list of stages. The first stage scans every vector through a cheap view (a short
+prefix, its sign bits, or int8 codes) and keeps a shortlist; each later stage re-scores only the
+survivors with a richer view; the last stage returns the ``k`` best. A stage spec is written
+``dim:codec:keep`` and stages are joined by commas, e.g. ``"64:binary:400,full:float32:10"``.
+
+Example:
+    >>> parse_stages("64:float32:400,full:float32:10")
+    [Stage(dim=64, codec='float32', keep=400), Stage(dim=0, codec='float32', keep=10)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+Codec = Literal["float32", "float16", "int8", "binary"]
+CODECS: tuple[str, ...] = get_args(Codec)
+
+#: ``Stage.dim`` value meaning "the index's full dimension" (written ``full`` in a spec).
+FULL = 0
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pass of a funnel.
+
+    Attributes:
+        dim: prefix length scored by this stage; :data:`FULL` (0) means the full dimension.
+        codec: how the prefix is compared: ``float32``/``float16`` (cosine), ``int8`` (FAISS scalar
+            quantizer, per-dimension ranges) or ``binary`` (sign bits, Hamming distance).
+        keep: candidates passed to the next stage; for the last stage it is replaced by ``k``.
+    """
+
+    dim: int
+    codec: Codec
+    keep: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 0:
+            raise ValueError(f"stage dim must be a positive integer or FULL (0), got {self.dim!r}")
+        if self.codec not in CODECS:
+            raise ValueError(f"stage codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+            raise ValueError(f"stage keep must be a positive integer, got {self.keep!r}")
+        if self.codec == "binary" and self.dim % 8:
+            raise ValueError(f"a binary stage needs a dim that is a multiple of 8, got {self.dim}")
+
+    def __str__(self) -> str:
+        return f"{'full' if self.dim == FULL else self.dim}:{self.codec}:{self.keep}"
+
+
+#: Named funnels; the last stage's keep becomes ``k`` at search time.
+#: ``exact`` scans the full float32 vectors; ``funnel`` shortlists 1,000 by the 64-dim prefix;
+#: ``binary`` shortlists 1,000 by the sign bits of the full vector (1 bit per dimension). Both re-rank
+#: the shortlist with the full float32 vectors. Run the advisor to pick one for your model and data.
+PRESETS: dict[str, list[Stage]] = {
+    "exact": [Stage(FULL, "float32", 10)],
+    "funnel": [Stage(64, "float32", 1000), Stage(FULL, "float32", 10)],
+    "binary": [Stage(FULL, "binary", 1000), Stage(FULL, "float32", 10)],
+}
+
+
+def parse_stages(spec: str) -> list[Stage]:
+    """Parse ``"dim:codec:keep,..."`` (``dim`` may be ``full``) or a preset name into stages.
+
+    Raises:
+        ValueError: the spec is empty, a stage is malformed, or keeps grow from one stage to the next.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("empty stage spec; expected e.g. '64:binary:400,full:float32:10' or a preset name")
+    text = spec.strip()
+    if text in PRESETS:
+        return list(PRESETS[text])
+    stages = []
+    for position, part in enumerate(text.split(","), start=1):
+        fields = [f.strip() for f in part.split(":")]
+        if len(fields) != 3:
+            raise ValueError(
+                f"stage {position} {part.strip()!r} must be 'dim:codec:keep' (e.g. '64:binary:400'); "
+                f"presets are {', '.join(PRESETS)}"
+            )
+        dim_text, codec, keep_text = fields
+        try:
+            dim = FULL if dim_text.lower() == "full" else int(dim_text)
+            keep = int(keep_text)
+        except ValueError:
+            raise ValueError(
+                f"stage {position} {part.strip()!r}: dim and keep must be integers (dim may be 'full')"
+            ) from None
+        if dim_text.lower() != "full" and dim < 1:
+            raise ValueError(f"stage {position} {part.strip()!r}: dim must be positive or 'full'")
+        try:
+            stages.append(Stage(dim, codec, keep))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"stage {position} {part.strip()!r}: {exc}") from None
+    validate_stages(stages)
+    return stages
+
+
+def format_stages(stages: Sequence[Stage]) -> str:
+    """The spec string of ``stages`` (inverse of :func:`parse_stages`)."""
+    return ",".join(str(stage) for stage in stages)
+
+
+def validate_stages(stages: Sequence[Stage], full_dim: int | None = None) -> list[Stage]:
+    """Check that ``stages`` form a funnel (and fit ``full_dim`` when given); return them as a list.
+
+    Raises:
+        ValueError: no stages, a non-:class:`Stage`, a shortlist larger than the one before it,
+            or a dim larger than ``full_dim``.
+    """
+    stages = list(stages)
+    if not stages:
+        raise ValueError("a funnel needs at least one stage")
+    for stage in stages:
+        if not isinstance(stage, Stage):
+            raise ValueError(f"expected Stage objects, got {stage!r}")
+    for position, (before, after) in enumerate(zip(stages[:-2], stages[1:-1]), start=2):
+        if after.keep > before.keep:
+            raise ValueError(
+                f"stage {position} keeps {after.keep} but stage {position - 1} only passes {before.keep} candidates"
+            )
+    if full_dim is not None:
+        for position, stage in enumerate(stages, start=1):
+            if stage.dim > full_dim:
+                raise ValueError(f"stage {position} ({stage}) reads {stage.dim} dims but the vectors have {full_dim}")
+            if stage.codec == "binary" and (stage.dim or full_dim) % 8:
+                raise ValueError(
+                    f"stage {position} ({stage}) is binary but the full dim {full_dim} is not a multiple of 8"
+                )
+    return stages
+
+
+def resolve_stages(stages: Sequence[Stage], full_dim: int, k: int, count: int) -> list[Stage]:
+    """The concrete plan for one search: ``FULL`` → ``full_dim``; the last keep is ``k``; earlier
+    shortlists hold at least ``k``; no keep exceeds ``count`` vectors."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    stages = validate_stages(stages, full_dim)
+    plan = []
+    for position, stage in enumerate(stages):
+        keep = k if position == len(stages) - 1 else max(stage.keep, k)
+        plan.append(Stage(stage.dim or full_dim, stage.codec, max(1, min(keep, count))))
+    return plan
+
+
+def bytes_per_vector(stage: Stage, full_dim: int) -> int:
+    """Bytes per vector that ``stage`` reads when it scans: 4/2/1 per dim, or one bit per dim."""
+    dim = stage.dim or full_dim
+    return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim, "binary": (dim + 7) // 8}[stage.codec]

@@ -1,0 +1,196 @@
+"""``matryoshka serve`` and ``matryoshka demo``: plain functions with Typer annotations.
+
+``matryoshka.cli`` registers them with ``app.command("serve")(serve_command)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka.retrieval import FunnelIndex
+
+#: Where ``matryoshka demo`` keeps the index it built, so the next start takes seconds.
+DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "matryoshka" / "demo-index"
+DEMO_LIMIT = 20_000
+
+HostOption = Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")]
+PortOption = Annotated[int, typer.Option(help="TCP port.")]
+ApiKeyOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--api-key", envvar="MATRYOSHKA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 and /demo/api."
+    ),
+]
+ResultsOption = Annotated[
+    Optional[list[Path]],
+    typer.Option("--results", help="Evaluation results JSON for the demo's quality chart; repeatable."),
+]
+ThreadsOption = Annotated[
+    Optional[int], typer.Option(help="Torch CPU threads for the model (default: torch's choice).")
+]
+LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+
+
+def _run(app: object, host: str, port: int, log_level: str) -> None:
+    """Run uvicorn in the foreground with JSON logs; Ctrl-C / SIGTERM drain requests in flight, then stop."""
+    import uvicorn
+
+    from matryoshka.serving.middleware import configure_json_logging
+    from matryoshka.serving.runner import uvicorn_config
+
+    configure_json_logging(getattr(logging, log_level.upper(), logging.INFO))
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level.lower())).run()  # type: ignore[arg-type]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def serve_command(
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model to serve (name, directory or NAME=DIRECTORY); repeatable. Default: all-MiniLM-L6-v2.",
+        ),
+    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    api_key: ApiKeyOption = None,
+    index: Annotated[
+        Optional[Path], typer.Option(help="Funnel index directory (matryoshka index build) for /v1/search.")
+    ] = None,
+    results: ResultsOption = None,
+    max_inputs: Annotated[int, typer.Option(help="Texts per embeddings request.")] = 2048,
+    max_input_chars: Annotated[int, typer.Option(help="Characters per text.")] = 32_768,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; larger gets 413.")] = 16 * 1024 * 1024,
+    batch_max_texts: Annotated[int, typer.Option(help="Most texts merged into one model call.")] = 256,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a lone request waits for others to batch with.")] = 2.0,
+    threads: ThreadsOption = None,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Serve an OpenAI-compatible embeddings API (with Matryoshka 'dimensions'), search and the demo page."""
+    from matryoshka.models import ModelLoadError
+    from matryoshka.serving.app import create_app
+    from matryoshka.serving.config import ServeConfig
+
+    _set_threads(threads)
+    config = ServeConfig(
+        models=model or ServeConfig().models,
+        api_key=api_key,
+        max_inputs=max_inputs,
+        max_input_chars=max_input_chars,
+        max_body_bytes=max_body_bytes,
+        batch_max_texts=batch_max_texts,
+        batch_max_wait_ms=batch_wait_ms,
+        index_path=str(index) if index else None,
+        results_path=[str(p) for p in results] if results else None,
+    )
+    try:
+        app = create_app(config)
+    except (ModelLoadError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"serving {', '.join(n for n, _ in config.model_specs())} on http://{host}:{port}  (docs: /docs, demo: /)",
+        err=True,
+    )
+    _run(app, host, port, log_level)
+
+
+def demo_cache_path(cache_dir: Path, model_name: str, limit: int | None) -> Path:
+    """One cache directory per (model, corpus size): ``<cache>/<model slug>-wordnet-<limit>-<hash>``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_name).name or model_name)[:40]
+    digest = hashlib.sha1(json.dumps([model_name, limit, "wordnet30-glosses-v1"]).encode()).hexdigest()[:10]
+    return cache_dir / f"{slug}-wordnet-{limit or 'all'}-{digest}"
+
+
+def build_demo_index(
+    model: SentenceTransformer,
+    model_name: str,
+    limit: int | None = DEMO_LIMIT,
+    cache_dir: Path = DEMO_CACHE,
+    rebuild: bool = False,
+    source: str | Path | None = None,
+    log: Callable[[str], None] = lambda message: typer.echo(message, err=True),
+) -> FunnelIndex:
+    """Load the cached demo index, or encode ``limit`` WordNet glosses with ``model``, index and cache them."""
+    from matryoshka.data.wordnet import find_source, load_glosses
+    from matryoshka.retrieval import PRESETS, FunnelIndex
+
+    path = demo_cache_path(cache_dir, model_name, limit)
+    if path.exists() and not rebuild:
+        try:
+            index = FunnelIndex.load(path)
+            log(f"loaded the demo index from {path} ({len(index)} glosses)")
+            return index
+        except Exception as exc:  # a damaged cache is rebuilt, not fatal
+            log(f"cached index at {path} is unusable ({exc}); rebuilding")
+    where = Path(source) if source is not None else find_source()
+    ids, texts = load_glosses(limit, where)
+    log(f"encoding {len(texts)} WordNet glosses from {where} (cached afterwards in {path})")
+    started = time.perf_counter()
+    index = FunnelIndex.build(
+        model, texts, ids=ids, model_name=model_name, stages=PRESETS["funnel"], show_progress_bar=True
+    )
+    log(f"indexed {len(index)} glosses in {time.perf_counter() - started:.0f} s")
+    index.save(path)
+    return index
+
+
+def demo_command(
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="Model directory or name; default: the packaged all-MiniLM-L6-v2."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="WordNet glosses to index (0 = all 117,659).")] = DEMO_LIMIT,
+    results: ResultsOption = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    api_key: ApiKeyOption = None,
+    cache_dir: Annotated[Path, typer.Option(help="Where the built index is cached.")] = DEMO_CACHE,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild the index even if a cached one exists.")] = False,
+    threads: ThreadsOption = None,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Open the interactive demo: search WordNet glosses at any dimension next to full size.
+
+    Builds (first time, a few minutes on 2 cores) or loads a cached index of WordNet glosses from
+    Debian's wordnet-base (apt-get install wordnet-base) or $MATRYOSHKA_DATA, then serves http://HOST:PORT/.
+    """
+    from matryoshka.data.wordnet import WordNetNotFound
+    from matryoshka.models import DEFAULT_MODEL, ModelLoadError, load_model
+    from matryoshka.serving.app import create_app
+    from matryoshka.serving.config import ServeConfig, served_name
+
+    _set_threads(threads)
+    name = served_name(model) if model else DEFAULT_MODEL
+    try:
+        loaded = load_model(model)
+        index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild)
+        config = ServeConfig(
+            models=[name], api_key=api_key, results_path=[str(p) for p in results] if results else None
+        )
+        app = create_app(config, models={name: loaded}, index=index)
+    except (ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"demo on http://{host}:{port}/", err=True)
+    _run(app, host, port, log_level)

@@ -1,0 +1,68 @@
+"""Server settings: which models to serve, limits, micro-batching, optional index and results files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from matryoshka.models import DEFAULT_MODEL
+
+
+class ServeConfig(BaseModel):
+    """Settings of one server process.
+
+    ``models`` lists what ``/v1/embeddings`` serves; an entry is a name that :func:`matryoshka.models.load_model`
+    understands (``all-MiniLM-L6-v2``, a directory, a hub name) or ``alias=source`` to serve a directory under
+    a short name. The first entry is the default when a request names no model, and encodes search queries.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
+    api_key: str | None = None
+    max_inputs: int = Field(2048, ge=1, description="texts per /v1/embeddings request (OpenAI's limit)")
+    max_input_chars: int = Field(32_768, ge=1, description="characters per text (about 8k tokens)")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body size; larger gets 413")
+    batch_max_texts: int = Field(256, ge=1, description="texts merged into one model call at most")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")
+    encode_batch_size: int = Field(64, ge=1, description="texts per forward pass inside one model call")
+    search_max_k: int = Field(1000, ge=1)
+    index_path: str | None = None
+    results_path: str | list[str] | None = Field(
+        None, description="evaluation results JSON file(s) for the demo's chart"
+    )
+    demo_dims: list[int] | None = Field(
+        None, description="slider stops of the demo page; default from results or powers of two"
+    )
+    log_requests: bool = True
+
+    @field_validator("models")
+    @classmethod
+    def _unique_aliases(cls, value: list[str]) -> list[str]:
+        aliases = [alias for alias, _ in parse_model_specs(value)]
+        if len(set(aliases)) != len(aliases):
+            raise ValueError(f"model names must be unique, got {aliases}")
+        return value
+
+    def model_specs(self) -> list[tuple[str, str]]:
+        """``(served name, source for load_model)`` pairs, default model first."""
+        return parse_model_specs(self.models)
+
+
+def served_name(source: str) -> str:
+    """The name a model is served under: a directory's own name (as ``matryoshka evaluate`` labels it), else ``source``."""
+    path = Path(source)
+    return path.name if path.is_dir() and path.name else source
+
+
+def parse_model_specs(entries: list[str]) -> list[tuple[str, str]]:
+    """Split ``alias=source`` entries; a bare entry is served under :func:`served_name`."""
+    specs = []
+    for entry in entries:
+        alias, sep, source = entry.partition("=")
+        if sep and alias.strip() and source.strip():
+            specs.append((alias.strip(), source.strip()))
+        else:
+            specs.append((served_name(entry.strip()), entry.strip()))
+    return specs

@@ -1,0 +1,194 @@
+"""Request and response bodies: OpenAI's embeddings and models shapes, plus search and demo.
+
+Request fields use strict types: OpenAI rejects ``"dimensions": "64"`` and so do we, instead of
+quietly coercing it. Unknown fields are ignored, as OpenAI does, so newer clients keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+Codec = Literal["float32", "float16", "int8", "binary"]
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object."""
+
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {...}}``."""
+
+    error: ErrorDetail
+
+
+# -- embeddings ------------------------------------------------------------------------------------
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``. ``input`` is kept loose here and checked by the handler, which gives
+    token-id arrays their own message (they are valid for OpenAI but meaningless for another tokenizer)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[Any]
+    model: StrictStr | None = None
+    dimensions: StrictInt | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    user: StrictStr | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_shape(cls, value: Any) -> Any:
+        if not isinstance(value, (str, list)):
+            raise ValueError("input must be a string or an array of strings")
+        return value
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+    index: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    """OpenAI's model object, plus what a Matryoshka client wants to know."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "matryoshka"
+    dimensions: int
+    max_input_tokens: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# -- search ----------------------------------------------------------------------------------------
+
+
+class StageSpec(BaseModel):
+    """One funnel stage: score candidates at ``dim`` dimensions in ``codec`` and keep the best ``keep``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: StrictInt | Literal["full"] = Field(description='prefix length; 0 or "full" for the index\'s full size')
+    codec: Codec
+    keep: StrictInt = Field(ge=1)
+
+    @field_validator("dim")
+    @classmethod
+    def _dim_not_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError('dim must be positive, or 0 / "full" for the full size')
+        return value
+
+
+class SearchRequest(BaseModel):
+    """``POST /v1/search``: one query through the funnel; ``stages`` or ``preset`` or the index's own stages.
+
+    ``dimensions`` overrides the first (cheapest) stage's dimension, the Matryoshka knob.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: StrictStr
+    k: StrictInt = Field(10, ge=1)
+    stages: list[StageSpec] | None = Field(None, min_length=1)
+    preset: StrictStr | None = None
+    dimensions: StrictInt | None = None
+    model: StrictStr | None = None
+
+
+class SearchHit(BaseModel):
+    rank: int
+    id: str
+    score: float
+    text: str | None = None
+
+
+class StageTiming(BaseModel):
+    dim: int
+    codec: str
+    keep: int
+    candidates: int
+    ms: float
+    bytes_per_vector: int
+
+
+class SearchResponse(BaseModel):
+    object: Literal["search.result"] = "search.result"
+    model: str
+    query: str
+    k: int
+    hits: list[SearchHit]
+    stages: list[StageTiming]
+    bytes_per_vector: int = Field(description="bytes one corpus vector takes in the first stage")
+    encode_ms: float
+    search_ms: float
+    usage: Usage
+
+
+# -- demo ------------------------------------------------------------------------------------------
+
+
+class CompareRequest(BaseModel):
+    """The demo's question: the top ``k`` at ``dim`` dimensions (in ``codec``) next to the top ``k`` at full size."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: StrictStr = Field(min_length=1, max_length=2000)
+    dim: StrictInt = Field(ge=1)
+    k: StrictInt = Field(10, ge=1, le=50)
+    codec: Codec = "float32"
+
+
+class CompareSide(BaseModel):
+    dim: int
+    codec: str
+    hits: list[SearchHit]
+    ms: float
+    bytes_per_vector: int
+    index_bytes: int
+
+
+class CompareResponse(BaseModel):
+    query: str
+    k: int
+    chosen: CompareSide
+    full: CompareSide
+    overlap: int
+    encode_ms: float
+
+
+class DemoInfo(BaseModel):
+    model: str
+    full_dim: int
+    dims: list[int]
+    codecs: list[str]
+    index_size: int
+    index_dim: int
+    quality: dict[str, Any] | None
+    quality_model: str | None
+    examples: list[str]

@@ -1,0 +1,302 @@
+"""Train Matryoshka models, and the same model the standard way, with sentence-transformers.
+
+Two recipes share one code path, so that a Matryoshka run and its standard baseline differ only in
+the loss wrapper (same seed, data, order and hyper-parameters):
+
+- ``nli``: ``MultipleNegativesRankingLoss`` on NLI triplets (anchor, entailment, contradiction), the
+  experiment of the Matryoshka article.
+- ``distill``: self-distillation on unlabelled text pairs: every prefix of the student learns the
+  similarities of the untouched full-size model (the teacher). With ``distill_loss="cosent"`` each
+  pair's label is the teacher's cosine and ``CoSENTLoss`` ranks the pairs of a batch by it; with
+  ``"inbatch"`` :class:`~matryoshka.losses.InBatchSimilarityDistillationLoss` matches the teacher's
+  cosines between *all* texts of the batch, the signal a model trained from scratch needs. This holds
+  the full-size quality and lifts the small sizes on a small corpus.
+
+With ``matryoshka=True`` the base loss is wrapped in ``MatryoshkaLoss(dims, weights)``.
+
+Example:
+    >>> from matryoshka import load_model
+    >>> from matryoshka.training import TrainConfig, train
+    >>> result = train(load_model(), TrainConfig(max_steps=100), output_dir="runs/mrl")  # doctest: +SKIP
+    >>> result.model.encode(["hello"], truncate_dim=64).shape  # doctest: +SKIP
+    (1, 64)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.losses import (
+    CoSENTLoss,
+    MatryoshkaLoss,
+    MultipleNegativesRankingLoss,
+)
+from transformers import TrainerCallback
+
+from matryoshka.losses import InBatchSimilarityDistillationLoss
+from matryoshka.models import model_dimension
+
+Objective = Literal["distill", "nli"]
+DistillLoss = Literal["cosent", "inbatch"]
+DEFAULT_DIMS: tuple[int, ...] = (384, 256, 128, 64, 32, 16)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; defaults run on a 2-core CPU.
+
+    Attributes:
+        objective: ``distill`` (self-distillation on text pairs) or ``nli`` (MNRL on NLI triplets).
+        distill_loss: for ``distill``, ``cosent`` (teacher cosine per pair) or ``inbatch`` (all pairs of texts).
+        matryoshka: wrap the loss in ``MatryoshkaLoss``; ``False`` trains the standard baseline.
+        dims: truncation sizes scored by ``MatryoshkaLoss``; must include the full size.
+        weights: one weight per entry of ``dims``; ``None`` weighs all equally.
+        batch_size: rows per step (a pair is two texts, a triplet three).
+        learning_rate: peak learning rate after linear warm-up.
+        epochs: passes over the data, used when ``max_steps`` is ``None``.
+        max_steps: stop after this many optimizer steps.
+        warmup_ratio: share of the steps spent warming up.
+        seed: seeds data order, dropout and initialisation.
+        pair_sources: local pair sources for ``distill`` (see :mod:`matryoshka.data.pairs`).
+        max_examples: cap on the training rows loaded.
+        checkpoint_steps: also save a checkpoint every this many steps under ``<output_dir>.checkpoints``.
+        show_progress_bar: a progress bar over training steps.
+    """
+
+    objective: Objective = "distill"
+    distill_loss: DistillLoss = "cosent"
+    matryoshka: bool = True
+    dims: tuple[int, ...] = DEFAULT_DIMS
+    weights: tuple[float, ...] | None = None
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int | None = None
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    pair_sources: tuple[str, ...] = ("stsb", "snli")
+    max_examples: int | None = None
+    checkpoint_steps: int | None = None
+    show_progress_bar: bool = True
+
+    def validate(self, full_dim: int) -> None:
+        """Raise ``ValueError`` for settings that cannot train ``full_dim``-dimensional models."""
+        if self.objective not in ("distill", "nli"):
+            raise ValueError(f"objective must be 'distill' or 'nli', got {self.objective!r}")
+        if self.distill_loss not in ("cosent", "inbatch"):
+            raise ValueError(f"distill_loss must be 'cosent' or 'inbatch', got {self.distill_loss!r}")
+        if not self.dims or any(d <= 0 or d > full_dim for d in self.dims):
+            raise ValueError(f"dims must be in 1..{full_dim}, got {list(self.dims)}")
+        if self.matryoshka and full_dim not in self.dims:
+            raise ValueError(f"dims must include the full size {full_dim} so full-size quality is trained")
+        if self.weights is not None and len(self.weights) != len(self.dims):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.dims)} dims")
+        if self.weights is not None and any(w < 0 for w in self.weights):
+            raise ValueError("weights must not be negative")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (in-batch losses need other rows)")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be positive")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError("max_steps must be positive")
+
+
+@dataclass
+class TrainResult:
+    """The trained model, where it was saved, and what the run cost."""
+
+    model: SentenceTransformer
+    output_dir: Path
+    seconds: float
+    steps: int
+    examples: int
+    config: TrainConfig
+    losses: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready facts about the run."""
+        return {
+            "output_dir": str(self.output_dir),
+            "seconds": round(self.seconds, 1),
+            "steps": self.steps,
+            "examples": self.examples,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "config": asdict(self.config),
+        }
+
+
+def teacher_embeddings(
+    pairs: Sequence[Sequence[str]], teacher: SentenceTransformer, show_progress_bar: bool = True
+) -> torch.Tensor:
+    """The teacher's full-size embeddings of both texts of every pair, shape ``(pairs, 2, dim)``."""
+    texts = [p[0] for p in pairs] + [p[1] for p in pairs]
+    encoded = teacher.encode(
+        texts, batch_size=64, convert_to_tensor=True, show_progress_bar=show_progress_bar, device="cpu"
+    )
+    return torch.stack([encoded[: len(pairs)], encoded[len(pairs) :]], dim=1).cpu()
+
+
+def pair_dataset(pairs: Sequence[Sequence[str]], table: torch.Tensor, distill_loss: DistillLoss) -> Dataset:
+    """Pairs labelled for ``distill_loss``: the teacher's cosine (``cosent``) or the row's table index (``inbatch``)."""
+    if distill_loss == "cosent":
+        unit = torch.nn.functional.normalize(table.float(), dim=-1)
+        labels: list[float] | list[int] = (unit[:, 0] * unit[:, 1]).sum(-1).tolist()
+    else:
+        labels = list(range(len(pairs)))
+    return Dataset.from_dict({"sentence1": [p[0] for p in pairs], "sentence2": [p[1] for p in pairs], "label": labels})
+
+
+def load_rows(config: TrainConfig, rows: Sequence[Sequence[str]] | None = None) -> list[tuple[str, ...]]:
+    """Training rows for ``config``: ``rows`` if given, else NLI triplets or distillation pairs, capped."""
+    from matryoshka.data import load_distillation_pairs, load_nli_triplets
+
+    if rows is not None:
+        loaded = [tuple(r) for r in rows]
+    elif config.objective == "nli":
+        loaded = [(t.anchor, t.positive, t.negative) for t in load_nli_triplets()]
+        rng = np.random.default_rng(config.seed)
+        loaded = [loaded[i] for i in rng.permutation(len(loaded))]
+    else:
+        loaded = list(load_distillation_pairs(config.pair_sources, seed=config.seed))
+    return loaded[: config.max_examples]
+
+
+def build_dataset(
+    config: TrainConfig, teacher: SentenceTransformer | None = None, rows: Sequence[Sequence[str]] | None = None
+) -> tuple[Dataset, torch.Tensor | None]:
+    """The training rows for ``config.objective`` and, for ``distill``, the teacher's embedding table.
+
+    ``rows`` overrides the data loaded from disk or the hub (pairs for ``distill``, triplets for ``nli``).
+    """
+    loaded = load_rows(config, rows)
+    if config.objective == "nli":
+        columns = {name: [t[i] for t in loaded] for i, name in enumerate(("anchor", "positive", "negative"))}
+        return Dataset.from_dict(columns), None
+    if teacher is None:
+        raise ValueError("the distill objective needs a teacher model")
+    table = teacher_embeddings(loaded, teacher, config.show_progress_bar)
+    return pair_dataset(loaded, table, config.distill_loss), table
+
+
+def build_loss(model: SentenceTransformer, config: TrainConfig, teacher_table: torch.Tensor | None) -> torch.nn.Module:
+    """The base loss of ``config.objective``, wrapped in ``MatryoshkaLoss`` when ``config.matryoshka``."""
+    if config.objective == "nli":
+        base: torch.nn.Module = MultipleNegativesRankingLoss(model)
+    elif config.distill_loss == "cosent":
+        base = CoSENTLoss(model)
+    else:
+        if teacher_table is None:
+            raise ValueError("the distill objective needs the teacher's embedding table")
+        base = InBatchSimilarityDistillationLoss(model, teacher_table)
+    if not config.matryoshka:
+        return base
+    return MatryoshkaLoss(model, base, list(config.dims), list(config.weights) if config.weights else None)
+
+
+class _LossRecorder(TrainerCallback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+def save_model_atomic(model: SentenceTransformer, output_dir: str | os.PathLike[str]) -> Path:
+    """Save ``model`` so that ``output_dir`` holds either the old model or the complete new one."""
+    target = Path(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        model.save(str(staging))
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            target.rename(backup)
+            staging.rename(target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def train(
+    model: SentenceTransformer,
+    config: TrainConfig | None = None,
+    output_dir: str | os.PathLike[str] = "runs/model",
+    teacher: SentenceTransformer | None = None,
+    rows: Sequence[Sequence[str]] | None = None,
+    train_dataset: Dataset | None = None,
+    teacher_table: torch.Tensor | None = None,
+) -> TrainResult:
+    """Fine-tune ``model`` in place with ``config`` and save it to ``output_dir``.
+
+    Args:
+        model: the model to train (it is modified).
+        config: the run's settings; defaults to :class:`TrainConfig`'s.
+        output_dir: where the trained model is saved (loadable by ``SentenceTransformer(output_dir)``).
+        teacher: for ``distill``, the model whose full-size similarities are taught; defaults to a frozen
+            copy of ``model`` as it is before training.
+        rows: training rows instead of the configured data (pairs or triplets of texts).
+        train_dataset, teacher_table: a data set (and its teacher table) built by :func:`build_dataset`,
+            to share one build between a Matryoshka run and its baseline.
+    """
+    config = config or TrainConfig()
+    config.validate(model_dimension(model))
+    if train_dataset is None:
+        if config.objective == "distill" and teacher is None:
+            teacher = model
+        train_dataset, teacher_table = build_dataset(config, teacher, rows)
+    if len(train_dataset) < config.batch_size:
+        raise ValueError(f"{len(train_dataset)} training rows is fewer than one batch of {config.batch_size}")
+    loss = build_loss(model, config, teacher_table)
+    output_dir = Path(output_dir)
+    recorder = _LossRecorder()
+    steps_per_epoch = len(train_dataset) // config.batch_size
+    total_steps = config.max_steps or max(1, int(steps_per_epoch * config.epochs))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir.with_name(output_dir.name + ".checkpoints")),
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        warmup_steps=int(config.warmup_ratio * total_steps),
+        seed=config.seed,
+        data_seed=config.seed,
+        save_strategy="steps" if config.checkpoint_steps else "no",
+        save_steps=config.checkpoint_steps or 500,
+        logging_steps=max(1, min(50, total_steps // 10)),
+        report_to="none",
+        disable_tqdm=not config.show_progress_bar,
+        dataloader_drop_last=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[recorder]
+    )
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    save_model_atomic(model, output_dir)
+    return TrainResult(
+        model=model,
+        output_dir=output_dir,
+        seconds=seconds,
+        steps=int(trainer.state.global_step),
+        examples=len(train_dataset),
+        config=config,
+        losses=recorder.losses,
+    )

@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from matryoshka.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_encode_prints_unit_vectors_at_the_asked_dim():
+    result = invoke("encode", "a cat sits on the mat", "stocks fell", "--dim", 32)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 2 and all(len(r) == 32 for r in rows)
+    assert np.linalg.norm(rows[0]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_encode_file_to_npy_and_binary(tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first line\n\nsecond line\n", encoding="utf-8")
+    out = tmp_path / "vectors.npy"
+    result = invoke("encode", "--input", texts, "--dim", 64, "--precision", "ubinary", "--output", out)
+    assert result.exit_code == 0, result.output
+    vectors = np.load(out, allow_pickle=False)
+    assert vectors.shape == (2, 8) and vectors.dtype == np.uint8
+
+
+@pytest.mark.parametrize("args,message", [
+    (["x", "--dim", "0"], "dim must be positive"),
+    (["x", "--dim", "999"], "larger than the model"),
+    (["x", "--precision", "int4"], "precision must be one of"),
+    ([], "give texts"),
+    (["--input", "/nonexistent/file.txt"], "no such file"),
+    (["x", "--model", "/nonexistent/model-dir"], "could not load model"),
+])
+def test_encode_errors_are_clear(args, message):
+    result = invoke("encode", *args)
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_evaluate_stsb_writes_json_markdown_and_plot(tmp_path):
+    result = invoke("evaluate", "--task", "stsb", "--dims", "384,32", "--limit", 60, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["all-MiniLM-L6-v2"]) == {"384", "32"}
+    assert data["retention"]["all-MiniLM-L6-v2"]["384"] == 1.0
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    assert "retention" in (tmp_path / "results.md").read_text()
+
+
+def test_evaluate_bad_dims():
+    result = invoke("evaluate", "--dims", "384,abc")
+    assert result.exit_code != 0
+    assert "comma-separated integers" in result.output
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_end_to_end(tmp_path):
+    model_dir = tmp_path / "mrl"
+    result = invoke("train", "--out", model_dir, "--max-steps", 2, "--max-examples", 64, "--batch-size", 16,
+                    "--weights", "1,1,1,2,4,4")
+    assert result.exit_code == 0, result.output
+    assert (model_dir / "modules.json").exists()
+    result = invoke("evaluate", "--model", model_dir, "--dims", "384,64", "--limit", 40, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert "mrl" in json.loads((tmp_path / "eval" / "results.json").read_text())
+
+
+def test_train_refuses_bad_settings(tmp_path):
+    result = invoke("train", "--out", tmp_path / "m", "--dims", "128,64")
+    assert result.exit_code == 1 and "full size" in result.output
+    result = invoke("train", "--out", tmp_path / "m", "--weights", "1,2")
+    assert result.exit_code == 1 and "weights" in result.output
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_on_a_tiny_budget(tmp_path):
+    result = invoke("compare", "--out", tmp_path, "--max-steps", 2, "--max-examples", 32, "--eval-limit", 40)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    expected = {"base", "standard", "matryoshka", "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"}
+    assert expected <= set(data)
+    assert all(set(data[m]) == {"384", "256", "128", "64", "32", "16"} for m in expected)
+    assert data["metadata"]["runs"]["matryoshka"]["steps"] == 2
+    assert (tmp_path / "results.md").exists() and (tmp_path / "results.png").exists()

@@ -1,0 +1,169 @@
+"""The demo page in a real (headless) Chromium: type a query, move the slider, see results and chart follow.
+
+Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``); skipped with that reason otherwise.
+``MATRYOSHKA_SCREENSHOT=1`` also saves ``docs/demo.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_serving_support import retrieval_module, wordnet_sample
+
+from matryoshka.embeddings import encode
+from matryoshka.serving import ServeConfig, ServerThread, create_app
+
+torch.set_num_threads(1)
+
+CHROMIUM = next(
+    (
+        p
+        for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
+        if p and os.path.exists(p)
+    ),
+    None,
+)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary: apt-get install -y chromium")
+
+NAME = "all-MiniLM-L6-v2"
+DIMS = [16, 32, 64, 128, 256, 384]
+QUERY = "a large animal with a long trunk"
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def lemma_recall(vectors: np.ndarray, lemma_vectors: np.ndarray, k: int = 10) -> dict[str, float]:
+    """A real quality curve for the chart: each synset's first lemma as the query, its own gloss as the answer."""
+    out = {}
+    for dim in DIMS:
+        docs = vectors[:, :dim] / np.linalg.norm(vectors[:, :dim], axis=1, keepdims=True)
+        queries = lemma_vectors[:, :dim] / np.linalg.norm(lemma_vectors[:, :dim], axis=1, keepdims=True)
+        top = np.argsort(-(queries @ docs.T), axis=1)[:, :k]
+        out[str(dim)] = float(np.mean([i in row for i, row in enumerate(top)]))
+    return out
+
+
+#: The test uses 300 glosses; a screenshot run indexes more so that the picture shows realistic results.
+DOCS = 2000 if os.environ.get("MATRYOSHKA_SCREENSHOT") == "1" else 300
+SCREENSHOT_QUERY = "a small knife whose blade folds into the handle"
+
+
+@pytest.fixture(scope="module")
+def demo_server(model):
+    ids, texts = wordnet_sample(DOCS)
+    vectors = encode(model, texts, batch_size=32)
+    lemmas = [i.rsplit(" (", 1)[0].split(", ")[0] for i in ids]
+    task = f"WordNet lemma → gloss, recall@10 ({DOCS} glosses)"
+    quality = {"models": {NAME: {task: lemma_recall(vectors, encode(model, lemmas))}}}
+    with retrieval_module() as retrieval:
+        index = retrieval.FunnelIndex.from_vectors(vectors, ids, texts, model_name=NAME)
+        app = create_app(
+            ServeConfig(models=[NAME], log_requests=False), models={NAME: model}, index=index, quality=quality
+        )
+        with ServerThread(app) as running:
+            yield running
+
+
+@pytest.fixture(scope="module")
+def page(demo_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+        tab = context.new_page()
+        tab.requests = []  # type: ignore[attr-defined]
+        tab.errors = []  # type: ignore[attr-defined]
+        tab.on("request", lambda r: tab.requests.append(r.url))  # type: ignore[attr-defined]
+        tab.on("pageerror", lambda e: tab.errors.append(str(e)))  # type: ignore[attr-defined]
+        tab.on("console", lambda m: m.type == "error" and tab.errors.append(m.text))  # type: ignore[attr-defined]
+        tab.goto(demo_server.url + "/")
+        tab.wait_for_selector("body[data-state=idle]", timeout=30_000)
+        yield tab
+        context.close()
+        browser.close()
+
+
+def texts_of(page, selector: str) -> list[str]:
+    return page.locator(selector).all_inner_texts()
+
+
+def wait_ready(page, dim: int, codec: str = "float32", query: str = QUERY) -> None:
+    """Wait until the page shows the answer for exactly this query, dimension and codec."""
+    page.wait_for_function(
+        "([dim, codec, query]) => { const d = document.body.dataset;"
+        " return d.state === 'ready' && d.dim === dim && d.codec === codec && d.query === query; }",
+        arg=[str(dim), codec, query],
+        timeout=30_000,
+    )
+
+
+def test_type_a_query_then_move_the_slider(page, demo_server):
+    assert page.locator("#dim-ticks span").all_inner_texts() == [str(d) for d in DIMS]
+    assert page.locator("#chart svg path.series").count() == 1
+    assert page.locator("#chart").get_attribute("data-dim") == "64"
+
+    page.locator("#query").fill(QUERY)
+    wait_ready(page, 64)
+    chosen_64 = texts_of(page, "#chosen li .title")
+    full = texts_of(page, "#full li .title")
+    assert len(chosen_64) == len(full) == 10
+    overlap_64 = page.locator("#overlap").inner_text()
+    assert overlap_64.endswith("/10")
+    assert page.locator("#bytes").inner_text() == "256 vs 1536"
+    marker_64 = page.locator("#chart line.marker").get_attribute("x1")
+
+    slider = page.locator("#dim")
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")  # 64 -> 32 -> 16
+    wait_ready(page, 16)
+    chosen_16 = texts_of(page, "#chosen li .title")
+    assert page.locator("#chart").get_attribute("data-dim") == "16"
+    assert page.locator("#chart line.marker").get_attribute("x1") != marker_64  # the chart follows the slider
+    assert page.locator("#bytes").inner_text() == "64 vs 1536"
+    assert "At 16 dimensions" in page.locator("#chosen-title").text_content()
+    assert texts_of(page, "#full li .title") == full  # full size does not depend on the slider
+    assert chosen_16 != chosen_64 or page.locator("#overlap").inner_text() != overlap_64
+
+    page.keyboard.press("End")  # full size on both sides: identical lists
+    wait_ready(page, 384)
+    assert page.locator("#overlap").inner_text() == "10/10"
+    assert texts_of(page, "#chosen li .title") == full
+    assert page.locator("#chosen li.same").count() == 10
+
+    page.select_option("#codec", "binary")
+    wait_ready(page, 384, "binary")
+    assert page.locator("#bytes").inner_text() == "48 vs 1536"
+
+    assert not page.errors, page.errors
+    assert all(url.startswith(demo_server.url) for url in page.requests), page.requests  # nothing from a CDN
+
+
+def test_example_buttons_and_screenshot(page):
+    page.select_option("#codec", "float32")
+    page.locator("#dim").focus()
+    page.keyboard.press("Home")
+    for _ in range(DIMS.index(64)):
+        page.keyboard.press("ArrowRight")
+    page.locator("#examples button", has_text=QUERY).click()
+    wait_ready(page, 64)
+    assert page.locator("#query").input_value() == QUERY
+    assert page.locator("#chosen li").count() == 10
+    if os.environ.get("MATRYOSHKA_SCREENSHOT") == "1":
+        page.locator("#query").fill(SCREENSHOT_QUERY)
+        wait_ready(page, 64, query=SCREENSHOT_QUERY)
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(ROOT / "docs" / "demo.png"), full_page=True)

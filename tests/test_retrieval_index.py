@@ -1,0 +1,281 @@
+"""FunnelIndex search maths on small hand-made and random vectors: stages, codecs, ties, add/delete."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+from matryoshka.retrieval import FULL, PRESETS, FunnelIndex, Hit, Stage, parse_stages
+
+EXACT = [Stage(FULL, "float32", 10)]
+
+# 4-dim documents whose 2-dim prefixes rank differently from the full vectors for QUERY:
+#   prefix cosines  A 1.0, B 0.6, C 0.0   ->  A first
+#   full cosines    A 0.5, B 0.8, C 0.0   ->  B first
+DOCS = np.array([[1.0, 0.0, 0.0, 1.0], [0.6, 0.8, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]], dtype=np.float32)
+QUERY = np.array([1.0, 0.0, 1.0, 0.0], dtype=np.float32)
+
+
+@pytest.fixture
+def tiny() -> FunnelIndex:
+    return FunnelIndex.from_vectors(DOCS, ["A", "B", "C"], texts=["a", "b", "c"])
+
+
+@pytest.fixture(scope="module")
+def random_index() -> tuple[FunnelIndex, np.ndarray]:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 32)).astype(np.float32)
+    queries = rng.standard_normal((20, 32)).astype(np.float32)
+    return FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(300)]), queries
+
+
+def ids(hits: list[list[Hit]]) -> list[list[str]]:
+    return [[h.id for h in row] for row in hits]
+
+
+def test_exact_scores_are_cosines(tiny: FunnelIndex) -> None:
+    [hits] = tiny.search(QUERY, k=3)
+    assert [h.id for h in hits] == ["B", "A", "C"]
+    assert [h.score for h in hits] == pytest.approx([0.8, 0.5, 0.0], abs=1e-6)
+    assert [h.text for h in hits] == ["b", "a", "c"]
+
+
+def test_prefix_ranking_differs_and_rerank_fixes_it(tiny: FunnelIndex) -> None:
+    prefix_only = tiny.search(QUERY, k=1, stages=[Stage(2, "float32", 1)])
+    assert prefix_only[0][0].id == "A"
+    assert prefix_only[0][0].score == pytest.approx(1.0)
+    funnel = tiny.search(QUERY, k=1, stages=parse_stages("2:float32:2,full:float32:1"))
+    assert funnel[0][0].id == "B"
+    assert funnel[0][0].score == pytest.approx(0.8)
+    # a shortlist too short to hold B cannot recover it
+    assert tiny.search(QUERY, k=1, stages=parse_stages("2:float32:1,full:float32:1"))[0][0].id == "A"
+
+
+def test_middle_stage_reranks_by_its_own_prefix(tiny: FunnelIndex) -> None:
+    # stage 1 keeps everything at 2 dims, stage 2 keeps the best 2 at 2 dims (A, B), stage 3 picks B at 4 dims
+    hits, timings = tiny.search_with_timings(QUERY, k=1, stages=parse_stages("2:float32:3,2:float32:2,full:float32:1"))
+    assert hits[0][0].id == "B"
+    assert [(t["dim"], t["candidates"], t["keep"]) for t in timings] == [(2, 3, 3), (2, 3, 2), (4, 2, 1)]
+    assert all(t["seconds"] >= 0 for t in timings)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "8:float32:300,full:float32:10",
+        "16:binary:300,full:float32:10",
+        "8:int8:300,full:float32:10",
+        "full:float16:300,full:float32:10",
+        "32:binary:300,16:float32:300,full:float32:10",
+    ],
+)
+def test_funnel_keeping_everything_equals_exact(random_index, spec: str) -> None:
+    index, queries = random_index
+    exact = index.search(queries, k=10, stages=EXACT)
+    funnel = index.search(queries, k=10, stages=parse_stages(spec))
+    assert ids(funnel) == ids(exact)
+    np.testing.assert_allclose([[h.score for h in r] for r in funnel], [[h.score for h in r] for r in exact], atol=1e-5)
+
+
+def test_default_stages_are_exact_and_settable(random_index) -> None:
+    index, queries = random_index
+    assert index.stages == PRESETS["exact"]
+    assert ids(index.search(queries, k=5)) == ids(index.search(queries, k=5, stages=EXACT))
+    with pytest.raises(ValueError, match="reads 64 dims"):
+        index.stages = [Stage(64, "float32", 10)]
+
+
+def test_binary_scores_follow_hamming_distance() -> None:
+    signs = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, -1, -1, -1, -1], [-1] * 8], dtype=np.float32)
+    index = FunnelIndex.from_vectors(signs, ["same", "half", "opposite"])
+    [hits] = index.search(np.ones(8, dtype=np.float32), k=3, stages=[Stage(8, "binary", 3)])
+    # score = cos(pi * hamming / bits): 0 bits differ -> 1, 4 of 8 -> 0, all 8 -> -1
+    assert [h.id for h in hits] == ["same", "half", "opposite"]
+    assert [h.score for h in hits] == pytest.approx([1.0, 0.0, -1.0], abs=1e-6)
+
+
+def test_binary_rerank_stage_matches_binary_first_stage(random_index) -> None:
+    index, queries = random_index
+    first = index.search(queries, k=5, stages=[Stage(32, "binary", 5)])
+    rerank = index.search(queries, k=5, stages=parse_stages("full:float32:300,32:binary:5"))
+    np.testing.assert_allclose([[h.score for h in r] for r in rerank], [[h.score for h in r] for r in first], atol=1e-6)
+    assert ids(rerank) == ids(first)
+
+
+def test_int8_and_float16_scores_approximate_cosine(random_index) -> None:
+    index, queries = random_index
+    exact = index.search(queries, k=10, stages=EXACT)
+    for codec, tolerance in (("int8", 0.03), ("float16", 1e-3)):
+        approx = index.search(queries, k=10, stages=[Stage(FULL, codec, 10)])  # type: ignore[arg-type]
+        assert approx[0][0].score == pytest.approx(exact[0][0].score, abs=tolerance)
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids(approx), ids(exact))])
+        assert overlap >= 0.8
+
+
+def test_float16_storage_matches_float32(random_index) -> None:
+    index, queries = random_index
+    vectors = np.stack([index._vectors[i] for i in range(len(index))])
+    half = FunnelIndex.from_vectors(vectors, index.ids, storage="float16")
+    assert half._vectors.dtype == np.float16
+    for spec in ("full:float32:10", "8:float32:100,full:float32:10"):
+        a = half.search(queries, k=10, stages=parse_stages(spec))
+        b = index.search(queries, k=10, stages=parse_stages(spec))
+        assert np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ids(a), ids(b))]) >= 0.95
+
+
+def test_ties_break_by_insertion_order() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((1, 16)).astype(np.float32)
+    others = rng.standard_normal((20, 16)).astype(np.float32)
+    vectors = np.concatenate([others[:10], np.repeat(base, 5, axis=0), others[10:]])
+    names = [f"o{i}" for i in range(10)] + [f"dup{i}" for i in range(5)] + [f"o{i}" for i in range(10, 20)]
+    index = FunnelIndex.from_vectors(vectors, names)
+    for spec in (
+        "full:float32:3",
+        "8:float32:10,full:float32:3",
+        "16:binary:3",
+        "16:binary:25,full:float32:3",
+        "full:float32:25,16:binary:3",
+    ):
+        [hits] = index.search(base, k=3, stages=parse_stages(spec))
+        assert [h.id for h in hits] == ["dup0", "dup1", "dup2"], spec
+
+
+def test_query_shapes_and_limits(tiny: FunnelIndex) -> None:
+    assert len(tiny.search(np.stack([QUERY, QUERY]), k=2)) == 2
+    assert len(tiny.search(QUERY, k=50)[0]) == 3  # k larger than the index
+    with pytest.raises(ValueError, match="queries have 3 dims"):
+        tiny.search(np.ones(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        tiny.search(QUERY, k=0)
+    with pytest.raises(ValueError, match="NaN"):
+        tiny.search(np.array([np.nan, 0, 0, 0], dtype=np.float32))
+
+
+def test_empty_index_returns_no_hits() -> None:
+    index = FunnelIndex.from_vectors(np.zeros((0, 8), dtype=np.float32), [])
+    hits, timings = index.search_with_timings(
+        np.ones((2, 8), dtype=np.float32), k=5, stages=parse_stages("8:binary:10,full:float32:5")
+    )
+    assert hits == [[], []]
+    assert len(timings) == 2
+    assert len(index) == 0
+
+
+def test_from_vectors_validation() -> None:
+    vectors = np.ones((2, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="got 1 ids for 2 vectors"):
+        FunnelIndex.from_vectors(vectors, ["a"])
+    with pytest.raises(ValueError, match="'a' appears more than once"):
+        FunnelIndex.from_vectors(vectors, ["a", "a"])
+    with pytest.raises(ValueError, match="non-empty strings"):
+        FunnelIndex.from_vectors(vectors, ["a", 2])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="got 1 texts for 2 vectors"):
+        FunnelIndex.from_vectors(vectors, ["a", "b"], texts=["x"])
+    with pytest.raises(ValueError, match="2-d array"):
+        FunnelIndex.from_vectors(np.ones(4), ["a"])
+    with pytest.raises(ValueError, match="storage"):
+        FunnelIndex.from_vectors(vectors, ["a", "b"], storage="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        FunnelIndex.from_vectors(np.array([[np.inf, 0, 0, 0], [1, 0, 0, 0]]), ["a", "b"])
+
+
+def test_vectors_are_stored_once_at_unit_length(tiny: FunnelIndex) -> None:
+    np.testing.assert_allclose(np.linalg.norm(tiny._vectors, axis=1), 1.0, rtol=1e-6)
+    assert tiny.dim == 4
+    assert len(tiny) == 3
+    assert "B" in tiny and "Z" not in tiny
+
+
+def test_add_extends_cached_views_and_finds_new_vectors(tiny: FunnelIndex) -> None:
+    funnel = parse_stages("2:float32:2,full:float32:1")
+    quantized = [Stage(FULL, "int8", 2), Stage(FULL, "float32", 1)]
+    tiny.search(QUERY, k=1, stages=funnel)
+    tiny.search(QUERY, k=1, stages=quantized)  # views are cached now
+    tiny.add(QUERY[None, :] * 3, ["Q"], texts=["query itself"])
+    assert len(tiny) == 4
+    for stages in (funnel, quantized, EXACT):
+        [hits] = tiny.search(QUERY, k=1, stages=stages)
+        assert hits[0] == Hit("Q", pytest.approx(1.0), "query itself")
+
+
+def test_add_rejects_existing_and_repeated_ids(tiny: FunnelIndex) -> None:
+    with pytest.raises(ValueError, match="id 'A' is already in the index"):
+        tiny.add(DOCS[:1], ["A"])
+    with pytest.raises(ValueError, match="'N' appears more than once"):
+        tiny.add(DOCS[:2], ["N", "N"])
+    with pytest.raises(ValueError, match=r"shape \(count, 4\)"):
+        tiny.add(np.ones((1, 5)), ["N"])
+    assert len(tiny) == 3
+
+
+def test_add_without_texts_to_index_with_texts_and_back() -> None:
+    index = FunnelIndex.from_vectors(DOCS, ["A", "B", "C"])
+    index.add(QUERY, ["Q"], texts=["q"])
+    hits = {h.id: h.text for h in index.search(QUERY, k=4)[0]}
+    assert hits == {"Q": "q", "A": None, "B": None, "C": None}
+    index.add(DOCS[:1], ["A2"])
+    assert {h.id: h.text for h in index.search(QUERY, k=5)[0]}["A2"] is None
+
+
+def test_delete_by_id(tiny: FunnelIndex) -> None:
+    tiny.search(QUERY, k=1, stages=[Stage(FULL, "float16", 3)])
+    assert tiny.delete(["B", "nope"]) == 1
+    assert tiny.delete("nope") == 0
+    assert len(tiny) == 2 and "B" not in tiny
+    for stages in (EXACT, [Stage(FULL, "float16", 3)], parse_stages("2:int8:2,full:float32:1")):
+        assert "B" not in {h.id for h in tiny.search(QUERY, k=3, stages=stages)[0]}
+    assert tiny.search(QUERY, k=3)[0][0].id == "A"
+    tiny.add(DOCS[1:2], ["B"], texts=["b again"])  # the id is free again
+    assert tiny.search(QUERY, k=1)[0][0] == Hit("B", pytest.approx(0.8), "b again")
+    assert tiny.ids == ["A", "C", "B"]
+
+
+class _FakeModel:
+    """Stands in for a SentenceTransformer: a fixed vector per text (hash-seeded)."""
+
+    def get_embedding_dimension(self) -> int:
+        return 16
+
+    def encode(self, texts, **_: object) -> np.ndarray:
+        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(16) for t in texts]).astype(
+            np.float32
+        )
+
+
+def test_build_encodes_and_keeps_texts() -> None:
+    texts = [f"text number {i}" for i in range(30)]
+    model = _FakeModel()
+    index = FunnelIndex.build(model, texts, model_name="fake", show_progress_bar=False)  # type: ignore[arg-type]
+    assert index.ids == [str(i) for i in range(30)] and index.model_name == "fake" and index.dim == 16
+    query = model.encode(["text number 7"])
+    [hits] = index.search(query, k=1, stages=parse_stages("8:float32:10,full:float32:1"))
+    assert hits[0].id == "7" and hits[0].text == "text number 7"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_concurrent_searches_and_updates_stay_consistent() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    index = FunnelIndex.from_vectors(rng.standard_normal((200, 16)), [f"d{i}" for i in range(200)])
+    queries = rng.standard_normal((4, 16)).astype(np.float32)
+    additions = rng.standard_normal((20, 16)).astype(np.float32)
+    stages = parse_stages("16:binary:50,8:float32:20,full:float32:5")
+
+    def task(i: int) -> int:
+        if i % 4:
+            return sum(len(row) for row in index.search(queries, k=5, stages=stages))
+        index.add(additions[i // 4 : i // 4 + 1], [f"new{i}"])
+        if i % 12 == 0:
+            index.delete([f"d{i}"])
+        return 20
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(task, range(80))) == [20] * 80
+    assert len(index) == 200 + 20 - 7
+    assert all(f"new{i}" in index for i in range(0, 80, 4))

@@ -1,0 +1,160 @@
+"""The micro-batcher on its own, with a fake batch function: merging, splitting, limits, failures, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from matryoshka.serving.batching import BatcherClosed, MicroBatcher
+
+
+class Recorder:
+    """A batch function that returns each text's length and records the batches it saw."""
+
+    def __init__(self, delay: float = 0.0, fail_on: str | None = None):
+        self.batches: list[list[str]] = []
+        self.delay, self.fail_on = delay, fail_on
+        self.threads: set[str] = set()
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        self.batches.append(list(texts))
+        self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_on is not None and self.fail_on in texts:
+            raise RuntimeError("model failed")
+        lengths = np.array([len(t) for t in texts])
+        return np.stack([lengths, lengths * 2], axis=1), lengths
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_one_call():
+    fn = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=100, max_wait_ms=50)
+        requests = [["a" * i, "b" * (i + 1)] for i in range(1, 11)]
+        results = await asyncio.gather(*[batcher.submit(r) for r in requests])
+        await batcher.close()
+        return requests, results, batcher.stats
+
+    requests, results, stats = run(main())
+    assert len(fn.batches) == 1 and len(fn.batches[0]) == 20
+    for texts, (rows, lengths) in zip(requests, results):  # every caller gets exactly its own rows, in order
+        assert lengths.tolist() == [len(t) for t in texts]
+        assert rows[:, 1].tolist() == [2 * len(t) for t in texts]
+    assert stats.calls == 1 and stats.requests == 10 and stats.texts == 20
+    assert all(name.startswith("batcher") for name in fn.threads)  # off the event loop's thread
+
+
+def test_max_texts_splits_batches():
+    fn = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=4, max_wait_ms=20)
+        await asyncio.gather(*[batcher.submit([f"t{i}"]) for i in range(10)])
+        await batcher.close()
+
+    run(main())
+    assert [len(b) for b in fn.batches] == [4, 4, 2]
+    assert [t for b in fn.batches for t in b] == [f"t{i}" for i in range(10)]  # arrival order kept
+
+
+def test_oversized_request_runs_whole_and_alone():
+    fn = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=4, max_wait_ms=20)
+        small, big = await asyncio.gather(batcher.submit(["s"]), batcher.submit([f"b{i}" for i in range(10)]))
+        await batcher.close()
+        return small, big
+
+    small, big = run(main())
+    assert [len(b) for b in fn.batches] == [1, 10]
+    assert len(big[1]) == 10 and len(small[1]) == 1
+
+
+def test_requests_arriving_during_a_call_form_the_next_batch():
+    fn = Recorder(delay=0.2)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=100, max_wait_ms=0)
+        first = asyncio.create_task(batcher.submit(["first"]))
+        await asyncio.sleep(0.05)  # the first call is running now
+        rest = [asyncio.create_task(batcher.submit([f"later{i}"])) for i in range(5)]
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+
+    run(main())
+    assert [len(b) for b in fn.batches] == [1, 5]
+
+
+def test_failure_reaches_every_caller_of_the_batch_and_batcher_survives():
+    fn = Recorder(fail_on="boom")
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=100, max_wait_ms=30)
+        results = await asyncio.gather(batcher.submit(["ok"]), batcher.submit(["boom"]), return_exceptions=True)
+        after = await batcher.submit(["fine"])
+        await batcher.close()
+        return results, after
+
+    results, after = run(main())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert after[1].tolist() == [4]
+
+
+def test_cancelled_caller_is_skipped():
+    fn = Recorder(delay=0.1)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=100, max_wait_ms=0)
+        busy = asyncio.create_task(batcher.submit(["busy"]))
+        await asyncio.sleep(0.02)
+        gone = asyncio.create_task(batcher.submit(["gone"]))
+        kept = asyncio.create_task(batcher.submit(["kept"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.gather(busy, kept)
+        await batcher.close()
+
+    run(main())
+    assert fn.batches == [["busy"], ["kept"]]
+
+
+def test_close_finishes_queued_work_then_refuses():
+    fn = Recorder(delay=0.05)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=1, max_wait_ms=0)
+        tasks = [asyncio.create_task(batcher.submit([f"q{i}"])) for i in range(3)]
+        await asyncio.sleep(0)
+        await batcher.close(timeout=5)
+        done = await asyncio.gather(*tasks)
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(["late"])
+        return done
+
+    assert len(run(main())) == 3
+
+
+def test_close_timeout_fails_what_is_left():
+    fn = Recorder(delay=0.3)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=1, max_wait_ms=0)
+        tasks = [asyncio.create_task(batcher.submit([f"q{i}"])) for i in range(4)]
+        await asyncio.sleep(0.01)
+        await batcher.close(timeout=0.05)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run(main())
+    assert any(isinstance(r, BatcherClosed) for r in results)  # nobody is left hanging
+    assert all(isinstance(r, (tuple, BatcherClosed)) for r in results)

@@ -1,0 +1,90 @@
+"""``serve_command`` / ``demo_command`` wiring and the demo index cache."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from test_serving_support import real_retrieval_available, wordnet_sample
+from typer.testing import CliRunner
+
+from matryoshka.serving.cli import (
+    build_demo_index,
+    demo_cache_path,
+    demo_command,
+    serve_command,
+)
+from matryoshka.serving.config import ServeConfig, parse_model_specs
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("serve")(serve_command)
+    app.command("demo")(demo_command)
+    return app
+
+
+def test_commands_register_and_document_their_options():
+    runner = CliRunner()
+    serve_help = runner.invoke(make_app(), ["serve", "--help"], env={"COLUMNS": "200"})
+    assert serve_help.exit_code == 0, serve_help.output
+    for option in (
+        "--model",
+        "--host",
+        "--port",
+        "--api-key",
+        "--index",
+        "--results",
+        "--max-inputs",
+        "--batch-wait-ms",
+    ):
+        assert option in serve_help.output
+    demo_help = runner.invoke(make_app(), ["demo", "--help"], env={"COLUMNS": "200"})
+    assert demo_help.exit_code == 0, demo_help.output
+    for option in ("--limit", "--cache-dir", "--rebuild", "--results"):
+        assert option in demo_help.output
+
+
+def test_serve_reports_a_missing_model_cleanly(tmp_path):
+    result = CliRunner().invoke(make_app(), ["serve", "--model", str(tmp_path / "nothing-here"), "--port", "1"])
+    assert result.exit_code == 1
+    assert "error" in result.output
+
+
+def test_model_specs():
+    assert parse_model_specs(["all-MiniLM-L6-v2", "small=/models/x"]) == [
+        ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+        ("small", "/models/x"),
+    ]
+    with pytest.raises(ValueError):
+        ServeConfig(models=["a", "a"])
+    with pytest.raises(ValueError):
+        ServeConfig(max_inputs=0)
+
+
+def test_cache_path_depends_on_model_and_limit(tmp_path):
+    a = demo_cache_path(tmp_path, "all-MiniLM-L6-v2", 20_000)
+    assert a.parent == tmp_path and a.name.startswith("all-MiniLM-L6-v2-wordnet-20000-")
+    assert a != demo_cache_path(tmp_path, "all-MiniLM-L6-v2", 300)
+    assert a != demo_cache_path(tmp_path, "/models/other", 20_000)
+
+
+@pytest.mark.skipif(not real_retrieval_available(), reason="the real matryoshka.retrieval is not importable")
+def test_demo_index_is_built_once_then_loaded(model, tmp_path, data_dir):
+    messages: list[str] = []
+    source = data_dir / "wordnet-glosses" / "wordnet30_glosses.jsonl.gz"
+    built = build_demo_index(
+        model, "all-MiniLM-L6-v2", 40, tmp_path, source=source if source.exists() else None, log=messages.append
+    )
+    assert len(built) == 40 and built.model_name == "all-MiniLM-L6-v2"
+    assert built.ids == wordnet_sample(40)[0]
+    loaded = build_demo_index(model, "all-MiniLM-L6-v2", 40, tmp_path, log=messages.append)
+    assert "loaded the demo index" in messages[-1]
+    assert loaded.ids == built.ids and len(loaded) == 40
+    # A damaged cache is rebuilt rather than fatal.
+    for file in demo_cache_path(tmp_path, "all-MiniLM-L6-v2", 40).iterdir():
+        if file.suffix == ".npy":
+            file.write_bytes(b"junk")
+    again = build_demo_index(
+        model, "all-MiniLM-L6-v2", 40, tmp_path, source=source if source.exists() else None, log=messages.append
+    )
+    assert "rebuilding" in " ".join(messages) and len(again) == 40

@@ -1,0 +1,81 @@
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from matryoshka.losses import InBatchSimilarityDistillationLoss
+from matryoshka.models import build_static_model, load_model
+from matryoshka.training import TrainConfig, build_dataset, train
+
+PAIRS = [
+    ("A man is playing a guitar.", "A person plays an instrument."),
+    ("A woman is slicing onions.", "Someone is cutting vegetables."),
+    ("The cat sleeps on the sofa.", "A kitten naps on a couch."),
+    ("Stocks fell sharply on Monday.", "The market dropped at the start of the week."),
+    ("Children are playing football.", "Kids kick a ball in a park."),
+    ("A plane is taking off.", "An airplane leaves the runway."),
+    ("He is reading a newspaper.", "A man reads the news."),
+    ("The soup is too salty.", "There is too much salt in the soup."),
+] * 4
+TRIPLETS = [(a, b, PAIRS[(i + 1) % 8][1]) for i, (a, b) in enumerate(PAIRS)]
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself(model):
+    dataset, table = build_dataset(TrainConfig(show_progress_bar=False), model, PAIRS[:8])
+    loss = InBatchSimilarityDistillationLoss(model, table)
+    features = [model.tokenize(dataset["sentence1"]), model.tokenize(dataset["sentence2"])]
+    model.eval()
+    with torch.no_grad():
+        value = loss(features, torch.tensor(dataset["label"]))
+    assert value.item() == pytest.approx(0.0, abs=1e-6)
+    shuffled = torch.tensor(dataset["label"][::-1])  # wrong teacher rows: a real error signal
+    with torch.no_grad():
+        assert loss(features, shuffled).item() > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("matryoshka", [False, True])
+@pytest.mark.parametrize("objective,rows", [("distill", PAIRS), ("nli", TRIPLETS)])
+def test_tiny_training_runs_and_saves_a_loadable_model(tmp_path, objective, rows, matryoshka):
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = load_model(device="cpu")
+    before = model.encode(["A man is playing a guitar."], convert_to_tensor=True)
+    config = TrainConfig(objective=objective, matryoshka=matryoshka, batch_size=8, max_steps=3,
+                         learning_rate=1e-4, show_progress_bar=False)
+    result = train(model, config, tmp_path / "out", rows=rows)
+    assert result.steps == 3 and len(result.losses) >= 1
+    reloaded = SentenceTransformer(str(tmp_path / "out"), device="cpu")
+    after = reloaded.encode(["A man is playing a guitar."], convert_to_tensor=True)
+    assert after.shape == before.shape and not torch.allclose(before, after)
+    assert (tmp_path / "out" / "modules.json").exists()
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_static_model_trains_with_matryoshka(tmp_path, model):
+    static = build_static_model(embedding_dim=64, seed=0)
+    assert static.get_embedding_dimension() == 64
+    config = TrainConfig(objective="distill", dims=(64, 32, 8), batch_size=8, max_steps=3,
+                         learning_rate=0.05, show_progress_bar=False)
+    dataset, table = build_dataset(config, model, PAIRS)
+    # the teacher is 384-d, the student 64-d: similarities, not vectors, are distilled
+    result = train(static, config, tmp_path / "static", train_dataset=dataset, teacher_table=table)
+    assert result.steps == 3
+    assert SentenceTransformer(str(tmp_path / "static")).encode(["x"]).shape == (1, 64)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"dims": (384, 0)}, "dims must be in"),
+    ({"dims": (512, 64)}, "dims must be in"),
+    ({"dims": (128, 64)}, "include the full size"),
+    ({"weights": (1, 2)}, "weights for"),
+    ({"objective": "mse"}, "objective"),
+    ({"batch_size": 1}, "batch_size"),
+    ({"learning_rate": 0}, "learning_rate"),
+])
+def test_bad_configs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs).validate(384)
+
+
+def test_too_few_rows_for_a_batch(tmp_path, model):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(model, TrainConfig(batch_size=64, show_progress_bar=False), tmp_path, rows=PAIRS[:8])
