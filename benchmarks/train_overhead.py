@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.losses import (
+    MatryoshkaLoss,
+    MultipleNegativesRankingLoss,
+)
 
 from matryoshka.data import load_distillation_pairs, load_nli_triplets
 from matryoshka.evaluation.results import write_atomic

@@ -2,7 +2,12 @@ import gzip
 
 import pytest
 
-from matryoshka.data import DataError, load_distillation_pairs, load_nli_triplets, load_sts
+from matryoshka.data import (
+    DataError,
+    load_distillation_pairs,
+    load_nli_triplets,
+    load_sts,
+)
 from matryoshka.data.nli import read_nli_file, triplets_from_pairs
 from matryoshka.data.sts import read_sts_file
 

@@ -2,7 +2,9 @@ import json
 
 import numpy as np
 import pytest
-from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+from sentence_transformers.sentence_transformer.evaluation import (
+    EmbeddingSimilarityEvaluator,
+)
 
 from matryoshka.data import load_sts
 from matryoshka.evaluation import Results, evaluate_sts

@@ -12,9 +12,31 @@ Example:
     (1, 64)
 """
 
-from matryoshka.embeddings import Precision, encode, truncate
-from matryoshka.models import DEFAULT_MODEL, build_static_model, load_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matryoshka.embeddings import Precision, encode, truncate
+    from matryoshka.models import DEFAULT_MODEL, build_static_model, load_model
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `matryoshka --help` does not wait for torch.
+_LAZY = {
+    "Precision": "matryoshka.embeddings",
+    "encode": "matryoshka.embeddings",
+    "truncate": "matryoshka.embeddings",
+    "DEFAULT_MODEL": "matryoshka.models",
+    "build_static_model": "matryoshka.models",
+    "load_model": "matryoshka.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'matryoshka' has no attribute {name!r}")
 
 __all__ = ["DEFAULT_MODEL", "Precision", "build_static_model", "encode", "load_model", "truncate", "__version__"]

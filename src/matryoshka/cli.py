@@ -214,12 +214,13 @@ def compare(
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Cap every recipe's steps (smoke test).")] = None,
     max_examples: Annotated[int, typer.Option(min=2, help="Rows loaded when --max-steps is set.")] = 256,
     eval_limit: Annotated[Optional[int], typer.Option(min=10, help="Score only the first N STS-B test pairs.")] = None,
+    jobs: Annotated[int, typer.Option(min=1, max=2, help="Train a recipe's two variants in 1 or 2 processes.")] = 2,
 ) -> None:
     """Train standard and Matryoshka models from one base, score all per dimension on STS-B test."""
     from matryoshka.compare import CompareConfig, run_compare
 
     kwargs = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
-                  eval_limit=eval_limit)
+                  eval_limit=eval_limit, jobs=jobs)
     config = CompareConfig.quick(**kwargs) if quick else CompareConfig(**kwargs)
     if max_steps is not None:
         config.cap(max_steps, max_examples)

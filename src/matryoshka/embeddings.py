@@ -8,11 +8,12 @@ pitfall). Quantization to int8 or binary follows sentence-transformers' ``quanti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.util.quantization import quantize_embeddings
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -71,6 +72,8 @@ def quantize(
         return vectors.astype(np.float32, copy=False)
     if precision == "float16":
         return vectors.astype(np.float16)
+    from sentence_transformers.util.quantization import quantize_embeddings
+
     return quantize_embeddings(vectors, precision=precision, calibration_embeddings=calibration)
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 #: Name that resolves to the packaged all-MiniLM-L6-v2 (384 dims).
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -49,6 +49,8 @@ def load_model(name: str | os.PathLike[str] | None = None, device: str | None = 
     Raises:
         ModelLoadError: the name is neither a model directory nor a loadable hub model.
     """
+    from sentence_transformers import SentenceTransformer
+
     resolved = resolve_model_name(name)
     path = Path(resolved)
     if path.exists() and not (path / "modules.json").exists() and not (path / "config.json").exists():
@@ -79,6 +81,9 @@ def build_static_model(
     for "training from a plain model": it shows what the Matryoshka loss does to a model that has no
     ordering of dimensions to begin with. It encodes thousands of texts per second on a CPU.
     """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
     from tokenizers import Tokenizer
 
     source = Path(resolve_model_name(tokenizer_source))

@@ -36,9 +36,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from sentence_transformers.sentence_transformer.losses import (
     CoSENTLoss,
+    CosineSimilarityLoss,
     MatryoshkaLoss,
     MultipleNegativesRankingLoss,
 )
@@ -48,7 +53,7 @@ from matryoshka.losses import InBatchSimilarityDistillationLoss
 from matryoshka.models import model_dimension
 
 Objective = Literal["distill", "nli"]
-DistillLoss = Literal["cosent", "inbatch"]
+DistillLoss = Literal["cosine", "cosent", "inbatch"]
 DEFAULT_DIMS: tuple[int, ...] = (384, 256, 128, 64, 32, 16)
 
 
@@ -75,7 +80,7 @@ class TrainConfig:
     """
 
     objective: Objective = "distill"
-    distill_loss: DistillLoss = "cosent"
+    distill_loss: DistillLoss = "cosine"
     matryoshka: bool = True
     dims: tuple[int, ...] = DEFAULT_DIMS
     weights: tuple[float, ...] | None = None
@@ -94,8 +99,8 @@ class TrainConfig:
         """Raise ``ValueError`` for settings that cannot train ``full_dim``-dimensional models."""
         if self.objective not in ("distill", "nli"):
             raise ValueError(f"objective must be 'distill' or 'nli', got {self.objective!r}")
-        if self.distill_loss not in ("cosent", "inbatch"):
-            raise ValueError(f"distill_loss must be 'cosent' or 'inbatch', got {self.distill_loss!r}")
+        if self.distill_loss not in ("cosine", "cosent", "inbatch"):
+            raise ValueError(f"distill_loss must be 'cosine', 'cosent' or 'inbatch', got {self.distill_loss!r}")
         if not self.dims or any(d <= 0 or d > full_dim for d in self.dims):
             raise ValueError(f"dims must be in 1..{full_dim}, got {list(self.dims)}")
         if self.matryoshka and full_dim not in self.dims:
@@ -149,7 +154,7 @@ def teacher_embeddings(
 
 def pair_dataset(pairs: Sequence[Sequence[str]], table: torch.Tensor, distill_loss: DistillLoss) -> Dataset:
     """Pairs labelled for ``distill_loss``: the teacher's cosine (``cosent``) or the row's table index (``inbatch``)."""
-    if distill_loss == "cosent":
+    if distill_loss in ("cosine", "cosent"):
         unit = torch.nn.functional.normalize(table.float(), dim=-1)
         labels: list[float] | list[int] = (unit[:, 0] * unit[:, 1]).sum(-1).tolist()
     else:
@@ -195,6 +200,8 @@ def build_loss(model: SentenceTransformer, config: TrainConfig, teacher_table: t
         base: torch.nn.Module = MultipleNegativesRankingLoss(model)
     elif config.distill_loss == "cosent":
         base = CoSENTLoss(model)
+    elif config.distill_loss == "cosine":
+        base = CosineSimilarityLoss(model)
     else:
         if teacher_table is None:
             raise ValueError("the distill objective needs the teacher's embedding table")
@@ -219,6 +226,7 @@ def save_model_atomic(model: SentenceTransformer, output_dir: str | os.PathLike[
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it private; a saved model is an ordinary directory
         model.save(str(staging))
         if target.exists():
             backup = target.with_name(f".{target.name}.old")
@@ -291,6 +299,9 @@ def train(
     trainer.train()
     seconds = time.perf_counter() - started
     save_model_atomic(model, output_dir)
+    checkpoints = Path(args.output_dir)
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
     return TrainResult(
         model=model,
         output_dir=output_dir,

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from matryoshka.data.beir import BeirDataset
 from matryoshka.embeddings import check_dim, encode, truncate
 
 #: Metrics computed at every cut-off in ``k_values``, as ``ranx`` names them.
 METRICS = ("ndcg", "recall", "mrr")
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 
 def evaluate_retrieval(
@@ -67,6 +70,7 @@ def evaluate_retrieval(
 def encode_dataset(
     model: SentenceTransformer, dataset: BeirDataset, batch_size: int = 64, show_progress_bar: bool | None = None
 ) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+
     """Encode corpus and queries at full size: ``(doc_ids, doc_vectors, query_ids, query_vectors)``."""
     if not dataset.corpus:
         raise ValueError(f"data set {dataset.name!r} has an empty corpus")

@@ -7,14 +7,17 @@ those vectors, so scoring six dimensions costs one encoding pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import spearmanr
-from sentence_transformers import SentenceTransformer
 
 from matryoshka.data.sts import StsPair
 from matryoshka.embeddings import check_dim, truncate
 from matryoshka.models import model_dimension
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 
 def spearman_by_dim(
@@ -38,6 +41,7 @@ def evaluate_sts(
     batch_size: int = 64,
     show_progress_bar: bool = False,
 ) -> dict[int, float]:
+
     """Spearman correlation of cosine similarity with the gold scores of ``pairs`` at each of ``dims``.
 
     Matches sentence-transformers' ``EmbeddingSimilarityEvaluator(..., truncate_dim=d)`` (``spearman_cosine``).

@@ -16,11 +16,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.table import Table
-from sentence_transformers import SentenceTransformer
 
 from matryoshka.data.beir import BeirDataset
 from matryoshka.embeddings import check_dim
@@ -33,6 +32,9 @@ from matryoshka.retrieval.stages import (
     format_stages,
     resolve_stages,
 )
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 #: Shortlist sizes tried for every first-stage dim and codec.
 SHORTLISTS = (100, 200, 400, 1000)

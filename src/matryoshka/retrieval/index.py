@@ -19,14 +19,16 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import faiss
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from matryoshka.embeddings import encode
 from matryoshka.retrieval.stages import PRESETS, Stage, resolve_stages, validate_stages
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 Storage = Literal["float32", "float16"]
 STORAGES: tuple[str, ...] = get_args(Storage)
