@@ -20,7 +20,7 @@ TRIPLETS = [(a, b, PAIRS[(i + 1) % 8][1]) for i, (a, b) in enumerate(PAIRS)]
 
 
 def test_distillation_loss_is_zero_for_the_teacher_itself(model):
-    dataset, table = build_dataset(TrainConfig(show_progress_bar=False), model, PAIRS[:8])
+    dataset, table = build_dataset(TrainConfig(distill_loss="inbatch", show_progress_bar=False), model, PAIRS[:8])
     loss = InBatchSimilarityDistillationLoss(model, table)
     features = [model.tokenize(dataset["sentence1"]), model.tokenize(dataset["sentence2"])]
     model.eval()
@@ -34,12 +34,14 @@ def test_distillation_loss_is_zero_for_the_teacher_itself(model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("matryoshka", [False, True])
-@pytest.mark.parametrize("objective,rows", [("distill", PAIRS), ("nli", TRIPLETS)])
-def test_tiny_training_runs_and_saves_a_loadable_model(tmp_path, objective, rows, matryoshka):
+@pytest.mark.parametrize("objective,distill_loss,rows", [
+    ("distill", "cosine", PAIRS), ("distill", "cosent", PAIRS), ("nli", "cosine", TRIPLETS),
+])
+def test_tiny_training_runs_and_saves_a_loadable_model(tmp_path, objective, distill_loss, rows, matryoshka):
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(device="cpu")
     before = model.encode(["A man is playing a guitar."], convert_to_tensor=True)
-    config = TrainConfig(objective=objective, matryoshka=matryoshka, batch_size=8, max_steps=3,
+    config = TrainConfig(objective=objective, distill_loss=distill_loss, matryoshka=matryoshka, batch_size=8, max_steps=3,
                          learning_rate=1e-4, show_progress_bar=False)
     result = train(model, config, tmp_path / "out", rows=rows)
     assert result.steps == 3 and len(result.losses) >= 1
@@ -53,7 +55,7 @@ def test_tiny_training_runs_and_saves_a_loadable_model(tmp_path, objective, rows
 def test_static_model_trains_with_matryoshka(tmp_path, model):
     static = build_static_model(embedding_dim=64, seed=0)
     assert static.get_embedding_dimension() == 64
-    config = TrainConfig(objective="distill", dims=(64, 32, 8), batch_size=8, max_steps=3,
+    config = TrainConfig(objective="distill", distill_loss="inbatch", dims=(64, 32, 8), batch_size=8, max_steps=3,
                          learning_rate=0.05, show_progress_bar=False)
     dataset, table = build_dataset(config, model, PAIRS)
     # the teacher is 384-d, the student 64-d: similarities, not vectors, are distilled
@@ -74,6 +76,13 @@ def test_static_model_trains_with_matryoshka(tmp_path, model):
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs).validate(384)
+
+
+def test_cosine_labels_are_the_teacher_cosines(model):
+    dataset, table = build_dataset(TrainConfig(show_progress_bar=False), model, PAIRS[:4])
+    vectors = model.encode([PAIRS[0][0], PAIRS[0][1]], convert_to_tensor=True, normalize_embeddings=True)
+    assert dataset["label"][0] == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-4)
+    assert table.shape == (4, 2, 384)
 
 
 def test_too_few_rows_for_a_batch(tmp_path, model):
