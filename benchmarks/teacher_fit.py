@@ -2,8 +2,8 @@
 
 Reads the models that `matryoshka compare` saved under ``<compare dir>/models`` and reports, at each
 dimension, the mean squared error (×100) between the model's cosines and the untouched base model's
-full-size cosines: over the last 256 local pairs (held out from the self-distillation runs) themselves (``pair``) and over all pairs of their 512
-texts (``inbatch``). It separates "the objective did not improve" from "the objective improved but the
+full-size cosines, on the last 256 local pairs (held out from the self-distillation runs): over the
+pairs themselves (``pair``) and over all pairs of their 512 texts (``inbatch``). It separates "the objective did not improve" from "the objective improved but the
 task metric did not follow".
 
     python benchmarks/teacher_fit.py --compare benchmarks/results/compare
@@ -36,6 +36,8 @@ def main() -> None:
     teacher = F.normalize(torch.cat([table[:, 0], table[:, 1]]).float(), dim=-1)
     n = len(rows)
     upper = torch.triu_indices(2 * n, 2 * n, 1)
+    teacher_inbatch = (teacher @ teacher.T)[upper[0], upper[1]]
+    teacher_pair = (teacher[:n] * teacher[n:]).sum(1)
     report = {}
     for directory in sorted((args.compare / "models").iterdir()):
         if not (directory / "modules.json").exists():
@@ -45,8 +47,8 @@ def main() -> None:
         scores = {}
         for dim in (384, 128, 64, 32, 16):
             x = F.normalize(vectors[:, :dim], dim=-1)
-            inbatch = ((x @ x.T - teacher @ teacher.T)[upper[0], upper[1]] ** 2).mean() * 100
-            pair = (((x[:n] * x[n:]).sum(1) - (teacher[:n] * teacher[n:]).sum(1)) ** 2).mean() * 100
+            inbatch = (((x @ x.T)[upper[0], upper[1]] - teacher_inbatch) ** 2).mean() * 100
+            pair = (((x[:n] * x[n:]).sum(1) - teacher_pair) ** 2).mean() * 100
             scores[dim] = {"pair": round(float(pair), 3), "inbatch": round(float(inbatch), 3)}
         report[directory.name] = scores
         print(directory.name, json.dumps(scores), flush=True)

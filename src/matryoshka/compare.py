@@ -129,12 +129,17 @@ def _train_pair(
     """
     if config.objective == "nli":
         dataset, table = build_dataset(config)
-    else:  # the teacher's embeddings are the costly part: share them between recipes
-        key = (config.pair_sources, config.max_examples, config.seed)
-        if key not in datasets:
-            rows = load_rows(config)
-            datasets[key] = (rows, teacher_embeddings(rows, teacher, config.show_progress_bar))
-        rows, table = datasets[key]
+    else:
+        # The teacher's embeddings are the costly part. Recipes with the same sources and seed read
+        # prefixes of one pair order, so one table serves all of them; only missing rows are encoded.
+        key = (config.pair_sources, config.seed)
+        rows = load_rows(config)
+        cached_rows, cached_table = datasets.get(key, ([], None))
+        if len(rows) > len(cached_rows):
+            extra = teacher_embeddings(rows[len(cached_rows):], teacher, config.show_progress_bar)
+            cached_table = extra if cached_table is None else torch.cat([cached_table, extra])
+            datasets[key] = (rows, cached_table)
+        table = cached_table[: len(rows)]
         dataset = pair_dataset(rows, table, config.distill_loss)
     jobs = []
     for matryoshka in (False, True):

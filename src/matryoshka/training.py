@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -97,9 +97,9 @@ class TrainConfig:
 
     def validate(self, full_dim: int) -> None:
         """Raise ``ValueError`` for settings that cannot train ``full_dim``-dimensional models."""
-        if self.objective not in ("distill", "nli"):
+        if self.objective not in get_args(Objective):
             raise ValueError(f"objective must be 'distill' or 'nli', got {self.objective!r}")
-        if self.distill_loss not in ("cosine", "cosent", "inbatch"):
+        if self.distill_loss not in get_args(DistillLoss):
             raise ValueError(f"distill_loss must be 'cosine', 'cosent' or 'inbatch', got {self.distill_loss!r}")
         if not self.dims or any(d <= 0 or d > full_dim for d in self.dims):
             raise ValueError(f"dims must be in 1..{full_dim}, got {list(self.dims)}")
@@ -153,7 +153,7 @@ def teacher_embeddings(
 
 
 def pair_dataset(pairs: Sequence[Sequence[str]], table: torch.Tensor, distill_loss: DistillLoss) -> Dataset:
-    """Pairs labelled for ``distill_loss``: the teacher's cosine (``cosent``) or the row's table index (``inbatch``)."""
+    """Pairs labelled for ``distill_loss``: the teacher's cosine (``cosine``, ``cosent``) or the row's table index (``inbatch``)."""
     if distill_loss in ("cosine", "cosent"):
         unit = torch.nn.functional.normalize(table.float(), dim=-1)
         labels: list[float] | list[int] = (unit[:, 0] * unit[:, 1]).sum(-1).tolist()

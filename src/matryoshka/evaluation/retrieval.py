@@ -70,7 +70,6 @@ def evaluate_retrieval(
 def encode_dataset(
     model: SentenceTransformer, dataset: BeirDataset, batch_size: int = 64, show_progress_bar: bool | None = None
 ) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
-
     """Encode corpus and queries at full size: ``(doc_ids, doc_vectors, query_ids, query_vectors)``."""
     if not dataset.corpus:
         raise ValueError(f"data set {dataset.name!r} has an empty corpus")

@@ -41,7 +41,6 @@ def evaluate_sts(
     batch_size: int = 64,
     show_progress_bar: bool = False,
 ) -> dict[int, float]:
-
     """Spearman correlation of cosine similarity with the gold scores of ``pairs`` at each of ``dims``.
 
     Matches sentence-transformers' ``EmbeddingSimilarityEvaluator(..., truncate_dim=d)`` (``spearman_cosine``).
