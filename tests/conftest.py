@@ -33,3 +33,6 @@ def model():
     from matryoshka.models import load_model
 
     return load_model(device="cpu")
+
+
+from postgres_server import postgres_url  # noqa: E402, F401  (a real throw-away PostgreSQL server, one per session)

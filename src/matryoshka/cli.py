@@ -61,12 +61,32 @@ def encode(
     no_normalize: Annotated[bool, typer.Option("--no-normalize", help="Keep the truncated prefix as is.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a .npy file instead of JSON lines.")] = None,
     model: ModelOption = None,
+    corpus: Annotated[Optional[str], typer.Option(
+        "--corpus", "-c", help="With --backend: a BEIR data set (scifact, npl, a directory) or a .txt/.jsonl file.")] = None,
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", "-b", help="Load the corpus into a backend: faiss://DIR, postgresql://..., qdrant://..., qdrant+local://DIR.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="With --backend: encode on a Ray cluster ($RAY_ADDRESS, else local).")] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Ray encoding actors (default: the cluster's CPUs).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+    write_batch: Annotated[int, typer.Option(min=1, help="Vectors per backend write.")] = 1024,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Re-encode ids the backend already holds.")] = False,
 ) -> None:
-    """Encode texts at any dimension; print one JSON array per line, or save a .npy file."""
+    """Encode texts at any dimension; print one JSON array per line, or save a .npy file.
+
+    With --corpus and --backend, encode a whole corpus at full size into a vector backend instead
+    (resumable: ids already stored are skipped); --ray spreads the encoding over a Ray cluster.
+    """
     from matryoshka.embeddings import PRECISIONS, DimensionError
     from matryoshka.embeddings import encode as encode_texts
     from matryoshka.models import ModelLoadError, load_model
 
+    if backend is not None or corpus is not None or ray:
+        if backend is None or corpus is None:
+            fail("loading a corpus needs both --corpus and --backend")
+        if texts or input is not None or output is not None or dim is not None:
+            fail("--corpus/--backend load full-size vectors; drop texts, --input, --output and --dim")
+        load_corpus(corpus, backend, model, ray, workers, batch_size, write_batch, not no_resume)
+        return
     lines = list(texts or [])
     if input is not None:
         if not input.is_file():
@@ -92,6 +112,30 @@ def encode(
         return
     for row in vectors:
         sys.stdout.write(json.dumps([round(float(x), 6) if row.dtype.kind == "f" else int(x) for x in row]) + "\n")
+
+
+def load_corpus(
+    corpus: str, backend: str, model: str | None, ray: bool, workers: int | None, batch_size: int,
+    write_batch: int, resume: bool,
+) -> None:
+    """``matryoshka encode --corpus ... --backend ...``: a thin layer over :func:`encode_to_backend`."""
+    from matryoshka.backends import BackendError
+    from matryoshka.backends.ray_encoding import encode_to_backend
+    from matryoshka.models import ModelLoadError
+
+    try:
+        report = encode_to_backend(
+            corpus, backend, model, batch_size=batch_size, write_batch=write_batch, num_workers=workers,
+            resume=resume, use_ray=ray,
+        )
+    except (ValueError, TypeError, FileNotFoundError, ModelLoadError, BackendError, ImportError) as exc:
+        fail(str(exc))
+    console.print(
+        f"{backend}: wrote {report.written:,} of {report.total:,} documents "
+        f"({report.skipped_existing:,} already stored) in {report.seconds:.1f}s"
+        + (f" on {report.workers} Ray workers" if ray else ""),
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -217,12 +261,14 @@ def compare(
     max_examples: Annotated[int, typer.Option(min=2, help="Rows loaded when --max-steps is set.")] = 256,
     eval_limit: Annotated[Optional[int], typer.Option(min=10, help="Score only the first N STS-B test pairs.")] = None,
     jobs: Annotated[int, typer.Option(min=1, max=2, help="Train a recipe's two variants in 1 or 2 processes.")] = 2,
+    keep_previous: Annotated[bool, typer.Option(
+        "--keep-previous", help="With --no-nli/--no-static, keep those recipes' scores from results.json in --out.")] = False,
 ) -> None:
     """Train standard and Matryoshka models from one base, score all per dimension on STS-B test."""
     from matryoshka.compare import CompareConfig, run_compare
 
     kwargs = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
-                  eval_limit=eval_limit, jobs=jobs)
+                  eval_limit=eval_limit, jobs=jobs, keep_previous=keep_previous)
     config = CompareConfig.quick(**kwargs) if quick else CompareConfig(**kwargs)
     if max_steps is not None:
         config.cap(max_steps, max_examples)

@@ -49,8 +49,8 @@ class CompareConfig:
     seed: int = 0
     distill: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            objective="distill", distill_loss="cosine", weights=(1, 1, 1, 2, 4, 4), learning_rate=5e-5,
-            batch_size=32, max_examples=8000,
+            objective="distill", distill_loss="cosent", weights=(1, 1, 1, 2, 4, 4), learning_rate=5e-5,
+            batch_size=32,
         )
     )
     nli: TrainConfig = field(
@@ -67,6 +67,9 @@ class CompareConfig:
     quick_mode: bool = False
     eval_limit: int | None = None
     jobs: int = 2
+    #: With ``run_nli`` or ``run_static`` off, carry those recipes' scores over from a ``results.json``
+    #: already in ``out``, so one recipe can be re-run without retraining the others.
+    keep_previous: bool = False
 
     def cap(self, max_steps: int, max_examples: int) -> None:
         """Cap every recipe at ``max_steps`` steps over at most ``max_examples`` rows (smoke tests)."""
@@ -165,6 +168,44 @@ def _train_pair(
     return scores, runs
 
 
+_RECIPE_LABELS = {"nli": ("nli-standard", "nli-matryoshka"), "static": ("static-standard", "static-matryoshka")}
+
+
+def _previous_results(config: CompareConfig) -> dict[str, tuple[dict[int, float], dict[str, Any]]]:
+    """Scores and run records of the recipes this run skips, from ``config.out/results.json``.
+
+    Only a previous full run on the same base model, seed, dims and evaluation set is accepted, and its
+    recipe must equal this run's, so that kept rows are the numbers this configuration produces.
+    """
+    path = Path(config.out) / "results.json"
+    skipped = [name for name, on in (("nli", config.run_nli), ("static", config.run_static)) if not on]
+    if not skipped:
+        return {}
+    if not path.is_file():
+        raise ValueError(f"keep_previous: no previous {path} to keep the {', '.join(skipped)} recipe(s) from")
+    previous = Results.load(path)
+    meta = previous.metadata
+    checks = {
+        "base_model": resolve_model_name(config.base_model), "seed": config.seed, "dims": list(config.dims),
+        "quick": config.quick_mode,
+    }
+    for key, want in checks.items():
+        if meta.get(key) != want:
+            raise ValueError(f"keep_previous: {path} has {key}={meta.get(key)!r}, this run {want!r}")
+    if meta.get("data", {}).get("sts_test_pairs") != len(load_sts("test")[: config.eval_limit]):
+        raise ValueError(f"keep_previous: {path} was scored on a different number of STS-B test pairs")
+    kept: dict[str, tuple[dict[int, float], dict[str, Any]]] = {}
+    for name in skipped:
+        recipe = json.loads(json.dumps(asdict(getattr(config, name))))
+        if meta.get("recipes", {}).get(name) != recipe:
+            raise ValueError(f"keep_previous: the {name} recipe in {path} differs from this run's")
+        for label in _RECIPE_LABELS[name]:
+            if label not in previous.scores:
+                raise ValueError(f"keep_previous: {path} has no scores for {label}")
+            kept[label] = (previous.scores[label], meta.get("runs", {}).get(label, {}))
+    return kept
+
+
 def run_compare(config: CompareConfig | None = None, log: Any = print) -> Results:
     """Train, evaluate and write ``results.json``, ``results.md`` and ``results.png`` to ``config.out``."""
     config = config or CompareConfig()
@@ -178,6 +219,7 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
     log(f"base: {json.dumps({d: round(v, 4) for d, v in scores['base'].items()})}")
     runs: dict[str, Any] = {}
     datasets: dict[tuple[Any, ...], Any] = {}
+    kept = _previous_results(config) if config.keep_previous else {}
 
     recipes = [("distill", config.distill)]
     if config.run_nli:
@@ -191,6 +233,9 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
         scores.update(s)
         runs.update(r)
 
+    for label, (score, run) in kept.items():
+        scores[label], runs[label] = score, run
+        log(f"{label}: kept from {out / 'results.json'}")
     order = ["base", "standard", "matryoshka", "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"]
     scores = {k: scores[k] for k in order if k in scores}
     results = Results(
@@ -207,6 +252,7 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
             "seconds": round(time.perf_counter() - started, 1),
             "torch_threads": torch.get_num_threads(),
             "jobs": config.jobs,
+            "kept_from_previous_run": sorted(kept),
             "platform": platform.platform(),
             "data": {"distill_pairs": len(load_distillation_pairs(config.distill.pair_sources)),
                      "nli_triplets": len(load_nli_triplets()), "sts_test_pairs": len(test)},

@@ -27,12 +27,12 @@ from matryoshka.retrieval.stages import (
 from matryoshka.retrieval.store import IndexCorruptError, read_manifest
 
 __all__ = [
-    "AdviceReport",
-    "AdviceRow",
     "CODECS",
     "FULL",
     "PRESETS",
     "STORAGES",
+    "AdviceReport",
+    "AdviceRow",
     "Codec",
     "FunnelIndex",
     "Hit",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -30,7 +30,7 @@ out_console = Console()
 console = Console(stderr=True)
 
 ModelOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--model", "-m", help="Model directory or hub name; default: packaged all-MiniLM-L6-v2."),
 ]
 IndexArgument = Annotated[Path, typer.Argument(help="Index directory.", show_default=False)]
@@ -80,20 +80,31 @@ def build(
 
 @index_app.command()
 def search(
-    index_dir: IndexArgument,
+    index_dir: Annotated[
+        str,
+        typer.Argument(
+            help="Index directory, or a backend URL (postgresql://..., qdrant://..., qdrant+local://...).",
+            show_default=False,
+        ),
+    ],
     queries: Annotated[list[str], typer.Argument(help="One or more query texts.", show_default=False)],
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Hits per query.")] = 10,
     stages: Annotated[
-        Optional[str], typer.Option(help="Funnel spec for this search, e.g. 64:binary:400,full:float32:10.")
+        str | None, typer.Option(help="Funnel spec for this search, e.g. 64:binary:400,full:float32:10.")
     ] = None,
-    preset: Annotated[Optional[str], typer.Option(help="A named funnel: exact, funnel or binary.")] = None,
+    preset: Annotated[str | None, typer.Option(help="A named funnel: exact, funnel or binary.")] = None,
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Override the model named in the manifest.")
+        str | None, typer.Option("--model", "-m", help="Override the model named in the manifest.")
     ] = None,
     mmap: Annotated[bool, typer.Option(help="Map the vectors from disk instead of reading them.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per query instead of tables.")] = False,
+    filter: Annotated[
+        str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"source": ["scifact", "npl"]}\'.')
+    ] = None,
 ) -> None:
-    """Search an index; prints the hits and how long each stage took."""
+    """Search an index or a backend; prints the hits and how long each stage took."""
+    from matryoshka.backends import backend_kind, open_backend
+    from matryoshka.backends.base import timed_search
     from matryoshka.embeddings import encode
     from matryoshka.retrieval.index import FunnelIndex
 
@@ -101,13 +112,21 @@ def search(
         _fail("give --stages or --preset, not both")
     with _errors():
         funnel = _parse_stages(stages or preset) if (stages or preset) else None
-        index = FunnelIndex.load(index_dir, mmap=mmap)
+        wanted = _parse_filter(filter)
+        if backend_kind(index_dir) == "faiss":
+            index: Any = FunnelIndex.load(index_dir.removeprefix("faiss://"), mmap=mmap)
+        else:
+            index = open_backend(index_dir, create=False)
         name = model or index.model_name
         if not name:
             _fail(f"{index_dir} records no model name; pass --model")
-        loaded = _load_model(name)
-        vectors = encode(loaded, queries)
-        hits, timings = index.search_with_timings(vectors, k=k, stages=funnel)
+        try:
+            loaded = _load_model(name)
+            vectors = encode(loaded, queries)
+            hits, timings = timed_search(index, vectors, k, funnel, wanted)
+        finally:
+            if hasattr(index, "close"):
+                index.close()
     if as_json:
         for query, found in zip(queries, hits):
             row = {
@@ -136,7 +155,7 @@ def add(
         Path, typer.Option("--texts", "-t", help='A .txt (one text per line) or .jsonl file ({"_id", "text"}).')
     ],
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Override the model named in the manifest.")
+        str | None, typer.Option("--model", "-m", help="Override the model named in the manifest.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
 ) -> None:
@@ -195,7 +214,7 @@ def advise_command(
     target: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of exact nDCG@10 to keep.")] = 0.99,
     dims: Annotated[str, typer.Option(help="First-stage dims to try, comma-separated.")] = "384,256,128,64,32,16",
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--out", "-o", help="Write the report: a .json or .md file, or a directory for both."),
     ] = None,
 ) -> None:
@@ -363,6 +382,21 @@ def _load_model(name: str | None) -> SentenceTransformer:
     if key not in _MODELS:  # one process may load the same model for several commands (tests, notebooks)
         _MODELS[key] = load_model(name)
     return _MODELS[key]
+
+
+def _parse_filter(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    from matryoshka.retrieval.filters import check_filter
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"--filter is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        _fail('--filter must be a JSON object such as {"source": "scifact"}')
+    check_filter(value)
+    return value
 
 
 def _parse_stages(spec: str) -> list:

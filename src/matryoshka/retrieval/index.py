@@ -25,6 +25,13 @@ import faiss
 import numpy as np
 
 from matryoshka.embeddings import encode
+from matryoshka.retrieval.filters import (
+    Filter,
+    Metadata,
+    check_filter,
+    check_metadata,
+    matches,
+)
 from matryoshka.retrieval.stages import PRESETS, Stage, resolve_stages, validate_stages
 
 if TYPE_CHECKING:
@@ -75,11 +82,13 @@ class FunnelIndex:
         model_name: str,
         stages: Sequence[Stage] | None,
         storage: Storage,
+        metadata: list[dict[str, Any] | None] | None = None,
     ) -> None:
         # Trusted constructor: vectors are unit rows of dtype ``storage``; public paths validate first.
         self._vectors = vectors
         self._ids = ids
         self._texts = texts
+        self._metadata = metadata
         self._rows = {doc_id: row for row, doc_id in enumerate(ids)}
         self._views: dict[tuple[str, int], Any] = {}
         self._lock = threading.RLock()
@@ -125,11 +134,14 @@ class FunnelIndex:
         model_name: str = "",
         stages: Sequence[Stage] | None = None,
         storage: Storage = "float32",
+        metadata: Sequence[Metadata | None] | None = None,
     ) -> FunnelIndex:
         """Index full-size embeddings (any norm; they are scaled to unit length and stored once).
 
+        ``metadata`` (one flat JSON object or ``None`` per vector) is what search filters match.
+
         Raises:
-            ValueError: shapes, ids or texts do not match, an id repeats, or vectors hold NaN/inf.
+            ValueError: shapes, ids, texts or metadata do not match, an id repeats, or vectors hold NaN/inf.
         """
         _check_storage(storage)
         array = np.asarray(vectors)
@@ -137,7 +149,8 @@ class FunnelIndex:
             raise ValueError(f"vectors must be a 2-d array (count, dim), got shape {array.shape}")
         ids = _check_ids(ids, len(array))
         texts = _check_texts(texts, len(array))
-        return cls(_unit_rows(array, storage), ids, texts, model_name, stages, storage)
+        meta = _check_metadata_list(metadata, len(array))
+        return cls(_unit_rows(array, storage), ids, texts, model_name, stages, storage, meta)
 
     @classmethod
     def build(
@@ -157,15 +170,18 @@ class FunnelIndex:
         vectors = encode(model, texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
         return cls.from_vectors(vectors, ids, texts, model_name=model_name, stages=stages, storage=storage)
 
-    def search(self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None, filter: Filter | None = None
+    ) -> list[list[Hit]]:
         """Return the ``k`` best hits per query row (full-size vectors; normalized here).
 
-        Ties are broken by insertion order, so results are deterministic.
+        Ties are broken by insertion order, so results are deterministic. ``filter`` (see
+        :mod:`matryoshka.retrieval.filters`) restricts the search to documents whose metadata matches.
         """
-        return self.search_with_timings(queries, k=k, stages=stages)[0]
+        return self.search_with_timings(queries, k=k, stages=stages, filter=filter)[0]
 
     def search_with_timings(
-        self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None
+        self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None, filter: Filter | None = None
     ) -> tuple[list[list[Hit]], list[dict[str, Any]]]:
         """Like :meth:`search`, plus one dict per stage: ``dim, codec, keep, candidates, seconds``.
 
@@ -175,6 +191,9 @@ class FunnelIndex:
         query = _unit_rows(np.atleast_2d(np.asarray(queries)), "float32")
         if query.shape[1] != self.dim:
             raise ValueError(f"queries have {query.shape[1]} dims but the index holds {self.dim}-dim vectors")
+        wanted = check_filter(filter)
+        if wanted is not None:
+            return self._matching(wanted).search_with_timings(queries, k=k, stages=stages)
         snap, plan = self._snapshot(self._stages if stages is None else stages, k)
         count = len(snap.ids)
         if count == 0 or len(query) == 0:
@@ -200,7 +219,13 @@ class FunnelIndex:
         """Build the cached views that ``stages`` scan, so the first search is not slowed by it."""
         self._snapshot(self._stages if stages is None else stages, 1)
 
-    def add(self, vectors: np.ndarray, ids: Sequence[str], texts: Sequence[str | None] | None = None) -> None:
+    def add(
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[str],
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> None:
         """Append vectors under new ids; cached views are extended, nothing is rebuilt.
 
         Raises:
@@ -213,6 +238,7 @@ class FunnelIndex:
             raise ValueError(f"expected vectors of shape (count, {self.dim}), got {array.shape}")
         new_ids = _check_ids(ids, len(array))
         new_texts = _check_texts(texts, len(array))
+        new_meta = _check_metadata_list(metadata, len(array))
         rows = _unit_rows(array, self.storage)
         with self._lock:
             taken = [doc_id for doc_id in new_ids if doc_id in self._rows]
@@ -224,11 +250,15 @@ class FunnelIndex:
             texts_after = None
             if self._texts is not None:
                 texts_after = self._texts + (list(new_texts) if new_texts is not None else [None] * len(rows))
+            meta_after = self._metadata
+            if new_meta is not None or meta_after is not None:
+                meta_after = (meta_after or [None] * len(self._ids)) + (new_meta or [None] * len(rows))
             views = {key: _extend_view(key, view, rows, self.dim) for key, view in self._views.items()}
             start = len(self._ids)
             self._vectors = np.concatenate([self._vectors, rows]) if len(self._ids) else rows
             self._ids = self._ids + new_ids
             self._texts = texts_after
+            self._metadata = meta_after
             self._rows.update({doc_id: start + i for i, doc_id in enumerate(new_ids)})
             self._views = views
 
@@ -245,6 +275,8 @@ class FunnelIndex:
             self._ids = [doc_id for doc_id, kept in zip(self._ids, keep) if kept]
             if self._texts is not None:
                 self._texts = [text for text, kept in zip(self._texts, keep) if kept]
+            if self._metadata is not None:
+                self._metadata = [meta for meta, kept in zip(self._metadata, keep) if kept]
             self._rows = {doc_id: row for row, doc_id in enumerate(self._ids)}
             self._views = {}
         return len(rows)
@@ -254,8 +286,11 @@ class FunnelIndex:
         from matryoshka.retrieval.store import write_index
 
         with self._lock:
-            vectors, ids, texts = self._vectors, self._ids, self._texts
-        write_index(path, vectors, ids, texts, model_name=self.model_name, storage=self.storage, stages=self._stages)
+            vectors, ids, texts, metadata = self._vectors, self._ids, self._texts, self._metadata
+        write_index(
+            path, vectors, ids, texts, model_name=self.model_name, storage=self.storage, stages=self._stages,
+            metadata=metadata,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], mmap: bool = False, verify: bool = True) -> FunnelIndex:
@@ -267,7 +302,9 @@ class FunnelIndex:
         from matryoshka.retrieval.store import read_index
 
         stored = read_index(path, mmap=mmap, verify=verify)
-        return cls(stored.vectors, stored.ids, stored.texts, stored.model_name, stored.stages, stored.storage)
+        return cls(
+            stored.vectors, stored.ids, stored.texts, stored.model_name, stored.stages, stored.storage, stored.metadata
+        )
 
     def memory_bytes(self) -> int:
         """Bytes held by the stored vectors and every cached view."""
@@ -276,7 +313,28 @@ class FunnelIndex:
             total += _view_bytes(codec, dim, view, len(self))
         return total
 
+    def metadata(self, doc_id: str) -> dict[str, Any] | None:
+        """The metadata stored with ``doc_id`` (``None`` when it has none).
+
+        Raises:
+            KeyError: ``doc_id`` is not in the index.
+        """
+        with self._lock:
+            row = self._rows[doc_id]
+            return None if self._metadata is None else self._metadata[row]
+
     # -- internals -------------------------------------------------------------------------------
+
+    def _matching(self, wanted: dict[str, list[Any]]) -> FunnelIndex:
+        """A temporary index over the rows whose metadata passes ``wanted`` (a filtered search scans only them)."""
+        with self._lock:
+            meta = self._metadata or [None] * len(self._ids)
+            rows = [row for row, m in enumerate(meta) if matches(m, wanted)]
+            texts = None if self._texts is None else [self._texts[r] for r in rows]
+            return FunnelIndex(
+                self._vectors[rows], [self._ids[r] for r in rows], texts, self.model_name, self._stages,
+                self.storage, [meta[r] for r in rows],
+            )
 
     def _snapshot(self, stages: Sequence[Stage], k: int) -> tuple[_Snapshot, list[Stage]]:
         """A consistent view of the data and the search plan for it, building missing views."""
@@ -367,6 +425,14 @@ def _check_texts(texts: Sequence[str | None] | None, count: int) -> list[str | N
     if any(t is not None and not isinstance(t, str) for t in texts):
         raise ValueError("texts must be strings or None")
     return texts
+
+
+def _check_metadata_list(metadata: Sequence[Metadata | None] | None, count: int) -> list[dict[str, Any] | None] | None:
+    if metadata is None:
+        return None
+    if isinstance(metadata, (str, bytes)) or len(metadata) != count:
+        raise ValueError(f"metadata needs one object (or None) per vector: {count}")
+    return [check_metadata(m) for m in metadata]
 
 
 def _unit_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:

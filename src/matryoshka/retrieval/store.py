@@ -6,6 +6,7 @@ An index directory holds::
     vectors.npy     (count, dim) unit vectors, float32 or float16
     ids.json        JSON list of ``count`` document ids
     texts.json      JSON list of ``count`` texts or nulls (only when texts were given)
+    metadata.json   JSON list of ``count`` flat objects or nulls (only when metadata was given)
 
 A save writes a complete new directory next to the target and swaps it into place, so a crash at
 any moment leaves either the old index or the new one, never half of one. A load checks every
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from matryoshka.retrieval.filters import check_metadata
 from matryoshka.retrieval.stages import (
     Stage,
     format_stages,
@@ -44,6 +46,7 @@ MANIFEST = "manifest.json"
 VECTORS = "vectors.npy"
 IDS = "ids.json"
 TEXTS = "texts.json"
+METADATA = "metadata.json"
 _STORAGES = ("float32", "float16")
 _HASH_CHUNK = 8 << 20
 
@@ -63,6 +66,7 @@ class StoredIndex:
     storage: str
     stages: list[Stage]
     manifest: dict[str, Any]
+    metadata: list[dict[str, Any] | None] | None = None
 
 
 def write_index(
@@ -73,6 +77,7 @@ def write_index(
     model_name: str,
     storage: str,
     stages: Sequence[Stage],
+    metadata: Sequence[dict[str, Any] | None] | None = None,
 ) -> None:
     """Write an index directory at ``path``, replacing an existing index only once the new one is complete.
 
@@ -87,6 +92,8 @@ def write_index(
         files = {VECTORS: _write_npy(staging / VECTORS, vectors), IDS: _write_json(staging / IDS, list(ids))}
         if texts is not None:
             files[TEXTS] = _write_json(staging / TEXTS, list(texts))
+        if metadata is not None:
+            files[METADATA] = _write_json(staging / METADATA, list(metadata))
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -137,9 +144,11 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise IndexCorruptError(f"{manifest_path}: dim {manifest['dim']} / count {manifest['count']} out of range")
     if manifest["storage"] not in _STORAGES:
         raise IndexCorruptError(f"{manifest_path}: unknown storage {manifest['storage']!r}")
-    unknown = set(manifest["files"]) - {VECTORS, IDS, TEXTS}
+    unknown = set(manifest["files"]) - {VECTORS, IDS, TEXTS, METADATA}
     if unknown or not {VECTORS, IDS} <= set(manifest["files"]):
-        raise IndexCorruptError(f"{manifest_path}: files must list {VECTORS}, {IDS} and optionally {TEXTS}")
+        raise IndexCorruptError(
+            f"{manifest_path}: files must list {VECTORS}, {IDS} and optionally {TEXTS}, {METADATA}"
+        )
     return manifest
 
 
@@ -176,11 +185,18 @@ def read_index(path: str | os.PathLike[str], mmap: bool = False, verify: bool = 
         texts = _read_json_list(root / TEXTS, count)
         if not all(t is None or isinstance(t, str) for t in texts):
             raise IndexCorruptError(f"{root / TEXTS} must hold strings or nulls")
+    metadata = None
+    if METADATA in manifest["files"]:
+        metadata = _read_json_list(root / METADATA, count)
+        try:
+            metadata = [check_metadata(m) for m in metadata]
+        except (TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"{root / METADATA}: {exc}") from None
     try:
         stages = validate_stages(parse_stages(manifest["stages"]), dim)
     except ValueError as exc:
         raise IndexCorruptError(f"{root / MANIFEST}: bad stages {manifest['stages']!r}: {exc}") from None
-    return StoredIndex(vectors, ids, texts, manifest["model_name"], storage, stages, manifest)
+    return StoredIndex(vectors, ids, texts, manifest["model_name"], storage, stages, manifest, metadata)
 
 
 def _check_replaceable(target: Path) -> None:

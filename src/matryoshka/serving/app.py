@@ -27,6 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from matryoshka.backends.base import timed_search
+from matryoshka.retrieval.filters import check_filter
 from matryoshka.embeddings import DimensionError, check_dim, encode, truncate
 from matryoshka.models import model_dimension
 from matryoshka.serving.batching import BatcherClosed, MicroBatcher
@@ -357,7 +359,8 @@ def request_stages(body: SearchRequest, index: FunnelIndex) -> list[Any] | None:
                 raise APIError(400, message, "preset", "invalid_preset")
             stages = list(PRESETS[body.preset])
         else:
-            stages = list(index.stages) if body.dimensions is not None else None
+            own = getattr(index, "stages", PRESETS["exact"])  # a database backend has no default funnel
+            stages = list(own) if body.dimensions is not None else None
         if body.dimensions is not None:
             check_dimensions(body.dimensions, index.dim)
             stages = [dataclasses.replace(stages[0], dim=body.dimensions), *stages[1:]]  # type: ignore[index]
@@ -435,9 +438,13 @@ def create_app(
     if not models:
         raise ValueError("serve at least one model")
     if index is None and config.index_path:
+        from matryoshka.backends import backend_kind, open_backend
         from matryoshka.retrieval import FunnelIndex
 
-        index = FunnelIndex.load(config.index_path)
+        if backend_kind(config.index_path) == "faiss":
+            index = FunnelIndex.load(config.index_path.removeprefix("faiss://"))
+        else:
+            index = open_backend(config.index_path, create=False)
     if quality is None and config.results_path:
         quality = load_quality(config.results_path)
     state = ServerState(config, models, index, quality)
@@ -535,10 +542,14 @@ def create_app(
         if body.k > config.search_max_k:
             raise APIError(400, f"k must be at most {config.search_max_k}.", "k", "invalid_k")
         stages = request_stages(body, index)
+        try:
+            check_filter(body.filter)
+        except ValueError as exc:
+            raise APIError(400, f"Invalid filter: {exc}", "filter", "invalid_filter") from None
         query, tokens, encode_ms = await state.encode_query(body.query)
         started = time.perf_counter()
         try:
-            results, timings = await run_in_threadpool(index.search_with_timings, query, body.k, stages)
+            results, timings = await run_in_threadpool(timed_search, index, query, body.k, stages, body.filter)
         except ValueError as exc:
             raise APIError(400, f"Invalid search: {exc}", "stages", "invalid_stages") from None
         search_ms = (time.perf_counter() - started) * 1000

@@ -75,7 +75,8 @@ def serve_command(
     port: PortOption = 8000,
     api_key: ApiKeyOption = None,
     index: Annotated[
-        Optional[Path], typer.Option(help="Funnel index directory (matryoshka index build) for /v1/search.")
+        Optional[str],
+        typer.Option(help="Funnel index directory (matryoshka index build) or backend URL (postgresql://..., qdrant://...) for /v1/search."),
     ] = None,
     results: ResultsOption = None,
     max_inputs: Annotated[int, typer.Option(help="Texts per embeddings request.")] = 2048,
@@ -87,6 +88,7 @@ def serve_command(
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve an OpenAI-compatible embeddings API (with Matryoshka 'dimensions'), search and the demo page."""
+    from matryoshka.backends import BackendError
     from matryoshka.models import ModelLoadError
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig
@@ -105,7 +107,7 @@ def serve_command(
     )
     try:
         app = create_app(config)
-    except (ModelLoadError, ValueError, OSError) as exc:
+    except (ModelLoadError, BackendError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(

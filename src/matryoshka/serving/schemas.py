@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
 Codec = Literal["float32", "float16", "int8", "binary"]
 
@@ -105,6 +105,9 @@ class StageSpec(BaseModel):
         return value
 
 
+FilterValue = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
 class SearchRequest(BaseModel):
     """``POST /v1/search``: one query through the funnel; ``stages`` or ``preset`` or the index's own stages.
 
@@ -119,6 +122,9 @@ class SearchRequest(BaseModel):
     preset: StrictStr | None = None
     dimensions: StrictInt | None = None
     model: StrictStr | None = None
+    filter: dict[str, FilterValue | list[FilterValue]] | None = Field(
+        None, description='Metadata filter: every key must match, a list matches any of its values, e.g. {"source": "npl"}.'
+    )
 
 
 class SearchHit(BaseModel):

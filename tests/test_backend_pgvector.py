@@ -1,0 +1,384 @@
+"""The PostgreSQL + pgvector backend against a real throw-away server (see ``postgres_server.py``)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+
+import numpy as np
+import psycopg
+import pytest
+from postgres_server import EmbeddedPostgres, postgres_url  # noqa: F401  (postgres_url is a fixture)
+
+from matryoshka.backends.base import BackendError, VectorBackend
+from matryoshka.backends.pgvector import (
+    META_TABLE,
+    SCHEMA_VERSION,
+    PgVectorBackend,
+    _parse_url,
+)
+from matryoshka.retrieval.stages import FULL, Stage, parse_stages
+
+DIM = 32
+COUNT = 300
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[list[str], np.ndarray, list[str], list[dict]]:
+    """300 random unit vectors (seeded) plus hand-made ones: two basis vectors and an exact duplicate pair."""
+    rng = np.random.default_rng(7)
+    vectors = _unit(rng.standard_normal((COUNT, DIM)))
+    basis = np.eye(DIM, dtype=np.float32)[:2]
+    twin = _unit(rng.standard_normal((1, DIM)))
+    vectors = np.concatenate([vectors, basis, twin, twin])
+    ids = [f"doc{i}" for i in range(COUNT)] + ["e0", "e1", "twin-a", "twin-b"]
+    texts = [f"text of {i}" for i in ids]
+    metadata = [{"group": ["red", "green", "blue"][i % 3], "n": i % 7} for i in range(len(ids))]
+    return ids, vectors, texts, metadata
+
+
+@pytest.fixture
+def url(postgres_url: str, request: pytest.FixtureRequest) -> str:  # noqa: F811
+    """The session server with a table named after the test."""
+    name = re.sub(r"[^a-z0-9]", "_", request.node.name.lower().removeprefix("test_"))[:30]
+    return f"{postgres_url}?table=t_{name}"
+
+
+@pytest.fixture
+def loaded(url: str, corpus) -> PgVectorBackend:
+    ids, vectors, texts, metadata = corpus
+    backend = PgVectorBackend.open(url, dim=DIM, model_name="test-model")
+    backend.upsert(ids, vectors, texts, metadata)
+    yield backend
+    backend.close()
+
+
+def _brute_force(vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> list[list[int]]:
+    """Exact top-k row numbers by cosine, ties by row order (insertion order)."""
+    rows = np.arange(len(vectors)) if rows is None else rows
+    scores = _unit(queries) @ vectors[rows].T
+    return [[int(rows[j]) for j in np.lexsort((rows, -s))[:k]] for s in scores]
+
+
+def _queries(n: int = 8, seed: int = 11) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+# -- URL and schema ------------------------------------------------------------------------------
+
+
+def test_url_parsing_takes_out_table_and_masks_password() -> None:
+    conninfo, masked, table = _parse_url("postgresql://app:s3cret@db.example:6543/search?sslmode=require&table=docs_v2")
+    assert table == "docs_v2"
+    assert conninfo == "postgresql://app:s3cret@db.example:6543/search?sslmode=require"
+    assert masked == "postgresql://app:***@db.example:6543/search?sslmode=require&table=docs_v2"
+    assert _parse_url("postgres://h/db")[2] == "matryoshka_documents"
+    assert "pw" not in _parse_url("postgresql://h/db?password=pw")[1]
+    for bad in ("postgresql://h/db?table=1abc", "postgresql://h/db?table=a;drop", "postgresql://h/db?table=" + "x" * 41,
+                "mysql://h/db", "postgresql://h/db?table=a&table=b"):
+        with pytest.raises(ValueError):
+            _parse_url(bad)
+
+
+def test_create_reopen_and_mismatch(url: str) -> None:
+    with PgVectorBackend.open(url, dim=DIM, model_name="m1") as backend:
+        assert isinstance(backend, VectorBackend)
+        assert (backend.dim, backend.model_name, len(backend)) == (DIM, "m1", 0)
+        assert backend.pgvector_version >= (0, 7, 0)
+    with PgVectorBackend.open(url) as backend:  # dim and model read back from the meta table
+        assert (backend.dim, backend.model_name) == (DIM, "m1")
+    with PgVectorBackend.open(url, dim=DIM, model_name="m1", create=False) as backend:
+        assert backend.dim == DIM
+    with pytest.raises(ValueError, match="32-dim"):
+        PgVectorBackend.open(url, dim=16)
+    with pytest.raises(ValueError, match="m1"):
+        PgVectorBackend.open(url, model_name="other-model")
+    missing = url.replace("?table=t_", "?table=m_")
+    with pytest.raises(ValueError, match="dim"):
+        PgVectorBackend.open(missing)
+    with pytest.raises(BackendError, match="create=True"):
+        PgVectorBackend.open(missing, dim=DIM, create=False)
+
+
+def test_foreign_table_is_refused(postgres_url: str) -> None:  # noqa: F811
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE not_ours (id int)")
+    with pytest.raises(BackendError, match="not created by matryoshka"):
+        PgVectorBackend.open(f"{postgres_url}?table=not_ours", dim=DIM)
+
+
+def test_schema_migrates_older_and_refuses_newer(url: str, postgres_url: str) -> None:  # noqa: F811
+    table = _parse_url(url)[2]
+    PgVectorBackend.open(url, dim=DIM).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP INDEX {table}_metadata_gin")
+        conn.execute(f"UPDATE {META_TABLE} SET schema_version = 1 WHERE table_name = %s", [table])
+        with pytest.raises(BackendError, match="migrate"):
+            PgVectorBackend.open(url, create=False)
+        PgVectorBackend.open(url).close()
+        version = conn.execute(f"SELECT schema_version FROM {META_TABLE} WHERE table_name = %s", [table]).fetchone()
+        assert version == (SCHEMA_VERSION,)
+        assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{table}_metadata_gin"]).fetchone() == (True,)
+        conn.execute(f"UPDATE {META_TABLE} SET schema_version = 99 WHERE table_name = %s", [table])
+        with pytest.raises(BackendError, match="newer"):
+            PgVectorBackend.open(url)
+
+
+def test_connection_failure_names_server_not_password() -> None:
+    with pytest.raises(BackendError) as info:
+        PgVectorBackend.open("postgresql://app:hunter2@127.0.0.1:1/db?connect_timeout=3", dim=DIM)
+    assert "127.0.0.1:1" in str(info.value) and "hunter2" not in str(info.value)
+
+
+# -- writes --------------------------------------------------------------------------------------
+
+
+def test_upsert_replaces_delete_and_existing(loaded: PgVectorBackend, corpus) -> None:
+    ids, vectors, _, _ = corpus
+    assert len(loaded) == len(ids)
+    assert loaded.existing(["doc1", "nope", "e0"]) == {"doc1", "e0"}
+    loaded.upsert(["doc1"], vectors[2:3], ["replaced"], [{"group": "new"}])
+    assert len(loaded) == len(ids)
+    top = loaded.search(vectors[2], k=2)[0]
+    assert {hit.id for hit in top} == {"doc1", "doc2"} and top[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [hit.text for hit in loaded.search(vectors[2], k=5, filter={"group": "new"})[0]] == ["replaced"]
+    assert loaded.delete(["doc1", "doc3", "nope"]) == 2
+    assert loaded.delete("doc4") == 1
+    assert len(loaded) == len(ids) - 3
+    assert loaded.existing(["doc1", "doc3", "doc4", "doc5"]) == {"doc5"}
+    assert loaded.existing([]) == set() and loaded.delete([]) == 0
+
+
+def test_direct_copy_falls_back_to_merge_on_a_racing_id(loaded: PgVectorBackend, corpus, monkeypatch) -> None:
+    """A batch of 'new' ids that another writer stored meanwhile is merged, not refused."""
+    ids, vectors, _, _ = corpus
+    monkeypatch.setattr(PgVectorBackend, "_any_stored", lambda self, conn, batch: False)
+    loaded.upsert(["fresh", "doc7"], vectors[[8, 9]], ["fresh text", "doc7 again"])
+    assert len(loaded) == len(ids) + 1
+    assert [h.text for h in loaded.search(vectors[9], k=2)[0]] == ["text of doc9", "doc7 again"]  # tie: older first
+
+
+def test_ties_break_by_insertion_order(loaded: PgVectorBackend, corpus) -> None:
+    _, vectors, _, _ = corpus
+    twin = vectors[-1]
+    assert [hit.id for hit in loaded.search(twin, k=2)[0]] == ["twin-a", "twin-b"]
+    loaded.upsert(["twin-a"], twin[None, :])  # a replaced document counts as newly added
+    assert [hit.id for hit in loaded.search(twin, k=2)[0]] == ["twin-b", "twin-a"]
+
+
+def test_bulk_copy_round_trips_exactly(url: str) -> None:
+    rng = np.random.default_rng(3)
+    count = 4000
+    vectors = rng.standard_normal((count, DIM)).astype(np.float32) * 5  # stored at unit length
+    ids = [f"bulk-{i}" for i in range(count)]
+    texts = [None if i % 5 == 0 else f"tab\there\nnewline \\ backslash ünïcødé {i}" for i in range(count)]
+    metadata = [None if i % 4 == 0 else {"i": i, "ok": i % 2 == 0, "s": "x\ty"} for i in range(count)]
+    with PgVectorBackend.open(url, dim=DIM) as backend:
+        backend.upsert(ids, vectors, texts, metadata)
+        assert len(backend) == count
+        with psycopg.connect(backend._conninfo) as conn:
+            rows = conn.execute(
+                f"SELECT id, embedding::real[], text, metadata FROM {backend.table} ORDER BY seq"
+            ).fetchall()
+    assert [r[0] for r in rows] == ids
+    np.testing.assert_array_equal(np.array([r[1] for r in rows], dtype=np.float32), _unit(vectors))
+    assert [r[2] for r in rows] == texts
+    assert [r[3] for r in rows] == metadata
+
+
+def test_bad_input_is_refused(loaded: PgVectorBackend, corpus) -> None:
+    _, vectors, _, _ = corpus
+    with pytest.raises(ValueError):
+        loaded.upsert(["a"], np.ones((1, DIM + 1), dtype=np.float32))
+    with pytest.raises(ValueError):
+        loaded.upsert(["a", "a"], vectors[:2])
+    with pytest.raises(ValueError):
+        loaded.upsert(["a"], np.zeros((1, DIM), dtype=np.float32))
+    with pytest.raises(ValueError):
+        loaded.upsert(["a"], vectors[:1], metadata=[{"nested": {"x": 1}}])
+    for nul in ({"ids": ["a\x00b"]}, {"texts": ["a\x00b"]}, {"metadata": [{"k": "a\x00b"}]}):
+        with pytest.raises(ValueError, match="NUL"):
+            loaded.upsert(**{"ids": ["a"], "vectors": vectors[:1], **nul})
+    query = vectors[:1]
+    for kwargs in (
+        {"k": 0},
+        {"stages": parse_stages("16:int8:50,full:float32:10")},
+        {"stages": parse_stages("16:float32:100,8:float32:50,full:float32:10")},
+        {"stages": [Stage(16, "float32", 10)]},  # the last stage must re-rank at full size
+        {"filter": {"group": {"nested": 1}}},
+    ):
+        with pytest.raises(ValueError):
+            loaded.search(query, **kwargs)
+    with pytest.raises(ValueError):
+        loaded.search(np.ones((1, DIM + 1), dtype=np.float32))
+    with pytest.raises(ValueError):
+        loaded.search(np.zeros((1, DIM), dtype=np.float32))
+    with pytest.raises(ValueError, match="int8"):
+        loaded.ensure_index(Stage(16, "int8", 100))
+    assert len(loaded) == len(corpus[0])  # nothing was written by the refused calls
+
+
+# -- search --------------------------------------------------------------------------------------
+
+
+def test_exact_search_equals_brute_force(loaded: PgVectorBackend, corpus) -> None:
+    ids, vectors, texts, _ = corpus
+    queries = np.concatenate([_queries(), vectors[:2] + 0.01])
+    hits = loaded.search(queries, k=10)
+    for row, expected in zip(hits, _brute_force(vectors, queries, 10)):
+        assert [hit.id for hit in row] == [ids[i] for i in expected]
+        assert [hit.text for hit in row] == [texts[i] for i in expected]
+    scores = _unit(queries[:1]) @ vectors[_brute_force(vectors, queries[:1], 10)[0]].T
+    np.testing.assert_allclose([hit.score for hit in hits[0]], scores[0], atol=1e-5)
+    assert isinstance(hits[0][0].score, float)
+    assert len(loaded.search(queries[:1], k=1000)[0]) == len(ids)
+    assert loaded.search(np.empty((0, DIM), dtype=np.float32)) == []
+
+
+def test_funnel_with_keep_covering_the_corpus_is_exact(loaded: PgVectorBackend, corpus) -> None:
+    ids = corpus[0]
+    loaded.ensure_index(Stage(8, "float32", 10))
+    queries = _queries()
+    exact = loaded.search(queries, k=10)
+    for spec in (f"8:float32:{len(ids)}", f"8:binary:{len(ids)}", f"8:float16:{len(ids) + 50}"):
+        funnel = loaded.search(queries, k=10, stages=[*parse_stages(spec), Stage(FULL, "float32", 10)])
+        assert [[h.id for h in row] for row in funnel] == [[h.id for h in row] for row in exact], spec
+
+
+def test_funnel_with_small_keep_has_good_recall(loaded: PgVectorBackend, corpus) -> None:
+    ids, vectors, _, _ = corpus
+    queries = _queries(20)
+    truth = [{ids[i] for i in row} for row in _brute_force(vectors, queries, 10)]
+    for spec in ("16:float32:120,full:float32:10", "32:binary:120,full:float32:10", "16:float16:120,full:float32:10"):
+        stages = parse_stages(spec)
+        loaded.ensure_index(stages[0])
+        hits = loaded.search(queries, k=10, stages=stages)
+        recall = np.mean([len({h.id for h in row} & want) / 10 for row, want in zip(hits, truth)])
+        assert recall >= 0.8, (spec, recall)
+        for row in hits:  # final scores are the full cosine, best first
+            assert len(row) == 10 and all(a.score >= b.score for a, b in itertools.pairwise(row))
+
+
+def test_query_with_a_zero_prefix_is_answered_exactly(loaded: PgVectorBackend, corpus) -> None:
+    """A query whose prefix is all zeros gives the prefix nothing to rank by; it gets the exact answer."""
+    stages = parse_stages("8:float32:50,full:float32:3")
+    loaded.ensure_index(stages[0])
+    query = np.eye(DIM, dtype=np.float32)[-1]
+    assert loaded.search(query, k=3, stages=stages) == loaded.search(query, k=3)
+
+
+def test_binary_stage(loaded: PgVectorBackend, corpus) -> None:
+    ids, vectors, _, _ = corpus
+    name = loaded.ensure_index(Stage(FULL, "binary", 50))
+    assert name == f"{loaded.table}_p{DIM}_bin_hnsw"
+    assert loaded.ensure_index(Stage(FULL, "binary", 50)) == name  # idempotent
+    query = vectors[5]
+    hits = loaded.search(query, k=5, stages=parse_stages("binary"))[0]
+    assert hits[0].id == "doc5" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    expected = {ids[i]: float(s) for i, s in enumerate(vectors @ _unit(query[None])[0])}
+    assert all(h.score == pytest.approx(expected[h.id], abs=1e-5) for h in hits)
+
+
+def test_filter_restricts_results(loaded: PgVectorBackend, corpus) -> None:
+    ids, vectors, _, metadata = corpus
+    queries = _queries(4)
+    wanted = [i for i, m in enumerate(metadata) if m["group"] in ("red", "blue") and m["n"] == 3]
+    hits = loaded.search(queries, k=5, filter={"group": ["red", "blue"], "n": 3})
+    for row, expected in zip(hits, _brute_force(vectors, queries, 5, np.array(wanted))):
+        assert [h.id for h in row] == [ids[i] for i in expected]
+    stages = parse_stages("16:float32:20,full:float32:5")
+    loaded.ensure_index(stages[0])
+    for row in loaded.search(queries, k=5, stages=stages, filter={"group": "green"}):
+        assert len(row) == 5 and all(metadata[ids.index(h.id)]["group"] == "green" for h in row)
+    assert loaded.search(queries[:1], k=5, filter={"group": "purple"}) == [[]]
+
+
+def test_funnel_is_one_statement_on_the_expression_index(url: str, postgres_url: str) -> None:  # noqa: F811
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((3000, DIM)).astype(np.float32)
+    metadata = [{"g": i % 10} for i in range(len(vectors))]
+    with PgVectorBackend.open(url, dim=DIM) as backend:
+        backend.upsert([str(i) for i in range(len(vectors))], vectors, metadata=metadata)
+        reopened = PgVectorBackend.open(url, index_stages="16:float32:40,full:float32:10")  # builds after the load
+        reopened.close()
+        binary = backend.ensure_index(Stage(16, "binary", 40), m=8, ef_construction=32)
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"ANALYZE {backend.table}")
+        query = rng.standard_normal(DIM).astype(np.float32)
+        funnel = parse_stages("16:float32:40,full:float32:10")
+        plan = backend.explain(query, k=10, stages=funnel)
+        assert f"Index Scan using {backend.table}_p16_f32_hnsw" in plan, plan
+        assert plan.count("Limit") == 2  # shortlist and re-rank in one statement
+        plan = backend.explain(query, k=10, stages=parse_stages("16:binary:40,full:float32:10"))
+        assert f"Index Scan using {binary}" in plan, plan
+        plan = backend.explain(query, k=10)
+        assert "Index" not in plan and "Seq Scan" in plan, plan  # exact search never goes through an index
+
+        # With a filter that 1 row in 10 passes, the index scan still fills the shortlist (iterative scan).
+        conn = backend._connection()
+        with conn.transaction():
+            statement, settings, params = backend._prepare(conn, 10, funnel, {"g": 3})
+            for setting in [*settings, "SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off"]:
+                conn.execute(setting)
+            unit = query / np.linalg.norm(query)
+            plan = "\n".join(r[0] for r in conn.execute(b"EXPLAIN " + statement.as_bytes(conn), params.params(unit)))
+            assert f"Index Scan using {backend.table}_p16_f32_hnsw" in plan and "Filter" in plan, plan
+            shortlist = statement.as_string(conn).replace("LIMIT 10", "LIMIT 1000")  # the re-rank keeps all
+            rows = conn.execute(shortlist, params.params(unit)).fetchall()
+        assert len(rows) == 40 and all(int(doc_id) % 10 == 3 for doc_id, _, _ in rows)
+
+
+# -- kill test -----------------------------------------------------------------------------------
+
+
+def test_load_resumes_after_the_server_is_killed(tmp_path) -> None:
+    """Stop PostgreSQL abruptly mid-load; after a restart the load resumes and every id is stored once."""
+    rng = np.random.default_rng(9)
+    total, batch = 24_000, 300
+    vectors = rng.standard_normal((total, DIM)).astype(np.float32)
+    ids = [f"k{i}" for i in range(total)]
+    with EmbeddedPostgres() as server:
+        url = f"{server.url}?table=kill_test"
+        backend = PgVectorBackend.open(url, dim=DIM)
+        committed = threading.Semaphore(0)
+        failure: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                for start in range(0, total, batch):
+                    backend.upsert(ids[start : start + batch], vectors[start : start + batch])
+                    committed.release()
+            except BackendError as exc:  # the server went away
+                failure.append(exc)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        for _ in range(3):
+            assert committed.acquire(timeout=60), "the load did not start"
+        server.stop("immediate")  # a crash: no checkpoint, recovery at the next start
+        loader.join(timeout=60)
+        assert failure and isinstance(failure[0], BackendError), failure
+
+        server.start()
+        stored = len(backend)  # the same backend reconnects
+        assert 3 * batch <= stored < total and stored % batch == 0  # whole batches only
+        done = backend.existing(ids)
+        todo = [i for i, doc_id in enumerate(ids) if doc_id not in done]
+        assert len(todo) == total - stored
+        for start in range(0, len(todo), 2000):
+            rows = todo[start : start + 2000]
+            backend.upsert([ids[i] for i in rows], vectors[rows])
+        assert len(backend) == total
+        with psycopg.connect(server.url) as conn:
+            count, distinct = conn.execute("SELECT count(*), count(DISTINCT id) FROM kill_test").fetchone()
+            stored_ids = {row[0] for row in conn.execute("SELECT id FROM kill_test")}
+        assert count == distinct == total and stored_ids == set(ids)
+        hit = backend.search(vectors[12345], k=1)[0][0]
+        assert hit.id == "k12345" and hit.score == pytest.approx(1.0, abs=1e-5)
+        backend.close()

@@ -1,0 +1,392 @@
+"""Qdrant backend in qdrant-client's local mode (no server here): layout, CRUD, exact and funnel search, URLs."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qdrant_client")
+
+from qdrant_client import QdrantClient, models
+
+from matryoshka.backends.base import BackendError, VectorBackend
+from matryoshka.backends.qdrant import (
+    DEFAULT_COLLECTION,
+    QdrantBackend,
+    parse_url,
+    point_id,
+)
+from matryoshka.retrieval.stages import FULL, Stage, parse_stages
+
+DIM = 32
+COUNT = 300
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """300 random unit vectors (dim 32), their ids, and 8 queries near some of them."""
+    rng = np.random.default_rng(7)
+    vectors = _unit(rng.normal(size=(COUNT, DIM)))
+    queries = _unit(vectors[:8] + 0.3 * rng.normal(size=(8, DIM)).astype(np.float32))
+    return [f"doc-{i}" for i in range(COUNT)], vectors, queries
+
+
+def _brute_force(vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> list[list[int]]:
+    rows = np.arange(len(vectors)) if rows is None else rows
+    scores = queries @ vectors[rows].T
+    return [[int(rows[j]) for j in np.argsort(-row, kind="stable")[:k]] for row in scores]
+
+
+def _meta(i: int) -> dict:
+    return {"group": i % 3, "lang": "en" if i % 2 else "de", "weight": i / 4, "flag": i % 5 == 0, "a.b": i % 2}
+
+
+@pytest.fixture
+def loaded(tmp_path: Path, data):
+    ids, vectors, _ = data
+    backend = QdrantBackend.open(
+        f"qdrant+local://{tmp_path}/q?collection=docs", dim=DIM, model_name="test-model", prefix_dims=(8, 16)
+    )
+    backend.upsert(ids, vectors, texts=[f"text {i}" for i in range(COUNT)], metadata=[_meta(i) for i in range(COUNT)])
+    yield backend
+    backend.close()
+
+
+def test_create_and_reopen_reads_layout(tmp_path: Path) -> None:
+    url = f"qdrant+local://{tmp_path}/store?collection=c1"
+    backend = QdrantBackend.open(url, dim=DIM, model_name="m1", prefix_dims=(16, 8, 16, 64))
+    assert isinstance(backend, VectorBackend)
+    assert (backend.dim, backend.model_name, backend.prefix_dims, backend.binary) == (DIM, "m1", (8, 16), True)
+    assert backend.url == url and len(backend) == 0
+    vectors = backend.client.get_collection("c1").config.params.vectors
+    assert set(vectors) == {"full", "prefix_8", "prefix_16"}  # 64 >= dim is served by `full`
+    assert isinstance(vectors["prefix_8"].quantization_config, models.BinaryQuantization)
+    backend.close()
+
+    again = QdrantBackend.open(url)  # no dim: read back, with the model name and prefixes
+    assert (again.dim, again.model_name, again.prefix_dims, again.binary) == (DIM, "m1", (8, 16), True)
+    again.close()
+    with pytest.raises(ValueError, match="32-dim"):
+        QdrantBackend.open(url, dim=DIM * 2)
+    with pytest.raises(ValueError, match="m1"):
+        QdrantBackend.open(url, model_name="other")
+    same = QdrantBackend.open(url, dim=DIM, model_name="m1")
+    same.close()
+
+
+def test_missing_collection(tmp_path: Path) -> None:
+    url = f"qdrant+local://{tmp_path}/store"
+    with pytest.raises(ValueError, match="pass dim"):
+        QdrantBackend.open(url)
+    with pytest.raises(BackendError, match="create=True"):
+        QdrantBackend.open(url, dim=DIM, create=False)
+    backend = QdrantBackend.open(url, dim=DIM, binary=False)
+    assert backend.collection == DEFAULT_COLLECTION and backend.prefix_dims == () and not backend.binary
+    backend.close()
+
+
+def test_model_name_recorded_when_first_known(tmp_path: Path) -> None:
+    url = f"qdrant+local://{tmp_path}/store"
+    QdrantBackend.open(url, dim=DIM).close()
+    QdrantBackend.open(url, model_name="late").close()
+    backend = QdrantBackend.open(url)
+    assert backend.model_name == "late"
+    backend.close()
+
+
+def test_foreign_collection_refused(tmp_path: Path) -> None:
+    client = QdrantClient(path=str(tmp_path / "store"))
+    client.create_collection("plain", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
+    client.close()
+    with pytest.raises(ValueError, match="not a matryoshka collection"):
+        QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=plain")
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # qdrant-client leaves its lock file open when locking fails
+def test_directory_held_elsewhere_is_a_backend_error(tmp_path: Path) -> None:
+    other = QdrantClient(path=str(tmp_path / "store"))  # stands in for another process
+    with pytest.raises(BackendError, match="already accessed"):
+        QdrantBackend.open(f"qdrant+local://{tmp_path}/store", dim=DIM)
+    other.close()
+    QdrantBackend.open(f"qdrant+local://{tmp_path}/store", dim=DIM).close()
+
+
+def test_backends_in_one_process_share_a_directory(tmp_path: Path) -> None:
+    first = QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=a", dim=16, prefix_dims=(8,))
+    second = QdrantBackend.open(f"qdrant+local:{tmp_path}/./store?collection=b", dim=8, prefix_dims=())
+    same = QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=a")
+    assert first.client is second.client is same.client
+    first.upsert(["x"], np.ones((1, 16)))
+    second.upsert(["y", "z"], np.eye(8)[:2])
+    first.close()
+    first.close()  # closing twice is harmless
+    with pytest.raises(BackendError, match="closed"):
+        len(first)
+    assert (len(same), len(second)) == (1, 2)  # the shared client stays open for the others
+    with pytest.raises(ValueError, match="16-dim"):
+        QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=a", dim=32)
+    same.close()
+    second.close()
+    again = QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=b")
+    assert again.client is not first.client and len(again) == 2
+    again.close()
+
+
+def test_upsert_existing_delete(loaded: QdrantBackend, data) -> None:
+    _, vectors, _ = data
+    assert len(loaded) == COUNT
+    assert loaded.existing(["doc-1", "doc-2", "nope", "doc-1"]) == {"doc-1", "doc-2"}
+    assert loaded.delete(["doc-1", "doc-2", "nope"]) == 2
+    assert loaded.delete(["doc-1"]) == 0
+    assert len(loaded) == COUNT - 2 and loaded.existing(["doc-1", "doc-3"]) == {"doc-3"}
+    hits = loaded.search(vectors[1:2], k=3)[0]
+    assert "doc-1" not in [h.id for h in hits]
+
+
+def test_upsert_replaces(loaded: QdrantBackend, data) -> None:
+    _, vectors, _ = data
+    # doc-5 takes doc-9's vector (at any norm), a new text and new metadata; the count stays
+    loaded.upsert(["doc-5"], 3 * vectors[9:10], texts=["replaced"], metadata=[{"lang": "fr"}])
+    assert len(loaded) == COUNT
+    top = loaded.search(vectors[9:10], k=2)[0]
+    assert {h.id for h in top} == {"doc-5", "doc-9"}
+    assert all(h.score == pytest.approx(1.0, abs=1e-5) for h in top)
+    assert [h.text for h in top if h.id == "doc-5"] == ["replaced"]
+    assert [h.id for h in loaded.search(vectors[9:10], k=5, filter={"lang": "fr"})[0]] == ["doc-5"]
+    loaded.upsert(["doc-5"], vectors[9:10])  # no text or metadata: both are gone
+    assert loaded.search(vectors[9:10], k=5, filter={"lang": "fr"})[0] == []
+    assert [h.text for h in loaded.search(vectors[9:10], k=2)[0] if h.id == "doc-5"] == [None]
+
+
+def test_exact_search_equals_brute_force(loaded: QdrantBackend, data) -> None:
+    ids, vectors, queries = data
+    hits = loaded.search(queries, k=10)
+    expected = _brute_force(vectors, queries, 10)
+    assert [[h.id for h in row] for row in hits] == [[ids[j] for j in row] for row in expected]
+    scores = queries @ vectors.T
+    for q, row in enumerate(hits):
+        assert [h.score for h in row] == pytest.approx([float(scores[q, int(h.id[4:])]) for h in row], abs=1e-5)
+        assert [h.text for h in row] == [f"text {h.id[4:]}" for h in row]
+
+
+def test_funnel_keep_all_equals_exact(loaded: QdrantBackend, data) -> None:
+    _, _, queries = data
+    exact = [[h.id for h in row] for row in loaded.search(queries, k=10)]
+    for spec in ("8:float32:300", "16:binary:300", "full:binary:300", "16:float16:1000"):
+        stages = parse_stages(f"{spec},full:float32:10")
+        assert [[h.id for h in row] for row in loaded.search(queries, k=10, stages=stages)] == exact, spec
+
+
+def test_small_keep_recall(loaded: QdrantBackend, data) -> None:
+    _, _, queries = data
+    exact = loaded.search(queries, k=10)
+    funnel = loaded.search(queries, k=10, stages=parse_stages("16:float32:100,full:float32:10"))
+    recall = np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(exact, funnel)])
+    assert recall >= 0.7
+    for row in funnel:  # re-ranked by the full cosine, best first
+        scores = [h.score for h in row]
+        assert scores == sorted(scores, reverse=True) and len(row) == 10
+
+
+def test_one_request_with_prefetch(loaded: QdrantBackend, data, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, queries = data
+    calls: list[list[models.QueryRequest]] = []
+    real = loaded.client.query_batch_points
+
+    def spy(collection_name: str, requests: list[models.QueryRequest], **kwargs):
+        calls.append(list(requests))
+        return real(collection_name, requests=requests, **kwargs)
+
+    monkeypatch.setattr(loaded.client, "query_batch_points", spy)
+    loaded.search(queries[:3], k=5, stages=[Stage(16, "binary", 40), Stage(FULL, "float32", 10)], filter={"lang": "en"})
+    assert len(calls) == 1 and len(calls[0]) == 3
+    request = calls[0][0]
+    assert request.using == "full" and request.limit == 5 and request.filter is not None
+    prefetch = request.prefetch
+    assert isinstance(prefetch, models.Prefetch)
+    assert prefetch.using == "prefix_16" and prefetch.limit == 40 and prefetch.filter == request.filter
+    assert len(prefetch.query) == 16 and np.linalg.norm(prefetch.query) == pytest.approx(1.0, abs=1e-5)
+    assert prefetch.params.quantization == models.QuantizationSearchParams(ignore=False, rescore=False)
+    assert request.params.quantization.ignore is True
+
+    calls.clear()
+    loaded.search(queries[:1], k=5, stages=parse_stages("8:float32:3,full:float32:10"))
+    prefetch = calls[0][0].prefetch
+    assert prefetch.using == "prefix_8" and prefetch.limit == 5  # the shortlist holds at least k
+    assert prefetch.params.quantization.ignore is True
+
+    calls.clear()
+    loaded.search(queries[:1], k=5)
+    assert calls[0][0].prefetch is None and calls[0][0].params.exact is True
+
+
+def test_filters(loaded: QdrantBackend, data) -> None:
+    ids, vectors, queries = data
+    meta = [_meta(i) for i in range(COUNT)]
+    cases = [
+        {"lang": "en"},
+        {"group": [0, 2]},
+        {"group": 1, "lang": "de"},
+        {"flag": True},
+        {"weight": 2.5},
+        {"weight": [2.5, 7.0], "lang": ["en", "de"]},
+        {"group": [0, "x"]},
+        {"a.b": 1},
+    ]
+    for wanted in cases:
+        rows = np.array([i for i in range(COUNT) if all(
+            meta[i].get(key) in (value if isinstance(value, list) else [value]) for key, value in wanted.items()
+        )])
+        expected = [[ids[j] for j in row] for row in _brute_force(vectors, queries, 10, rows)]
+        got = [[h.id for h in row] for row in loaded.search(queries, k=10, filter=wanted)]
+        assert got == expected, wanted
+        funnel = loaded.search(queries, k=10, stages=parse_stages("8:binary:300,full:float32:10"), filter=wanted)
+        assert [[h.id for h in row] for row in funnel] == expected, wanted
+    assert loaded.search(queries[:1], k=5, filter={"lang": "xx"}) == [[]]
+    assert len(loaded.search(queries[:1], k=5, filter={})[0]) == 5
+
+
+def test_persists_across_reopen(tmp_path: Path, data) -> None:
+    ids, vectors, queries = data
+    url = f"qdrant+local:{tmp_path}/p"
+    with QdrantBackend.open(url, dim=DIM, prefix_dims=(8,)) as backend:
+        backend.upsert(ids, vectors, texts=ids)
+        before = backend.search(queries, k=10, stages=parse_stages("8:binary:50,full:float32:10"))
+    with QdrantBackend.open(url, dim=DIM) as backend:
+        assert len(backend) == COUNT
+        after = backend.search(queries, k=10, stages=parse_stages("8:binary:50,full:float32:10"))
+    # same ids, texts and order; local mode re-normalizes on load, so scores may move in the 8th digit
+    assert [[(h.id, h.text) for h in row] for row in after] == [[(h.id, h.text) for h in row] for row in before]
+    assert [h.score for row in after for h in row] == pytest.approx([h.score for row in before for h in row], abs=1e-6)
+
+
+def test_relative_local_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with QdrantBackend.open("qdrant+local:rel/dir?collection=r", dim=8, prefix_dims=(4,)) as backend:
+        backend.upsert(["a"], np.ones((1, 8)))
+    assert (tmp_path / "rel" / "dir").is_dir()
+
+
+def test_empty_collection_and_one_row_query(tmp_path: Path) -> None:
+    with QdrantBackend.open(f"qdrant+local:{tmp_path}/e", dim=16, prefix_dims=(8,)) as backend:
+        assert backend.search(np.ones((2, 16)), k=3) == [[], []]
+        backend.upsert(["a", "b"], np.eye(16)[:2])
+        hits = backend.search(np.eye(16)[0], k=5, stages=parse_stages("8:binary:10,full:float32:5"))
+        assert [h.id for h in hits[0]] == ["a", "b"] and hits[0][0].score == pytest.approx(1.0)
+
+
+def test_bad_input(loaded: QdrantBackend, data) -> None:
+    _, vectors, queries = data
+    with pytest.raises(ValueError, match="shape"):
+        loaded.upsert(["x"], np.ones((1, DIM + 1)))
+    with pytest.raises(ValueError, match="zero"):
+        loaded.upsert(["x"], np.zeros((1, DIM)))
+    with pytest.raises(ValueError, match="repeat"):
+        loaded.upsert(["x", "x"], vectors[:2])
+    with pytest.raises(ValueError, match="metadata"):
+        loaded.upsert(["x"], vectors[:1], metadata=[{"nested": {"a": 1}}])
+    with pytest.raises(ValueError, match="32-dim"):
+        loaded.search(np.ones((1, DIM - 1)))
+    with pytest.raises(ValueError, match="zero"):
+        loaded.search(np.zeros((1, DIM)))
+    with pytest.raises(ValueError, match="k must"):
+        loaded.search(queries, k=0)
+    with pytest.raises(ValueError, match="available dims: 8, 16, 32"):
+        loaded.search(queries, stages=parse_stages("24:float32:100,full:float32:10"))
+    with pytest.raises(ValueError, match="int8"):
+        loaded.search(queries, stages=parse_stages("16:int8:100,full:float32:10"))
+    with pytest.raises(ValueError, match="stages"):
+        loaded.search(queries, stages=parse_stages("8:binary:200,16:float32:50,full:float32:10"))
+    with pytest.raises(ValueError, match="last stage"):
+        loaded.search(queries, stages=parse_stages("8:binary:200,16:float32:50"))
+    with pytest.raises(ValueError, match="filter"):
+        loaded.search(queries, filter={"lang": []})
+    with pytest.raises(ValueError, match="dim must"):
+        QdrantBackend.open("qdrant+local:/tmp/unused", dim=0)
+    with pytest.raises(ValueError, match="prefix_dims"):
+        QdrantBackend.open("qdrant+local:/tmp/unused", dim=8, prefix_dims=(0,))
+
+
+def test_binary_stage_needs_binary_collection(tmp_path: Path, data) -> None:
+    ids, vectors, queries = data
+    with QdrantBackend.open(f"qdrant+local:{tmp_path}/f", dim=DIM, prefix_dims=(16,), binary=False) as backend:
+        backend.upsert(ids, vectors)
+        assert backend.client.get_collection(DEFAULT_COLLECTION).config.params.vectors["prefix_16"].quantization_config is None
+        with pytest.raises(ValueError, match="without binary"):
+            backend.search(queries, stages=parse_stages("16:binary:100,full:float32:10"))
+        assert len(backend.search(queries, stages=parse_stages("16:float32:100,full:float32:10"))[0]) == 10
+
+
+def test_point_ids_are_stable_uuids() -> None:
+    assert point_id("doc-1") == point_id("doc-1") != point_id("doc-2")
+    assert len(point_id("x")) == 36
+
+
+# --- URLs: parsed and turned into client options; nothing here reaches a server ---
+
+
+def test_server_urls_build_a_client_without_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QDRANT_API_KEY", raising=False)
+    target = parse_url("qdrant://db.example:7000/docs")
+    assert (target.host, target.port, target.https, target.collection, target.local) == ("db.example", 7000, False, "docs", False)
+    target = parse_url("qdrants://db.example/docs?timeout=3")
+    assert (target.port, target.https, target.timeout) == (6333, True, 3)
+    assert parse_url("qdrant://db.example").collection == DEFAULT_COLLECTION
+    monkeypatch.setenv("QDRANT_API_KEY", "s3cret")
+    options = target.client_options()
+    assert options["api_key"] == "s3cret" and options["check_compatibility"] is False
+    client = QdrantClient(**options)  # builds an HTTP client; the version check, which would connect, is off
+    assert client.init_options["host"] == "db.example" and client.init_options["https"] is True
+    assert client._client.rest_uri == "https://db.example:6333"
+    client.close()
+
+
+def test_local_urls() -> None:
+    assert parse_url("qdrant+local:///abs/dir?collection=c").path == "/abs/dir"
+    target = parse_url("qdrant+local:rel/dir")
+    assert (target.path, target.collection, target.local) == ("rel/dir", DEFAULT_COLLECTION, True)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("", "empty"),
+        ("http://host/c", "scheme"),
+        ("qdrant:///c", "no host"),
+        ("qdrant://host/a/b", "one non-empty path segment"),
+        ("qdrant://host:99999/c", "Port"),
+        ("qdrant://host/c?prefer_grpc=1", "unknown parameter"),
+        ("qdrant://host/c?timeout=-1", "timeout"),
+        ("qdrant+local://relative", "three slashes"),
+        ("qdrant+local:", "no directory"),
+        ("qdrant+local:/d?collection=a&collection=b", "more than once"),
+        ("qdrant+local:/d?collection=", "collection name"),
+        ("qdrant://host/c#frag", "fragment"),
+    ],
+)
+def test_bad_urls(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_url(url)
+
+
+@pytest.mark.parametrize("url", ["qdrant://host/c?api_key=s3cret", "qdrants://user:s3cret@host/c", "qdrant://u:s3cret@host:99999/c"])
+def test_secrets_in_urls_are_refused_and_not_echoed(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_url(url)
+    assert "s3cret" not in str(info.value)
+
+
+def test_unreachable_server_names_the_url() -> None:
+    with socket.socket() as sock:  # a local port that nothing listens on: refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"qdrant://127.0.0.1:{port}/docs?timeout=2"
+    with pytest.raises(BackendError, match=f"127.0.0.1:{port}"):
+        QdrantBackend.open(url, dim=DIM)
