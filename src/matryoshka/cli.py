@@ -144,7 +144,7 @@ def train(
     model: ModelOption = None,
     standard: Annotated[bool, typer.Option("--standard", help="Train without MatryoshkaLoss (the baseline).")] = False,
     objective: Annotated[str, typer.Option(help="distill (self-distillation on pairs) or nli (MNRL on triplets).")] = "distill",
-    distill_loss: Annotated[str, typer.Option(help="For distill: cosine, cosent (ranking) or inbatch.")] = "cosine",
+    distill_loss: Annotated[str, typer.Option(help="For distill: cosine, cosent (ranking) or inbatch.")] = "cosent",
     dims: Annotated[str, typer.Option(help="Dimensions MatryoshkaLoss scores.")] = "384,256,128,64,32,16",
     weights: Annotated[Optional[str], typer.Option(help="One weight per dimension, e.g. 1,1,1,2,4,4.")] = None,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,

@@ -63,7 +63,8 @@ class TrainConfig:
 
     Attributes:
         objective: ``distill`` (self-distillation on text pairs) or ``nli`` (MNRL on NLI triplets).
-        distill_loss: for ``distill``, ``cosent`` (teacher cosine per pair) or ``inbatch`` (all pairs of texts).
+        distill_loss: for ``distill``: ``cosent`` (default; a ranking loss on the teacher's cosine per
+            pair), ``cosine`` (squared error on it) or ``inbatch`` (all pairs of texts).
         matryoshka: wrap the loss in ``MatryoshkaLoss``; ``False`` trains the standard baseline.
         dims: truncation sizes scored by ``MatryoshkaLoss``; must include the full size.
         weights: one weight per entry of ``dims``; ``None`` weighs all equally.
@@ -80,7 +81,7 @@ class TrainConfig:
     """
 
     objective: Objective = "distill"
-    distill_loss: DistillLoss = "cosine"
+    distill_loss: DistillLoss = "cosent"
     matryoshka: bool = True
     dims: tuple[int, ...] = DEFAULT_DIMS
     weights: tuple[float, ...] | None = None
