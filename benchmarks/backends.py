@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "qdrant_local_n": small,
         },
         "k": args.k,
+        "command": "python benchmarks/backends.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "results": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +259,7 @@ def markdown(report: dict) -> str:
             f"| {r['backend']} | {r['n']:,} | `{r['config']}` | {r['recall@10']:.4f} | {r['qps']:,.1f} | "
             f"{ratio:.1f}× | {build} |"
         )
-    lines += ["", "Command: `python benchmarks/backends.py` (see the module docstring for options).", ""]
+    lines += ["", f"Command: `{report.get('command', 'python benchmarks/backends.py')}`.", ""]
     return "\n".join(lines)
 
 
