@@ -171,7 +171,14 @@ def _train_pair(
 _RECIPE_LABELS = {"nli": ("nli-standard", "nli-matryoshka"), "static": ("static-standard", "static-matryoshka")}
 
 
-def _previous_results(config: CompareConfig) -> dict[str, tuple[dict[int, float], dict[str, Any]]]:
+def _used_fields(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe without the fields its objective ignores (an NLI run reads no distillation settings)."""
+    if recipe.get("objective") == "nli":
+        return {k: v for k, v in recipe.items() if k not in ("distill_loss", "pair_sources")}
+    return recipe
+
+
+def _previous_results(config: CompareConfig, test_pairs: int) -> dict[str, tuple[dict[int, float], dict[str, Any]]]:
     """Scores and run records of the recipes this run skips, from ``config.out/results.json``.
 
     Only a previous full run on the same base model, seed, dims and evaluation set is accepted, and its
@@ -192,12 +199,12 @@ def _previous_results(config: CompareConfig) -> dict[str, tuple[dict[int, float]
     for key, want in checks.items():
         if meta.get(key) != want:
             raise ValueError(f"keep_previous: {path} has {key}={meta.get(key)!r}, this run {want!r}")
-    if meta.get("data", {}).get("sts_test_pairs") != len(load_sts("test")[: config.eval_limit]):
+    if meta.get("data", {}).get("sts_test_pairs") != test_pairs:
         raise ValueError(f"keep_previous: {path} was scored on a different number of STS-B test pairs")
     kept: dict[str, tuple[dict[int, float], dict[str, Any]]] = {}
     for name in skipped:
-        recipe = json.loads(json.dumps(asdict(getattr(config, name))))
-        if meta.get("recipes", {}).get(name) != recipe:
+        recipe = _used_fields(json.loads(json.dumps(asdict(getattr(config, name)))))
+        if _used_fields(meta.get("recipes", {}).get(name) or {}) != recipe:
             raise ValueError(f"keep_previous: the {name} recipe in {path} differs from this run's")
         for label in _RECIPE_LABELS[name]:
             if label not in previous.scores:
@@ -219,7 +226,7 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
     log(f"base: {json.dumps({d: round(v, 4) for d, v in scores['base'].items()})}")
     runs: dict[str, Any] = {}
     datasets: dict[tuple[Any, ...], Any] = {}
-    kept = _previous_results(config) if config.keep_previous else {}
+    kept = _previous_results(config, len(test)) if config.keep_previous else {}
 
     recipes = [("distill", config.distill)]
     if config.run_nli:
