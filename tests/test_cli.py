@@ -91,3 +91,17 @@ def test_compare_end_to_end_on_a_tiny_budget(tmp_path):
     assert all(set(data[m]) == {"384", "256", "128", "64", "32", "16"} for m in expected)
     assert data["metadata"]["runs"]["matryoshka"]["steps"] == 2
     assert (tmp_path / "results.md").exists() and (tmp_path / "results.png").exists()
+    # Only the Matryoshka weighting changes: the second run retrains that one model and keeps the rest.
+    again = invoke("compare", "--out", tmp_path, "--max-steps", 2, "--max-examples", 32, "--eval-limit", 40,
+                   "--weights", "1,1,1,1,1,1", "--keep-previous", "--no-nli", "--no-static")
+    assert again.exit_code == 0, again.output
+    meta = json.loads((tmp_path / "results.json").read_text())["metadata"]
+    assert meta["kept_from_previous_run"] == sorted(expected - {"base", "matryoshka"})
+    assert meta["runs"]["matryoshka"]["config"]["weights"] == [1, 1, 1, 1, 1, 1]
+    assert meta["runs"]["standard"] == data["metadata"]["runs"]["standard"]
+
+
+def test_compare_refuses_weights_that_do_not_match_the_dims(tmp_path):
+    result = invoke("compare", "--out", tmp_path, "--weights", "1,2")
+    assert result.exit_code == 2 and "needs 6 non-negative numbers" in result.output
+    assert not (tmp_path / "results.json").exists()

@@ -275,3 +275,18 @@ def test_pickled_array_is_refused(saved) -> None:
     _rewrite_manifest(path, files=files)
     with pytest.raises(IndexCorruptError, match="cannot be read as a .npy array"):
         FunnelIndex.load(path)
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Staging in a private temp dir must not leave the index or a result file readable only by us."""
+    from matryoshka.evaluation.results import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        make_index().save(tmp_path / "index")
+        write_atomic(tmp_path / "results.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "index").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "index" / "manifest.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644

@@ -261,15 +261,25 @@ def compare(
     max_examples: Annotated[int, typer.Option(min=2, help="Rows loaded when --max-steps is set.")] = 256,
     eval_limit: Annotated[Optional[int], typer.Option(min=10, help="Score only the first N STS-B test pairs.")] = None,
     jobs: Annotated[int, typer.Option(min=1, max=2, help="Train a recipe's two variants in 1 or 2 processes.")] = 2,
+    weights: Annotated[Optional[str], typer.Option(
+        help="MatryoshkaLoss weights of the self-distillation recipe, one per dim 384..16 (default 1,1,1,2,8,4).")] = None,
     keep_previous: Annotated[bool, typer.Option(
-        "--keep-previous", help="With --no-nli/--no-static, keep those recipes' scores from results.json in --out.")] = False,
+        "--keep-previous", help="Reuse results.json in --out: models with unchanged training settings keep their "
+        "scores (not retrained); with --no-nli/--no-static, keep those recipes' rows.")] = False,
 ) -> None:
     """Train standard and Matryoshka models from one base, score all per dimension on STS-B test."""
+    from dataclasses import replace
+
     from matryoshka.compare import CompareConfig, run_compare
 
     kwargs = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
                   eval_limit=eval_limit, jobs=jobs, keep_previous=keep_previous)
     config = CompareConfig.quick(**kwargs) if quick else CompareConfig(**kwargs)
+    if weights is not None:
+        weight_list = parse_floats(weights, "--weights")
+        if len(weight_list) != len(config.dims) or any(w < 0 for w in weight_list):
+            raise typer.BadParameter(f"--weights needs {len(config.dims)} non-negative numbers, got {weights!r}")
+        config.distill = replace(config.distill, weights=tuple(weight_list))
     if max_steps is not None:
         config.cap(max_steps, max_examples)
     try:

@@ -49,7 +49,7 @@ class CompareConfig:
     seed: int = 0
     distill: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            objective="distill", distill_loss="cosent", weights=(1, 1, 1, 2, 4, 4), learning_rate=5e-5,
+            objective="distill", distill_loss="cosent", weights=(1, 1, 1, 2, 8, 4), learning_rate=5e-5,
             batch_size=32,
         )
     )
@@ -67,8 +67,9 @@ class CompareConfig:
     quick_mode: bool = False
     eval_limit: int | None = None
     jobs: int = 2
-    #: With ``run_nli`` or ``run_static`` off, carry those recipes' scores over from a ``results.json``
-    #: already in ``out``, so one recipe can be re-run without retraining the others.
+    #: Reuse a ``results.json`` already in ``out``: a model whose recorded training settings equal this
+    #: run's is scored from there instead of retrained, and with ``run_nli`` or ``run_static`` off those
+    #: recipes' rows are carried over; so changing one recipe retrains only the models it changes.
     keep_previous: bool = False
 
     def cap(self, max_steps: int, max_examples: int) -> None:
@@ -124,34 +125,36 @@ def _train_pair(
     teacher: Any,
     log: Any,
     datasets: dict[tuple[Any, ...], Any],
+    previous: dict[str, tuple[dict[int, float], dict[str, Any]]] | None = None,
 ) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
     """Train the standard and Matryoshka variant of one recipe on one shared data set; score both.
 
-    With ``compare.jobs == 2`` the two variants train side by side in two processes of one thread
-    each, which uses two cores better than one process with two threads.
+    A variant found in ``previous`` with the same training settings keeps its scores and is not
+    retrained. With ``compare.jobs == 2`` two variants train side by side in two processes of one
+    thread each, which uses two cores better than one process with two threads.
     """
-    if config.objective == "nli":
-        dataset, table = build_dataset(config)
-    else:
-        # The teacher's embeddings are the costly part. Recipes with the same sources and seed read
-        # prefixes of one pair order, so one table serves all of them; only missing rows are encoded.
-        key = (config.pair_sources, config.seed)
-        rows = load_rows(config)
-        cached_rows, cached_table = datasets.get(key, ([], None))
-        if len(rows) > len(cached_rows):
-            extra = teacher_embeddings(rows[len(cached_rows):], teacher, config.show_progress_bar)
-            cached_table = extra if cached_table is None else torch.cat([cached_table, extra])
-            datasets[key] = (rows, cached_table)
-        table = cached_table[: len(rows)]
-        dataset = pair_dataset(rows, table, config.distill_loss)
-    jobs = []
+    scores: dict[str, dict[int, float]] = {}
+    runs: dict[str, Any] = {}
+    variants = []
     for matryoshka in (False, True):
         label = (f"{name}-matryoshka" if matryoshka else f"{name}-standard").removeprefix("distill-")
-        variant = replace(config, matryoshka=matryoshka, dims=compare.dims,
-                          show_progress_bar=config.show_progress_bar and compare.jobs == 1)
+        variant = replace(config, matryoshka=matryoshka, dims=compare.dims)
+        earlier = (previous or {}).get(label)
+        if earlier and _same_training(earlier[1].get("config"), variant):
+            scores[label], runs[label] = earlier
+            log(f"{label}: same training settings as in {compare.out / 'results.json'}, kept its scores")
+        else:
+            variants.append((label, variant))
+    if not variants:
+        return scores, runs
+    dataset, table = _recipe_data(config, teacher, datasets)
+    side_by_side = compare.jobs > 1 and len(variants) > 1
+    jobs = []
+    for label, variant in variants:
+        variant = replace(variant, show_progress_bar=variant.show_progress_bar and not side_by_side)
         log(f"training {label}: {config.objective}, {len(dataset)} rows, max_steps={config.max_steps}")
         jobs.append((label, kind, compare.base_model, variant, compare.out, dataset, table, test))
-    if compare.jobs > 1:
+    if side_by_side:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -160,36 +163,65 @@ def _train_pair(
             outcomes = list(pool.map(_train_variant, *zip(*jobs), [threads] * len(jobs)))
     else:
         outcomes = [_train_variant(*job, None) for job in jobs]
-    scores: dict[str, dict[int, float]] = {}
-    runs: dict[str, Any] = {}
     for label, score, summary in outcomes:
         scores[label], runs[label] = score, summary
         log(f"{label}: {json.dumps({d: round(v, 4) for d, v in score.items()})} ({summary['seconds']:.0f}s)")
     return scores, runs
 
 
+def _recipe_data(config: TrainConfig, teacher: Any, datasets: dict[tuple[Any, ...], Any]) -> tuple[Any, Any]:
+    """The training set of a recipe and, for distillation, the teacher's embeddings of its rows."""
+    if config.objective == "nli":
+        return build_dataset(config)
+    # The teacher's embeddings are the costly part. Recipes with the same sources and seed read
+    # prefixes of one pair order, so one table serves all of them; only missing rows are encoded.
+    key = (config.pair_sources, config.seed)
+    rows = load_rows(config)
+    cached_rows, cached_table = datasets.get(key, ([], None))
+    if len(rows) > len(cached_rows):
+        extra = teacher_embeddings(rows[len(cached_rows):], teacher, config.show_progress_bar)
+        cached_table = extra if cached_table is None else torch.cat([cached_table, extra])
+        datasets[key] = (rows, cached_table)
+    table = cached_table[: len(rows)]
+    return pair_dataset(rows, table, config.distill_loss), table
+
+
 _RECIPE_LABELS = {"nli": ("nli-standard", "nli-matryoshka"), "static": ("static-standard", "static-matryoshka")}
 
 
 def _used_fields(recipe: dict[str, Any]) -> dict[str, Any]:
-    """A recipe without the fields its objective ignores (an NLI run reads no distillation settings)."""
+    """A recipe without the fields its training ignores: display settings; distillation settings in an
+    NLI run; truncation dims and weights in a standard (non-Matryoshka) run."""
+    ignored = {"show_progress_bar", "checkpoint_steps"}
     if recipe.get("objective") == "nli":
-        return {k: v for k, v in recipe.items() if k not in ("distill_loss", "pair_sources")}
-    return recipe
+        ignored |= {"distill_loss", "pair_sources"}
+    if recipe.get("matryoshka") is False:
+        ignored |= {"dims", "weights"}
+    return {k: v for k, v in recipe.items() if k not in ignored}
 
 
-def _previous_results(config: CompareConfig, test_pairs: int) -> dict[str, tuple[dict[int, float], dict[str, Any]]]:
-    """Scores and run records of the recipes this run skips, from ``config.out/results.json``.
+def _same_training(recorded: dict[str, Any] | None, variant: TrainConfig) -> bool:
+    """Whether a model trained with the ``recorded`` settings is the one ``variant`` would train."""
+    wanted = json.loads(json.dumps(asdict(variant)))
+    return recorded is not None and _used_fields(recorded) == _used_fields(wanted)
 
-    Only a previous full run on the same base model, seed, dims and evaluation set is accepted, and its
-    recipe must equal this run's, so that kept rows are the numbers this configuration produces.
+
+def _previous_results(
+    config: CompareConfig, test_pairs: int,
+) -> tuple[dict[str, tuple[dict[int, float], dict[str, Any]]], dict[str, tuple[dict[int, float], dict[str, Any]]]]:
+    """Rows of an earlier run in ``config.out/results.json``: (kept recipes' rows, reusable models' rows).
+
+    Only a previous full run on the same base model, seed, dims and evaluation set is accepted. The
+    recipes this run skips must equal this run's, so that kept rows are the numbers this configuration
+    produces; every other recorded model is offered for reuse, and ``_train_pair`` takes it only if its
+    recorded training settings equal the ones it would train with.
     """
     path = Path(config.out) / "results.json"
     skipped = [name for name, on in (("nli", config.run_nli), ("static", config.run_static)) if not on]
-    if not skipped:
-        return {}
     if not path.is_file():
-        raise ValueError(f"keep_previous: no previous {path} to keep the {', '.join(skipped)} recipe(s) from")
+        if skipped:
+            raise ValueError(f"keep_previous: no previous {path} to keep the {', '.join(skipped)} recipe(s) from")
+        return {}, {}
     previous = Results.load(path)
     meta = previous.metadata
     checks = {
@@ -201,6 +233,7 @@ def _previous_results(config: CompareConfig, test_pairs: int) -> dict[str, tuple
             raise ValueError(f"keep_previous: {path} has {key}={meta.get(key)!r}, this run {want!r}")
     if meta.get("data", {}).get("sts_test_pairs") != test_pairs:
         raise ValueError(f"keep_previous: {path} was scored on a different number of STS-B test pairs")
+    rows = {label: (score, meta.get("runs", {}).get(label, {})) for label, score in previous.scores.items()}
     kept: dict[str, tuple[dict[int, float], dict[str, Any]]] = {}
     for name in skipped:
         recipe = _used_fields(json.loads(json.dumps(asdict(getattr(config, name)))))
@@ -209,8 +242,9 @@ def _previous_results(config: CompareConfig, test_pairs: int) -> dict[str, tuple
         for label in _RECIPE_LABELS[name]:
             if label not in previous.scores:
                 raise ValueError(f"keep_previous: {path} has no scores for {label}")
-            kept[label] = (previous.scores[label], meta.get("runs", {}).get(label, {}))
-    return kept
+            kept[label] = rows[label]
+    reusable = {label: row for label, row in rows.items() if label != "base" and label not in kept}
+    return kept, reusable
 
 
 def run_compare(config: CompareConfig | None = None, log: Any = print) -> Results:
@@ -226,17 +260,17 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
     log(f"base: {json.dumps({d: round(v, 4) for d, v in scores['base'].items()})}")
     runs: dict[str, Any] = {}
     datasets: dict[tuple[Any, ...], Any] = {}
-    kept = _previous_results(config, len(test)) if config.keep_previous else {}
+    kept, reusable = _previous_results(config, len(test)) if config.keep_previous else ({}, {})
 
     recipes = [("distill", config.distill)]
     if config.run_nli:
         recipes.append(("nli", config.nli))
     for name, recipe in recipes:
-        s, r = _train_pair(name, "transformer", recipe, config, test, base, log, datasets)
+        s, r = _train_pair(name, "transformer", recipe, config, test, base, log, datasets, reusable)
         scores.update(s)
         runs.update(r)
     if config.run_static:
-        s, r = _train_pair("static", "static", config.static, config, test, base, log, datasets)
+        s, r = _train_pair("static", "static", config.static, config, test, base, log, datasets, reusable)
         scores.update(s)
         runs.update(r)
 
@@ -259,7 +293,7 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
             "seconds": round(time.perf_counter() - started, 1),
             "torch_threads": torch.get_num_threads(),
             "jobs": config.jobs,
-            "kept_from_previous_run": sorted(kept),
+            "kept_from_previous_run": sorted(kept | {k: v for k, v in reusable.items() if runs.get(k) is v[1]}),
             "platform": platform.platform(),
             "data": {"distill_pairs": len(load_distillation_pairs(config.distill.pair_sources)),
                      "nli_triplets": len(load_nli_triplets()), "sts_test_pairs": len(test)},

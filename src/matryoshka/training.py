@@ -49,6 +49,7 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from transformers import TrainerCallback
 
+from matryoshka.evaluation.results import ordinary_mode
 from matryoshka.losses import InBatchSimilarityDistillationLoss
 from matryoshka.models import model_dimension
 
@@ -227,7 +228,7 @@ def save_model_atomic(model: SentenceTransformer, output_dir: str | os.PathLike[
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        staging.chmod(0o755)  # mkdtemp makes it private; a saved model is an ordinary directory
+        staging.chmod(ordinary_mode(directory=True))  # mkdtemp makes it private
         model.save(str(staging))
         if target.exists():
             backup = target.with_name(f".{target.name}.old")

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from matryoshka.evaluation.results import ordinary_mode
 from matryoshka.retrieval.filters import check_metadata
 from matryoshka.retrieval.stages import (
     Stage,
@@ -89,6 +90,7 @@ def write_index(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        staging.chmod(ordinary_mode(directory=True))
         files = {VECTORS: _write_npy(staging / VECTORS, vectors), IDS: _write_json(staging / IDS, list(ids))}
         if texts is not None:
             files[TEXTS] = _write_json(staging / TEXTS, list(texts))
