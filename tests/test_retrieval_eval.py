@@ -140,6 +140,8 @@ def test_advisor_picks_the_cheapest_config_that_keeps_quality() -> None:
     qualified = [row for row in report.rows if row.meets_target]
     assert chosen.scan_bytes == min(row.scan_bytes for row in qualified)
     assert chosen.scan_bytes < report.exact.scan_bytes
+    assert report.fastest is not None and report.fastest.meets_target
+    assert report.fastest.qps == max(row.qps for row in qualified)
     for row in report.rows:
         assert row.qps > 0 and 0 <= row.overlap <= 1 and row.memory_bytes >= 32 * 4
 
@@ -149,6 +151,8 @@ def test_advisor_picks_the_cheapest_config_that_keeps_quality() -> None:
     assert "32:float32:10  (exact)" in text and "Advice:" in text and chosen.name in text
     assert json.loads(json.dumps(report.to_dict()))["chosen"]["name"] == chosen.name
     assert chosen.name in report.to_markdown()
+    if report.fastest is not chosen:
+        assert f"Fastest within the target here: {report.fastest.name}" in report.to_markdown()
 
 
 def test_advisor_with_explicit_configs_and_an_unreachable_target() -> None:
