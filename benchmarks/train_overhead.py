@@ -26,7 +26,7 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 
 from matryoshka.data import load_distillation_pairs, load_nli_triplets
-from matryoshka.evaluation.results import write_atomic
+from matryoshka.files import write_atomic
 from matryoshka.losses import InBatchSimilarityDistillationLoss
 from matryoshka.models import load_model
 from matryoshka.training import DEFAULT_DIMS, TrainConfig, build_dataset

@@ -279,7 +279,7 @@ def test_pickled_array_is_refused(saved) -> None:
 
 def test_saved_files_get_ordinary_permissions(tmp_path: Path) -> None:
     """Staging in a private temp dir must not leave the index or a result file readable only by us."""
-    from matryoshka.evaluation.results import write_atomic
+    from matryoshka.files import write_atomic
 
     old = os.umask(0o022)
     try:

@@ -103,7 +103,7 @@ def encode(
     if output is not None:
         import numpy as np
 
-        from matryoshka.evaluation.results import write_atomic
+        from matryoshka.files import write_atomic
 
         buffer = __import__("io").BytesIO()
         np.save(buffer, vectors, allow_pickle=False)

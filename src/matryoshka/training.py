@@ -49,7 +49,7 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from transformers import TrainerCallback
 
-from matryoshka.evaluation.results import ordinary_mode
+from matryoshka.files import ordinary_mode
 from matryoshka.losses import InBatchSimilarityDistillationLoss
 from matryoshka.models import model_dimension
 

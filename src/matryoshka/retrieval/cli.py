@@ -220,7 +220,7 @@ def advise_command(
 ) -> None:
     """Recommend the cheapest funnel (first-stage bytes, then speed) that keeps target × exact nDCG@10."""
     from matryoshka.data.beir import load_beir
-    from matryoshka.evaluation.results import write_atomic
+    from matryoshka.files import write_atomic
     from matryoshka.retrieval.advisor import advise
 
     try:

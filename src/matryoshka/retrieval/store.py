@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from matryoshka.evaluation.results import ordinary_mode
+from matryoshka.files import ordinary_mode
 from matryoshka.retrieval.filters import check_metadata
 from matryoshka.retrieval.stages import (
     Stage,
