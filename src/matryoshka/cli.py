@@ -276,10 +276,11 @@ def compare(
                   eval_limit=eval_limit, jobs=jobs, keep_previous=keep_previous)
     config = CompareConfig.quick(**kwargs) if quick else CompareConfig(**kwargs)
     if weights is not None:
-        weight_list = parse_floats(weights, "--weights")
-        if len(weight_list) != len(config.dims) or any(w < 0 for w in weight_list):
-            raise typer.BadParameter(f"--weights needs {len(config.dims)} non-negative numbers, got {weights!r}")
-        config.distill = replace(config.distill, weights=tuple(weight_list))
+        config.distill = replace(config.distill, weights=tuple(parse_floats(weights, "--weights")))
+        try:  # before any work: the recipe would refuse these weights only after scoring the base model
+            replace(config.distill, dims=config.dims).validate(max(config.dims))
+        except ValueError:
+            raise typer.BadParameter(f"--weights needs {len(config.dims)} non-negative numbers, got {weights!r}") from None
     if max_steps is not None:
         config.cap(max_steps, max_examples)
     try:

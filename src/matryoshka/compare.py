@@ -236,8 +236,7 @@ def _previous_results(
     rows = {label: (score, meta.get("runs", {}).get(label, {})) for label, score in previous.scores.items()}
     kept: dict[str, tuple[dict[int, float], dict[str, Any]]] = {}
     for name in skipped:
-        recipe = _used_fields(json.loads(json.dumps(asdict(getattr(config, name)))))
-        if _used_fields(meta.get("recipes", {}).get(name) or {}) != recipe:
+        if not _same_training(meta.get("recipes", {}).get(name), getattr(config, name)):
             raise ValueError(f"keep_previous: the {name} recipe in {path} differs from this run's")
         for label in _RECIPE_LABELS[name]:
             if label not in previous.scores:
@@ -277,6 +276,8 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
     for label, (score, run) in kept.items():
         scores[label], runs[label] = score, run
         log(f"{label}: kept from {out / 'results.json'}")
+    # A reused model's run record is the previous run's own object; a retrained one has a new record.
+    reused = [label for label, (_, run) in reusable.items() if runs.get(label) is run]
     order = ["base", "standard", "matryoshka", "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"]
     scores = {k: scores[k] for k in order if k in scores}
     results = Results(
@@ -293,7 +294,7 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
             "seconds": round(time.perf_counter() - started, 1),
             "torch_threads": torch.get_num_threads(),
             "jobs": config.jobs,
-            "kept_from_previous_run": sorted(kept | {k: v for k, v in reusable.items() if runs.get(k) is v[1]}),
+            "kept_from_previous_run": sorted([*kept, *reused]),
             "platform": platform.platform(),
             "data": {"distill_pairs": len(load_distillation_pairs(config.distill.pair_sources)),
                      "nli_triplets": len(load_nli_triplets()), "sts_test_pairs": len(test)},
