@@ -35,4 +35,30 @@ def model():
     return load_model(device="cpu")
 
 
-from postgres_server import postgres_url  # noqa: E402, F401  (a real throw-away PostgreSQL server, one per session)
+from postgres_server import postgres_url  # noqa: F401  (a real throw-away PostgreSQL server, one per session)
+
+
+@pytest.fixture(scope="session")
+def tiny_beir(tmp_path_factory, data_dir: Path) -> Path:
+    """A small BEIR directory cut from SciFact: 12 test and 24 train queries, their documents and 60 others."""
+    import json
+
+    from matryoshka.data.beir import load_beir
+
+    test, train = load_beir("scifact", split="test"), load_beir("scifact", split="train")
+    test_q, train_q = sorted(test.qrels)[:12], sorted(train.qrels)[:24]
+    judged = {d for q in test_q for d in test.qrels[q]} | {d for q in train_q for d in train.qrels[q]}
+    others = [d for d in sorted(test.corpus) if d not in judged][:60]
+    root = tmp_path_factory.mktemp("tiny-beir")
+    (root / "qrels").mkdir()
+    with (root / "corpus.jsonl").open("w") as handle:
+        for d in sorted(judged) + others:
+            handle.write(json.dumps({"_id": d, "title": "", "text": test.corpus[d]}) + "\n")
+    queries = {**{q: test.queries[q] for q in test_q}, **{q: train.queries[q] for q in train_q}}
+    with (root / "queries.jsonl").open("w") as handle:
+        for q, text in queries.items():
+            handle.write(json.dumps({"_id": q, "text": text}) + "\n")
+    for split, ids, source in (("test", test_q, test), ("train", train_q, train)):
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{r}" for q in ids for d, r in source.qrels[q].items()]
+        (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root

@@ -82,21 +82,34 @@ def test_train_refuses_bad_settings(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_end_to_end_on_a_tiny_budget(tmp_path):
-    result = invoke("compare", "--out", tmp_path, "--max-steps", 2, "--max-examples", 32, "--eval-limit", 40)
+def test_compare_end_to_end_on_a_tiny_budget(tmp_path, tiny_beir):
+    common = ("--out", tmp_path, "--max-steps", 2, "--max-examples", 32, "--eval-limit", 40, "--retrieval", tiny_beir,
+              "--cache", tmp_path / "cache")
+    result = invoke("compare", *common)
     assert result.exit_code == 0, result.output
+    assert "{'loss'" not in result.output and "Loading weights" not in result.output
     data = json.loads((tmp_path / "results.json").read_text())
+    adaptors = {"base+rotation", "adaptor-standard", "adaptor-matryoshka"}
     expected = {"base", "standard", "matryoshka", "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"}
-    assert expected <= set(data)
+    assert expected | adaptors <= set(data)
+    retrieval = json.loads((tmp_path / "retrieval.json").read_text())
+    assert {"base", "standard", "matryoshka"} | adaptors <= set(retrieval)
+    assert set(retrieval["metrics"]) >= {"ndcg@10", "recall@100"}
+    assert retrieval["metadata"]["adaptors"]["train_pairs"] > 0
     assert all(set(data[m]) == {"384", "256", "128", "64", "32", "16"} for m in expected)
     assert data["metadata"]["runs"]["matryoshka"]["steps"] == 2
     assert (tmp_path / "results.md").exists() and (tmp_path / "results.png").exists()
     # Only the Matryoshka weighting changes: the second run retrains that one model and keeps the rest.
-    again = invoke("compare", "--out", tmp_path, "--max-steps", 2, "--max-examples", 32, "--eval-limit", 40,
-                   "--weights", "1,1,1,1,1,1", "--keep-previous", "--no-nli", "--no-static")
+    again = invoke("compare", *common, "--weights", "1,1,1,1,1,1", "--keep-previous", "--no-nli", "--no-static")
     assert again.exit_code == 0, again.output
     meta = json.loads((tmp_path / "results.json").read_text())["metadata"]
     assert meta["kept_from_previous_run"] == sorted(expected - {"base", "matryoshka"})
+    quick = invoke("compare", "--quick", "--out", tmp_path / "quick", "--eval-limit", 40, "--retrieval", tiny_beir,
+                   "--cache", tmp_path / "cache")
+    assert quick.exit_code == 0, quick.output
+    rows = json.loads((tmp_path / "quick" / "retrieval.json").read_text())
+    assert {"base", "base+rotation", "adaptor-standard", "adaptor-matryoshka"} == {k for k in rows if k not in (
+        "task", "metric", "retention", "metrics", "metadata")}
     assert meta["runs"]["matryoshka"]["config"]["weights"] == [1, 1, 1, 1, 1, 1]
     assert meta["runs"]["standard"] == data["metadata"]["runs"]["standard"]
 

@@ -36,13 +36,15 @@ def test_distillation_loss_is_zero_for_the_teacher_itself(model):
 @pytest.mark.parametrize("matryoshka", [False, True])
 @pytest.mark.parametrize("objective,distill_loss,rows", [
     ("distill", "cosine", PAIRS), ("distill", "cosent", PAIRS), ("nli", "cosine", TRIPLETS),
+    ("retrieval", "cosine", PAIRS), ("retrieval", "cosine", TRIPLETS), ("distill", "cosent", [(a,) for a, _ in PAIRS]),
 ])
 def test_tiny_training_runs_and_saves_a_loadable_model(tmp_path, objective, distill_loss, rows, matryoshka):
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(device="cpu")
     before = model.encode(["A man is playing a guitar."], convert_to_tensor=True)
     config = TrainConfig(objective=objective, distill_loss=distill_loss, matryoshka=matryoshka, batch_size=8, max_steps=3,
-                         learning_rate=1e-4, show_progress_bar=False)
+                         learning_rate=1e-4, show_progress_bar=False,
+                         data="rows" if objective == "retrieval" else None, distill_weight=float(matryoshka))
     result = train(model, config, tmp_path / "out", rows=rows)
     assert result.steps == 3 and len(result.losses) >= 1
     reloaded = SentenceTransformer(str(tmp_path / "out"), device="cpu")
@@ -72,6 +74,8 @@ def test_static_model_trains_with_matryoshka(tmp_path, model):
     ({"objective": "mse"}, "objective"),
     ({"batch_size": 1}, "batch_size"),
     ({"learning_rate": 0}, "learning_rate"),
+    ({"objective": "retrieval"}, "needs data"),
+    ({"objective": "retrieval", "data": "x", "distill_weight": -1}, "distill_weight"),
 ])
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -88,3 +92,32 @@ def test_cosine_labels_are_the_teacher_cosines(model):
 def test_too_few_rows_for_a_batch(tmp_path, model):
     with pytest.raises(ValueError, match="fewer than one batch"):
         train(model, TrainConfig(batch_size=64, show_progress_bar=False), tmp_path, rows=PAIRS[:8])
+
+
+def test_retrieval_distillation_term_is_zero_at_the_teacher_and_ranking_trains(model):
+    from matryoshka.losses import RankingDistillationLoss
+
+    config = TrainConfig(objective="retrieval", data="rows", distill_weight=1.0, show_progress_bar=False)
+    dataset, table = build_dataset(config, model, PAIRS[:8])
+    assert table.shape == (8, 2, 384) and dataset.column_names == ["anchor", "positive", "label"]
+    with_term = RankingDistillationLoss(model, table, distill_weight=1.0)
+    without = RankingDistillationLoss(model, None, distill_weight=0.0)
+    features = [model.tokenize(dataset["anchor"]), model.tokenize(dataset["positive"])]
+    labels = torch.tensor(dataset["label"])
+    model.eval()
+    with torch.no_grad():
+        assert with_term(features, labels).item() == pytest.approx(without(features, labels).item(), abs=1e-5)
+        assert with_term(features, labels.flip(0)).item() > without(features, labels).item() + 0.1
+
+
+def test_user_data_shape_must_fit_the_objective(tmp_path, model):
+    from matryoshka.data.errors import DataError
+
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(f'{{"text": "sentence {i}"}}\n' for i in range(16)))
+    with pytest.raises(DataError, match="needs 'anchor' and 'positive' columns"):
+        train(model, TrainConfig(objective="retrieval", data=str(texts), show_progress_bar=False), tmp_path / "m")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("anchor,positive\n" + "".join(f"q{i},d{i}\n" for i in range(16)))
+    with pytest.raises(DataError, match="needs a 'negative' column"):
+        train(model, TrainConfig(objective="nli", data=str(pairs), show_progress_bar=False), tmp_path / "m")

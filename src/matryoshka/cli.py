@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 ModelOption = Annotated[
-    Optional[str], typer.Option("--model", "-m", help="Model directory or hub name; default: packaged all-MiniLM-L6-v2.")
+    str | None, typer.Option("--model", "-m", help="Model directory or hub name; default: packaged all-MiniLM-L6-v2.")
 ]
 
 
@@ -48,25 +48,25 @@ def parse_floats(value: str, name: str) -> list[float]:
 
 def fail(message: str) -> None:
     """Print ``message`` as an error and exit with status 1."""
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(1)
 
 
 @app.command()
 def encode(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to encode; or use --input.")] = None,
-    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="A file with one text per line.")] = None,
-    dim: Annotated[Optional[int], typer.Option("--dim", "-d", help="Leading dimensions to keep (default: all).")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to encode; or use --input.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="A file with one text per line.")] = None,
+    dim: Annotated[int | None, typer.Option("--dim", "-d", help="Leading dimensions to keep (default: all).")] = None,
     precision: Annotated[str, typer.Option(help="float32, float16, int8, uint8, binary or ubinary.")] = "float32",
     no_normalize: Annotated[bool, typer.Option("--no-normalize", help="Keep the truncated prefix as is.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write a .npy file instead of JSON lines.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write a .npy file instead of JSON lines.")] = None,
     model: ModelOption = None,
-    corpus: Annotated[Optional[str], typer.Option(
+    corpus: Annotated[str | None, typer.Option(
         "--corpus", "-c", help="With --backend: a BEIR data set (scifact, npl, a directory) or a .txt/.jsonl file.")] = None,
-    backend: Annotated[Optional[str], typer.Option(
+    backend: Annotated[str | None, typer.Option(
         "--backend", "-b", help="Load the corpus into a backend: faiss://DIR, postgresql://..., qdrant://..., qdrant+local://DIR.")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="With --backend: encode on a Ray cluster ($RAY_ADDRESS, else local).")] = False,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Ray encoding actors (default: the cluster's CPUs).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray encoding actors (default: the cluster's CPUs).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     write_batch: Annotated[int, typer.Option(min=1, help="Vectors per backend write.")] = 1024,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Re-encode ids the backend already holds.")] = False,
@@ -143,26 +143,52 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the trained model.")] = Path("runs/model"),
     model: ModelOption = None,
     standard: Annotated[bool, typer.Option("--standard", help="Train without MatryoshkaLoss (the baseline).")] = False,
-    objective: Annotated[str, typer.Option(help="distill (self-distillation on pairs) or nli (MNRL on triplets).")] = "distill",
+    objective: Annotated[str | None, typer.Option(
+        help="distill (self-distillation), nli (MNRL on triplets) or retrieval (MNRL on query-document pairs); "
+        "default: retrieval for --data with anchor/positive columns, else distill.")] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="Your training data: a .jsonl/.csv/.parquet file, a hub data set, or a BEIR set/directory "
+        "(its --data-split qrels become query-document pairs). Columns: anchor, positive[, negative...], or one text column.")] = None,
+    data_split: Annotated[str, typer.Option(help="Split of a hub data set or BEIR --data.")] = "train",
+    distill_weight: Annotated[float, typer.Option(
+        min=0.0, help="retrieval: weight of a term keeping the untouched model's full-size similarities.")] = 0.0,
     distill_loss: Annotated[str, typer.Option(help="For distill: cosine, cosent (ranking) or inbatch.")] = "cosent",
     dims: Annotated[str, typer.Option(help="Dimensions MatryoshkaLoss scores.")] = "384,256,128,64,32,16",
-    weights: Annotated[Optional[str], typer.Option(help="One weight per dimension, e.g. 1,1,1,2,4,4.")] = None,
+    weights: Annotated[str | None, typer.Option(help="One weight per dimension, e.g. 1,1,1,2,4,4.")] = None,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
     epochs: Annotated[float, typer.Option()] = 1.0,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many steps.")] = None,
-    max_examples: Annotated[Optional[int], typer.Option(min=1, help="Use at most this many training rows.")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
+    max_examples: Annotated[int | None, typer.Option(min=1, help="Use at most this many training rows.")] = None,
     pairs: Annotated[str, typer.Option(help="Pair sources for distill: stsb,snli,wordnet.")] = "stsb,snli",
-    checkpoint_steps: Annotated[Optional[int], typer.Option(min=1, help="Save a checkpoint every N steps.")] = None,
+    checkpoint_steps: Annotated[int | None, typer.Option(min=1, help="Save a checkpoint every N steps.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Fine-tune a model with MatryoshkaLoss (or the plain loss with --standard) and save it."""
-    from matryoshka.models import ModelLoadError, load_model
+    """Fine-tune a model with MatryoshkaLoss (or the plain loss with --standard) and save it.
+
+    Without --data it self-distills on the built-in pairs (or trains on NLI triplets); with --data it
+    trains on your file or data set.
+    """
+    from matryoshka.data.errors import DataError
+    from matryoshka.models import ModelLoadError, load_model, quiet_loading
     from matryoshka.training import TrainConfig
     from matryoshka.training import train as run_training
 
     dim_list = parse_ints(dims, "--dims")
+    if objective is None:
+        objective = "distill"
+        if data is not None:
+            from matryoshka.data.user import load_training_data
+
+            try:
+                shape = load_training_data(data, split=data_split).kind
+            except DataError as exc:
+                fail(str(exc))
+            objective = "retrieval" if shape == "pairs" else "distill"
     config = TrainConfig(
+        data=data,
+        data_split=data_split,
+        distill_weight=distill_weight,
         objective=objective,  # type: ignore[arg-type]
         distill_loss=distill_loss,  # type: ignore[arg-type]
         matryoshka=not standard,
@@ -177,23 +203,27 @@ def train(
         checkpoint_steps=checkpoint_steps,
         seed=seed,
     )
+    quiet_loading()
     try:
         loaded = load_model(model)
-        result = run_training(loaded, config, out)
+        with _progress_bar() as bar:
+            task = bar.add_task(f"training ({objective})", total=None)
+            result = run_training(loaded, config, out,
+                                  progress=lambda step, total, loss: bar.update(task, completed=step, total=total))
     except (ValueError, ModelLoadError) as exc:
         fail(str(exc))
-    console.print(f"saved {'standard' if standard else 'Matryoshka'} model to {result.output_dir} "
-                  f"({result.steps} steps, {result.seconds:.0f}s)")
+    console.print(f"saved {'standard' if standard else 'Matryoshka'} {objective} model to {result.output_dir} "
+                  f"({result.steps} steps on {result.examples:,} rows, {result.seconds:.0f}s)")
 
 
 @app.command()
 def evaluate(
-    models: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model(s) to score; repeat the option.")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model(s) to score; repeat the option.")] = None,
     task: Annotated[str, typer.Option(help="stsb, or a retrieval set: scifact, npl, or a BEIR directory.")] = "stsb",
     dims: Annotated[str, typer.Option(help="Dimensions to score.")] = "384,256,128,64,32,16",
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for results.json/.md/.png.")] = Path("runs/evaluate"),
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
-    limit: Annotated[Optional[int], typer.Option(min=10, help="STS only: score the first N pairs.")] = None,
+    limit: Annotated[int | None, typer.Option(min=10, help="STS only: score the first N pairs.")] = None,
 ) -> None:
     """Score models at every dimension; write JSON, a Markdown table and a plot, with retention."""
     from matryoshka.evaluation import Results
@@ -231,21 +261,22 @@ def evaluate(
 
 
 def print_results(results: object) -> None:
-    """Print a per-dimension table with retention."""
+    """Print one row per model, one column per dimension, and the retention at the smallest but one."""
     from matryoshka.evaluation import Results
 
     assert isinstance(results, Results)
     retention = results.retention()
-    table = Table(title=f"{results.task}: {results.metric} (retention vs full size)")
-    table.add_column("dim", justify="right")
-    for name in results.scores:
-        table.add_column(name, justify="right")
     dims = sorted({d for by_dim in results.scores.values() for d in by_dim}, reverse=True)
+    kept_at = dims[-2] if len(dims) > 2 else dims[-1]
+    table = Table(title=f"{results.task}: {results.metric} per dimension", title_justify="left")
+    table.add_column("model", no_wrap=True)
     for d in dims:
-        table.add_row(str(d), *[
-            f"{results.scores[n][d]:.4f} ({100 * retention[n][d]:.1f}%)" if d in results.scores[n] else ""
-            for n in results.scores
-        ])
+        table.add_column(str(d), justify="right", no_wrap=True)
+    table.add_column(f"kept @{kept_at}", justify="right", no_wrap=True)
+    for name, by_dim in results.scores.items():
+        cells = [f"{by_dim[d]:.4f}" if d in by_dim else "" for d in dims]
+        kept = f"{100 * retention[name][kept_at]:.1f}%" if kept_at in by_dim else ""
+        table.add_row(name, *cells, kept)
     Console().print(table)
 
 
@@ -257,23 +288,30 @@ def compare(
     no_static: Annotated[bool, typer.Option("--no-static", help="Skip the StaticEmbedding variant.")] = False,
     no_nli: Annotated[bool, typer.Option("--no-nli", help="Skip the NLI (article) recipe.")] = False,
     seed: Annotated[int, typer.Option()] = 0,
-    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Cap every recipe's steps (smoke test).")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Cap every recipe's steps (smoke test).")] = None,
     max_examples: Annotated[int, typer.Option(min=2, help="Rows loaded when --max-steps is set.")] = 256,
-    eval_limit: Annotated[Optional[int], typer.Option(min=10, help="Score only the first N STS-B test pairs.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(min=10, help="Score only the first N STS-B test pairs.")] = None,
     jobs: Annotated[int, typer.Option(min=1, max=2, help="Train a recipe's two variants in 1 or 2 processes.")] = 2,
-    weights: Annotated[Optional[str], typer.Option(
+    weights: Annotated[str | None, typer.Option(
         help="MatryoshkaLoss weights of the self-distillation recipe, one per dim 384..16 (default 1,1,1,2,8,4).")] = None,
     keep_previous: Annotated[bool, typer.Option(
         "--keep-previous", help="Reuse results.json in --out: models with unchanged training settings keep their "
         "scores (not retrained); with --no-nli/--no-static, keep those recipes' rows.")] = False,
+    retrieval: Annotated[str, typer.Option(
+        help="BEIR set of the retrieval table (name or directory with test and train qrels).")] = "scifact",
+    no_retrieval: Annotated[bool, typer.Option("--no-retrieval", help="Skip the retrieval table.")] = False,
+    cache: Annotated[Path, typer.Option(help="Where base-model encodings are kept between runs.")] = Path("runs/cache"),
 ) -> None:
-    """Train standard and Matryoshka models from one base, score all per dimension on STS-B test."""
+    """Make Matryoshka models from one base; score them per dimension on STS-B and SciFact beside the baselines.
+
+    --quick fits the rotation and the adaptor twins only (minutes); the full run also fine-tunes.
+    """
     from dataclasses import replace
 
     from matryoshka.compare import CompareConfig, run_compare
 
     kwargs = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
-                  eval_limit=eval_limit, jobs=jobs, keep_previous=keep_previous)
+                  eval_limit=eval_limit, jobs=jobs, keep_previous=keep_previous, cache_dir=cache)
     config = CompareConfig.quick(**kwargs) if quick else CompareConfig(**kwargs)
     if weights is not None:
         config.distill = replace(config.distill, weights=tuple(parse_floats(weights, "--weights")))
@@ -283,18 +321,211 @@ def compare(
             raise typer.BadParameter(f"--weights needs {len(config.dims)} non-negative numbers, got {weights!r}") from None
     if max_steps is not None:
         config.cap(max_steps, max_examples)
+    config.retrieval = None if no_retrieval else retrieval
+    from matryoshka.models import quiet_loading
+
+    quiet_loading()
+    bars = _progress_bar()
+    tasks: dict[str, int] = {}
+
+    def step(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = bars.add_task(f"training {label}", total=total)
+        bars.update(tasks[label], completed=done, total=total)
+
     try:
-        results = run_compare(config, log=console.print)
+        with bars:
+            results = run_compare(config, log=console.print, progress=step)
     except ValueError as exc:
         fail(str(exc))
-    print_results(results)
-    console.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
+    for result in results:
+        print_results(result)
+    written = [out / "results.json", out / "results.md", out / "results.png"]
+    if config.retrieval:
+        written += [out / "retrieval.json", out / "retrieval.md"]
+    console.print(f"wrote {', '.join(map(str, written))}")
+
+
+adapt_app = typer.Typer(
+    help="Fit a rotation or a learned Matryoshka adaptor on a frozen model's vectors of a corpus.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@adapt_app.callback()
+def adapt(
+    ctx: typer.Context,
+    corpus: Annotated[str | None, typer.Option(
+        "--corpus", "-c", help="Texts to fit on: a BEIR set (scifact, npl, a directory) or a .txt/.jsonl file.")] = None,
+    vectors: Annotated[Path | None, typer.Option(
+        help="Instead of --corpus: a .npy of corpus vectors from any source (e.g. a hosted API).")] = None,
+    method: Annotated[str, typer.Option(help="rotation (free, keeps full-size cosines) or learned.")] = "rotation",
+    pairs: Annotated[str | None, typer.Option(
+        help="learned: (query, document) pairs for a ranking term: a BEIR set (its --pairs-split qrels) or a "
+        "file with anchor/positive columns.")] = None,
+    pairs_split: Annotated[str, typer.Option(help="qrels split of a BEIR --pairs set.")] = "train",
+    model: ModelOption = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Adapted model directory (or .safetensors with --vectors).")] = Path(
+        "runs/adapted"),
+    dims: Annotated[str, typer.Option(help="Prefixes the learned adaptor is trained at.")] = "384,256,128,64,32,16",
+    steps: Annotated[int | None, typer.Option(min=1, help="learned: optimizer steps.")] = None,
+    limit: Annotated[int | None, typer.Option(min=2, help="Fit on the first N corpus texts.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Make a frozen model Matryoshka for a corpus; save an ordinary sentence-transformers model.
+
+    The output directory loads with plain ``SentenceTransformer(path)`` and holds ``adaptor.safetensors``,
+    which ``matryoshka adapt apply`` applies to vectors from any source.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from dataclasses import replace
+
+    from matryoshka.adapt import (
+        METHODS,
+        AdaptError,
+        LearnedConfig,
+        fit_learned,
+        fit_rotation,
+    )
+    from matryoshka.data.errors import DataError
+    from matryoshka.models import ModelLoadError
+
+    if method not in METHODS:
+        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if (corpus is None) == (vectors is None):
+        fail("give the corpus to fit on: --corpus TEXTS or --vectors FILE.npy (one of them)")
+    config = LearnedConfig(dims=tuple(parse_ints(dims, "--dims")), seed=seed)
+    if steps is not None:
+        config = replace(config, steps=steps)
+    try:
+        if vectors is not None:
+            if pairs is not None:
+                fail("--pairs are texts and need a model; with --vectors fit from corpus vectors alone")
+            corpus_vectors = load_vectors(vectors)[:limit]
+            config = replace(config, dims=tuple(d for d in config.dims if d <= corpus_vectors.shape[1]))
+            fitted = fit_rotation(corpus_vectors) if method == "rotation" else _fit_with_progress(
+                fit_learned, corpus_vectors, config, None)
+            target = out if out.suffix == ".safetensors" else out / "adaptor.safetensors"
+            fitted.save(target)
+            console.print(f"wrote {method} adaptor ({fitted.dim}-d, fitted on {corpus_vectors.shape[0]:,} vectors "
+                          f"in {fitted.info.get('seconds', 0):.1f}s) to {target}")
+            return
+        assert corpus is not None
+        _adapt_model(corpus, method, pairs, pairs_split, model, out, config, limit)
+    except (AdaptError, DataError, ModelLoadError, ValueError) as exc:
+        fail(str(exc))
+
+
+def _adapt_model(
+    corpus: str, method: str, pairs: str | None, pairs_split: str, model: str | None, out: Path,
+    config: object, limit: int | None,
+) -> None:
+    from matryoshka.adapt import adapt as fit_adaptor
+    from matryoshka.adapt import save_adapted_model
+    from matryoshka.data.corpus import read_corpus
+    from matryoshka.data.user import load_training_data
+    from matryoshka.models import load_model
+
+    _, texts = read_corpus(corpus)
+    texts = texts[:limit]
+    pair_rows = None
+    if pairs is not None:
+        if method != "learned":
+            fail("--pairs train a learned adaptor: add --method learned")
+        data = load_training_data(pairs, split=pairs_split)
+        if data.kind != "pairs":
+            fail(f"--pairs {pairs} has no anchor/positive columns (found {list(data.columns)})")
+        pair_rows = [(row[0], row[1]) for row in data.rows]
+    loaded = load_model(model)
+    console.print(f"encoding {len(texts):,} corpus texts" + (f" and {len(pair_rows):,} pairs" if pair_rows else ""))
+    with _progress_bar() as bar:
+        task = bar.add_task("fitting", total=getattr(config, "steps", 1))
+        result = fit_adaptor(
+            loaded, texts, method=method, pairs=pair_rows, config=config,  # type: ignore[arg-type]
+            progress=lambda step, total, loss: bar.update(task, completed=step, description=f"loss {loss:.4f}"),
+            show_progress_bar=True,
+        )
+    target = save_adapted_model(loaded, result.adaptor, out)
+    console.print(
+        f"saved {method} adaptor on {result.corpus_texts:,} texts"
+        + (f" + {result.pairs:,} pairs" if result.pairs else "")
+        + f" to {target} (encoding {result.encode_seconds:.1f}s, fit {result.fit_seconds:.1f}s); "
+        f"load it with SentenceTransformer({str(target)!r})", soft_wrap=True,
+    )
+
+
+def _progress_bar():  # type: ignore[no-untyped-def]
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _fit_with_progress(fit: object, vectors: object, config: object, pairs: object) -> object:
+    with _progress_bar() as bar:
+        task = bar.add_task("fitting", total=getattr(config, "steps", 1))
+        return fit(vectors, config, pairs,  # type: ignore[operator]
+                   progress=lambda step, total, loss: bar.update(task, completed=step, description=f"loss {loss:.4f}"))
+
+
+def load_vectors(path: Path) -> np.ndarray:  # type: ignore[name-defined]  # noqa: F821
+    """Read a 2-d float ``.npy`` file (no pickles) with errors that name the file."""
+    import numpy as np
+
+    from matryoshka.adapt import AdaptError
+
+    if not path.is_file():
+        raise AdaptError(f"no such file: {path}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise AdaptError(f"{path} is not a readable .npy array: {exc}") from None
+    if array.ndim != 2 or array.dtype.kind not in "fiu":
+        raise AdaptError(f"{path} must hold a 2-d numeric array, got {array.dtype} with shape {array.shape}")
+    return array.astype(np.float32)
+
+
+@adapt_app.command("apply")
+def adapt_apply(
+    vectors: Annotated[Path, typer.Option(help="A .npy of vectors from any source (rows are texts).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the adapted .npy.")],
+    adaptor: Annotated[Path, typer.Option(help="adaptor.safetensors, or an adapted model directory.")] = Path(
+        "runs/adapted"),
+    dim: Annotated[int | None, typer.Option("--dim", "-d", help="Keep this prefix, re-normalized.")] = None,
+) -> None:
+    """Apply a saved adaptor to vectors from anywhere (a hosted API, another model): Matryoshka prefixes."""
+    import io
+
+    import numpy as np
+
+    from matryoshka.adapt import AdaptError, Adaptor
+    from matryoshka.embeddings import DimensionError, truncate
+    from matryoshka.files import write_atomic
+
+    try:
+        mapped = Adaptor.load(adaptor).apply(load_vectors(vectors))
+        mapped = truncate(mapped, dim)
+    except (AdaptError, DimensionError) as exc:
+        fail(str(exc))
+    buffer = io.BytesIO()
+    np.save(buffer, mapped, allow_pickle=False)
+    write_atomic(out, buffer.getvalue())
+    console.print(f"wrote {mapped.shape[0]:,} x {mapped.shape[1]} adapted vectors to {out}")
 
 
 def _register_optional() -> None:
     """Attach the retrieval and serving commands, which live next to the code they drive."""
     from matryoshka.retrieval.cli import advise_command, index_app
 
+    app.add_typer(adapt_app, name="adapt")
     app.add_typer(index_app, name="index", help="Build, search and update a Matryoshka funnel index.")
     app.command("advise")(advise_command)
     from matryoshka.serving.cli import demo_command, serve_command

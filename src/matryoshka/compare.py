@@ -1,16 +1,24 @@
-"""The main job: train standard and Matryoshka models from one base and compare them per dimension.
+"""The main job: make Matryoshka models from one base and compare them per dimension, beside the baselines.
 
-Seven models are scored on STS-B test at every dimension:
+Two tables, STS-B test (Spearman) and a retrieval set (SciFact test, nDCG@10), each with:
 
-- ``base``: the untouched starting model;
+- ``base``: the untouched starting model, truncated;
+- ``base+rotation``: the base's vectors rotated onto the principal axes of the task's texts (free,
+  full-size cosines unchanged), the baseline a skeptic asks for first;
+- ``adaptor-standard`` / ``adaptor-matryoshka``: a linear adaptor on the frozen base, started at the
+  rotation and trained with the same losses, data and steps, at full size only or at every prefix
+  (unsupervised on STS-B's texts; with the retrieval set's train pairs for retrieval). Seconds to fit.
+
+The full run also fine-tunes models (``--quick`` skips this, which is what lets it finish in minutes):
+
 - ``standard`` / ``matryoshka``: self-distillation on unlabelled local pairs, with the plain loss or
-  wrapped in ``MatryoshkaLoss`` (the recipe that holds full-size quality, see ``benchmarks/results/compare``);
+  wrapped in ``MatryoshkaLoss`` (scored on both tables);
 - ``nli-standard`` / ``nli-matryoshka``: ``MultipleNegativesRankingLoss`` on NLI triplets, the
   Matryoshka article's experiment;
 - ``static-standard`` / ``static-matryoshka``: a ``StaticEmbedding`` model trained from random
   weights on the base model's tokenizer, distilled from the base model.
 
-Each pair shares seed, data, order and hyper-parameters; only the loss wrapper differs.
+Each pair shares seed, data, order and hyper-parameters; only the loss (every prefix or full size) differs.
 """
 
 from __future__ import annotations
@@ -18,15 +26,21 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from matryoshka.adapt import Adaptor, LearnedConfig, fit_learned, fit_rotation
 from matryoshka.data import load_distillation_pairs, load_sts
+from matryoshka.data.beir import BeirDataset, load_beir
 from matryoshka.data.nli import load_nli_triplets
 from matryoshka.evaluation import Results, evaluate_sts
+from matryoshka.evaluation.retrieval import score_vectors
+from matryoshka.evaluation.sts import spearman_by_dim
 from matryoshka.models import build_static_model, load_model, resolve_model_name
 from matryoshka.training import (
     DEFAULT_DIMS,
@@ -37,6 +51,7 @@ from matryoshka.training import (
     teacher_embeddings,
     train,
 )
+from matryoshka.vector_cache import cached_encode
 
 
 @dataclass
@@ -64,6 +79,18 @@ class CompareConfig:
     )
     run_static: bool = True
     run_nli: bool = True
+    #: Fine-tune the transformer recipes (distill, NLI, static); ``quick()`` turns it off.
+    run_finetune: bool = True
+    #: The retrieval table's BEIR set (``None``: STS-B only); its ``pairs_split`` qrels supervise the adaptor.
+    retrieval: str | None = "scifact"
+    pairs_split: str = "train"
+    #: Score retrieval on a sub-corpus: every judged document plus this many others (``None``: all).
+    retrieval_corpus: int | None = None
+    #: The adaptor recipe (both twins); STS-B's is fitted on the texts of this many distillation pairs.
+    adaptor: LearnedConfig = field(default_factory=LearnedConfig)
+    adaptor_pairs: int = 4096
+    #: Where encodings are kept between runs (``None``: not kept).
+    cache_dir: Path | None = Path("runs/cache")
     quick_mode: bool = False
     eval_limit: int | None = None
     jobs: int = 2
@@ -81,12 +108,17 @@ class CompareConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> CompareConfig:
-        """A run of a few minutes: the same recipes on a few dozen steps each."""
+        """A run of minutes on 2 cores: the baselines and both adaptor twins, no fine-tuning.
+
+        Retrieval is scored on a sub-corpus (every judged document plus 500 others), which makes the
+        absolute nDCG higher than on the whole corpus; the comparison between rows is what it shows.
+        """
         config = cls(**overrides)
         config.quick_mode = True
-        config.distill = replace(config.distill, max_steps=16, max_examples=1024)
-        config.nli = replace(config.nli, max_steps=12)
-        config.static = replace(config.static, batch_size=64, epochs=1.0, max_steps=16, max_examples=1024)
+        config.run_finetune = False
+        config.retrieval_corpus = 500 if config.retrieval_corpus is None else config.retrieval_corpus
+        config.adaptor_pairs = min(config.adaptor_pairs, 2048)
+        config.adaptor = replace(config.adaptor, steps=min(config.adaptor.steps, 300))
         return config
 
 
@@ -106,14 +138,35 @@ def _train_variant(
     table: Any,
     test: Any,
     threads: int | None,
+    steps: Any = None,
 ) -> tuple[str, dict[int, float], dict[str, Any]]:
-    """Train and score one model; a top-level function so that a worker process can run it."""
+    """Train and score one model; a top-level function so that a worker process can run it.
+
+    ``steps`` is anything with ``put((label, step, total))``: a :class:`_StepSink` in this process, a
+    manager queue from a worker process.
+    """
+    from matryoshka.models import quiet_loading
+
+    quiet_loading()
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     model = _make_model(kind, base_model, max(config.dims), config.seed)
-    result = train(model, config, out / "models" / label, train_dataset=dataset, teacher_table=table)
+    report = None
+    if steps is not None:
+        report = lambda step, total, loss: steps.put((label, step, total))
+    result = train(model, config, out / "models" / label, train_dataset=dataset, teacher_table=table, progress=report)
     return label, evaluate_sts(result.model, test, config.dims), result.summary()
+
+
+@dataclass
+class _StepSink:
+    """Step reports of a model trained in this process, passed straight to the caller's callback."""
+
+    callback: Callable[[str, int, int], None]
+
+    def put(self, item: tuple[str, int, int]) -> None:
+        self.callback(*item)
 
 
 def _train_pair(
@@ -126,6 +179,7 @@ def _train_pair(
     log: Any,
     datasets: dict[tuple[Any, ...], Any],
     previous: dict[str, tuple[dict[int, float], dict[str, Any]]] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
     """Train the standard and Matryoshka variant of one recipe on one shared data set; score both.
 
@@ -151,18 +205,36 @@ def _train_pair(
     side_by_side = compare.jobs > 1 and len(variants) > 1
     jobs = []
     for label, variant in variants:
-        variant = replace(variant, show_progress_bar=variant.show_progress_bar and not side_by_side)
+        shown = variant.show_progress_bar and not side_by_side and progress is None
+        variant = replace(variant, show_progress_bar=shown)
         log(f"training {label}: {config.objective}, {len(dataset)} rows, max_steps={config.max_steps}")
         jobs.append((label, kind, compare.base_model, variant, compare.out, dataset, table, test))
     if side_by_side:
         import multiprocessing
+        import threading
         from concurrent.futures import ProcessPoolExecutor
 
         threads = max(1, torch.get_num_threads() // compare.jobs)
-        with ProcessPoolExecutor(compare.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outcomes = list(pool.map(_train_variant, *zip(*jobs), [threads] * len(jobs)))
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(compare.jobs, mp_context=context) as pool:
+            queue = manager.Queue() if progress is not None else None
+            relay = None
+            if queue is not None and progress is not None:
+                report = progress
+
+                def forward() -> None:
+                    for item in iter(queue.get, None):
+                        report(*item)
+
+                relay = threading.Thread(target=forward, daemon=True)
+                relay.start()
+            outcomes = list(pool.map(_train_variant, *zip(*jobs), [threads] * len(jobs), [queue] * len(jobs)))
+            if queue is not None and relay is not None:
+                queue.put(None)
+                relay.join()
     else:
-        outcomes = [_train_variant(*job, None) for job in jobs]
+        sink = _StepSink(progress) if progress is not None else None
+        outcomes = [_train_variant(*job, None, sink) for job in jobs]
     for label, score, summary in outcomes:
         scores[label], runs[label] = score, summary
         log(f"{label}: {json.dumps({d: round(v, 4) for d, v in score.items()})} ({summary['seconds']:.0f}s)")
@@ -246,8 +318,122 @@ def _previous_results(
     return kept, reusable
 
 
-def run_compare(config: CompareConfig | None = None, log: Any = print) -> Results:
-    """Train, evaluate and write ``results.json``, ``results.md`` and ``results.png`` to ``config.out``."""
+def _fit_adaptors(
+    vectors: np.ndarray, config: LearnedConfig, dims: tuple[int, ...], pairs: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, Adaptor]:
+    """The rotation and both adaptor twins on one set of base vectors.
+
+    The twins share data, steps and loss terms. The Matryoshka one starts at the rotation and scores
+    every prefix; the standard one is the same linear adaptor as a user would train it without
+    Matryoshka: started at the identity (the untouched base) and scored at full size only.
+    """
+    rotation = fit_rotation(vectors)
+    identity = Adaptor(weight=np.eye(vectors.shape[1], dtype=np.float32), method="identity")
+    matryoshka = replace(config, dims=dims, weights=None)
+    standard = replace(config, dims=(max(dims),), weights=None)
+    return {
+        "base+rotation": rotation,
+        "adaptor-standard": fit_learned(vectors, standard, pairs, init=identity),
+        "adaptor-matryoshka": fit_learned(vectors, matryoshka, pairs, init=rotation),
+    }
+
+
+def _sts_rows(
+    config: CompareConfig, base: Any, test: list[Any], log: Callable[[str], None]
+) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
+    """STS-B test for the base, its rotation and the adaptor twins, fitted on distillation texts."""
+    sentences = list(dict.fromkeys([p.sentence1 for p in test] + [p.sentence2 for p in test]))
+    vectors = cached_encode(base, sentences, config.cache_dir, config.base_model)
+    row = {text: i for i, text in enumerate(sentences)}
+    left, right = [p.sentence1 for p in test], [p.sentence2 for p in test]
+    gold = [p.score for p in test]
+    pairs = load_distillation_pairs(config.distill.pair_sources, seed=config.seed)[: config.adaptor_pairs]
+    fit_texts = list(dict.fromkeys(text for pair in pairs for text in pair))
+    started = time.perf_counter()
+    fit_vectors = cached_encode(base, fit_texts, config.cache_dir, config.base_model)
+    encoded = time.perf_counter()
+    adaptors = _fit_adaptors(fit_vectors, config.adaptor, config.dims, None)
+    scores = {"base": spearman_by_dim(vectors[[row[t] for t in left]], vectors[[row[t] for t in right]], gold, config.dims)}
+    for label, adaptor in adaptors.items():
+        mapped = adaptor.apply(vectors)
+        scores[label] = spearman_by_dim(mapped[[row[t] for t in left]], mapped[[row[t] for t in right]], gold, config.dims)
+    log(f"STS-B adaptors fitted on {len(fit_texts):,} texts of {len(pairs):,} distillation pairs "
+        f"({encoded - started:.0f}s encoding, {time.perf_counter() - encoded:.0f}s fitting)")
+    info = {"fit_texts": len(fit_texts), "pair_sources": list(config.distill.pair_sources),
+            "seconds": {k: a.info.get("seconds") for k, a in adaptors.items()}}
+    return scores, info
+
+
+def _retrieval_set(config: CompareConfig) -> tuple[BeirDataset, list[tuple[str, str]]]:
+    """The retrieval test set (on a sub-corpus in quick runs) and the (query, doc id) train pairs."""
+    assert config.retrieval is not None
+    test = load_beir(config.retrieval, split="test")
+    train = load_beir(config.retrieval, split=config.pairs_split)
+    pairs = [(train.queries[q], d) for q, judged in train.qrels.items() for d, r in judged.items()
+             if r > 0 and d in train.corpus]
+    if config.retrieval_corpus is not None:
+        judged = {d for qrels in (test.qrels, train.qrels) for judged in qrels.values() for d in judged}
+        others = sorted(set(test.corpus) - judged)
+        rng = np.random.default_rng(config.seed)
+        extra = {others[i] for i in rng.permutation(len(others))[: config.retrieval_corpus]}
+        keep = judged | extra
+        test = replace(test, corpus={d: t for d, t in test.corpus.items() if d in keep})
+    return test, pairs
+
+
+def _retrieval_scores(
+    dataset: BeirDataset, docs: np.ndarray, queries: np.ndarray, dims: tuple[int, ...]
+) -> dict[str, dict[int, float]]:
+    return score_vectors(dataset.qrels, list(dataset.corpus), docs, list(dataset.queries), queries, dims)
+
+
+def _retrieval_rows(
+    config: CompareConfig, base: Any, models: dict[str, Path], log: Callable[[str], None],
+) -> tuple[dict[str, dict[str, dict[int, float]]], dict[str, Any]]:
+    """Retrieval metrics (``{metric: {model: {dim: value}}}``) for the base, its rotation, the
+    supervised adaptor twins and the fine-tuned ``models``; and facts about the fit."""
+    dataset, pairs = _retrieval_set(config)
+    doc_ids = list(dataset.corpus)
+    started = time.perf_counter()
+    docs = cached_encode(base, [dataset.corpus[d] for d in doc_ids], config.cache_dir, config.base_model)
+    queries = cached_encode(base, list(dataset.queries.values()), config.cache_dir, config.base_model)
+    row = {d: i for i, d in enumerate(doc_ids)}
+    pair_queries = cached_encode(base, [q for q, _ in pairs], config.cache_dir, config.base_model)
+    kept = [i for i, (_, d) in enumerate(pairs) if d in row]
+    pair_vectors = (pair_queries[kept], docs[[row[pairs[i][1]] for i in kept]])
+    encoded = time.perf_counter()
+    adaptors = _fit_adaptors(docs, config.adaptor, config.dims, pair_vectors)
+    log(f"{dataset.name} adaptors fitted on {len(doc_ids):,} documents and {len(kept):,} {config.pairs_split} pairs "
+        f"({encoded - started:.0f}s encoding, {time.perf_counter() - encoded:.0f}s fitting)")
+    per_model = {"base": _retrieval_scores(dataset, docs, queries, config.dims)}
+    for label, adaptor in adaptors.items():
+        per_model[label] = _retrieval_scores(dataset, adaptor.apply(docs), adaptor.apply(queries), config.dims)
+    for label, path in models.items():
+        model = load_model(path)
+        log(f"encoding {len(doc_ids):,} {dataset.name} documents with {label}")
+        model_docs = cached_encode(model, [dataset.corpus[d] for d in doc_ids], config.cache_dir, path)
+        model_queries = cached_encode(model, list(dataset.queries.values()), config.cache_dir, path)
+        per_model[label] = _retrieval_scores(dataset, model_docs, model_queries, config.dims)
+    metrics: dict[str, dict[str, dict[int, float]]] = {}
+    for label, by_metric in per_model.items():
+        for metric, by_dim in by_metric.items():
+            metrics.setdefault(metric, {})[label] = by_dim
+    info = {"name": dataset.name, "corpus": len(doc_ids), "queries": len(dataset.queries), "train_pairs": len(kept),
+            "sub_corpus": config.retrieval_corpus is not None,
+            "seconds": {k: a.info.get("seconds") for k, a in adaptors.items()}}
+    return metrics, info
+
+
+def run_compare(
+    config: CompareConfig | None = None, log: Any = print, progress: Callable[[str, int, int], None] | None = None,
+) -> list[Results]:
+    """Fit, train, evaluate; write ``results.{json,md}`` (STS-B), ``retrieval.{json,md}`` and ``results.png``.
+
+    Returns the STS-B results, then the retrieval results when ``config.retrieval`` is set.
+    ``progress(label, step, total)`` is called after every training step of every fine-tuned model.
+    """
+    from matryoshka.evaluation.plots import plot_gains
+
     config = config or CompareConfig()
     started = time.perf_counter()
     out = Path(config.out)
@@ -255,21 +441,22 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
     test = load_sts("test")[: config.eval_limit]
     base_name = resolve_model_name(config.base_model)
     base = load_model(config.base_model)
-    scores: dict[str, dict[int, float]] = {"base": evaluate_sts(base, test, config.dims)}
-    log(f"base: {json.dumps({d: round(v, 4) for d, v in scores['base'].items()})}")
+    scores, sts_adaptors = _sts_rows(config, base, test, log)
+    for label in scores:
+        log(f"{label}: {json.dumps({d: round(v, 4) for d, v in scores[label].items()})}")
     runs: dict[str, Any] = {}
     datasets: dict[tuple[Any, ...], Any] = {}
     kept, reusable = _previous_results(config, len(test)) if config.keep_previous else ({}, {})
 
-    recipes = [("distill", config.distill)]
-    if config.run_nli:
+    recipes = [("distill", config.distill)] if config.run_finetune else []
+    if config.run_nli and config.run_finetune:
         recipes.append(("nli", config.nli))
     for name, recipe in recipes:
-        s, r = _train_pair(name, "transformer", recipe, config, test, base, log, datasets, reusable)
+        s, r = _train_pair(name, "transformer", recipe, config, test, base, log, datasets, reusable, progress)
         scores.update(s)
         runs.update(r)
-    if config.run_static:
-        s, r = _train_pair("static", "static", config.static, config, test, base, log, datasets, reusable)
+    if config.run_static and config.run_finetune:
+        s, r = _train_pair("static", "static", config.static, config, test, base, log, datasets, reusable, progress)
         scores.update(s)
         runs.update(r)
 
@@ -278,27 +465,40 @@ def run_compare(config: CompareConfig | None = None, log: Any = print) -> Result
         log(f"{label}: kept from {out / 'results.json'}")
     # A reused model's run record is the previous run's own object; a retrained one has a new record.
     reused = [label for label, (_, run) in reusable.items() if runs.get(label) is run]
-    order = ["base", "standard", "matryoshka", "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"]
+    order = ["base", "base+rotation", "adaptor-standard", "adaptor-matryoshka", "standard", "matryoshka",
+             "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"]
     scores = {k: scores[k] for k in order if k in scores}
-    results = Results(
-        task="stsb-test",
-        metric="spearman_cosine",
-        scores=scores,
-        metadata={
-            "base_model": base_name,
-            "quick": config.quick_mode,
-            "seed": config.seed,
-            "dims": list(config.dims),
-            "recipes": {"distill": asdict(config.distill), "nli": asdict(config.nli), "static": asdict(config.static)},
-            "runs": runs,
-            "seconds": round(time.perf_counter() - started, 1),
-            "torch_threads": torch.get_num_threads(),
-            "jobs": config.jobs,
-            "kept_from_previous_run": sorted([*kept, *reused]),
-            "platform": platform.platform(),
-            "data": {"distill_pairs": len(load_distillation_pairs(config.distill.pair_sources)),
-                     "nli_triplets": len(load_nli_triplets()), "sts_test_pairs": len(test)},
-        },
-    )
-    results.save(out)
+    metadata = {
+        "base_model": base_name,
+        "quick": config.quick_mode,
+        "seed": config.seed,
+        "dims": list(config.dims),
+        "recipes": {"distill": asdict(config.distill), "nli": asdict(config.nli), "static": asdict(config.static),
+                    "adaptor": asdict(config.adaptor)},
+        "adaptors": sts_adaptors,
+        "runs": runs,
+        "torch_threads": torch.get_num_threads(),
+        "jobs": config.jobs,
+        "kept_from_previous_run": sorted([*kept, *reused]),
+        "platform": platform.platform(),
+        "data": {"distill_pairs": len(load_distillation_pairs(config.distill.pair_sources)),
+                 "nli_triplets": len(load_nli_triplets()), "sts_test_pairs": len(test)},
+    }
+    results = [Results(task="stsb-test", metric="spearman_cosine", scores=scores, metadata=metadata)]
+    if config.retrieval is not None:
+        finetuned = {label: out / "models" / label for label in ("standard", "matryoshka")
+                     if label in scores and (out / "models" / label / "modules.json").is_file()}
+        metrics, info = _retrieval_rows(config, base, finetuned, log)
+        order_r = [k for k in order if k in metrics["ndcg@10"]]
+        ndcg = {k: metrics["ndcg@10"][k] for k in order_r}
+        task = f"{info['name']}-test" + ("-subcorpus" if info["sub_corpus"] else "")
+        results.append(Results(task=task, metric="ndcg@10", scores=ndcg,
+                               metrics={m: {k: v[k] for k in order_r} for m, v in metrics.items()},
+                               metadata={"base_model": base_name, "quick": config.quick_mode, "adaptors": info,
+                                         "dims": list(config.dims)}))
+    metadata["seconds"] = round(time.perf_counter() - started, 1)
+    results[0].save(out)
+    if len(results) > 1:
+        results[1].save(out, stem="retrieval")
+    plot_gains(results, out / "results.png")
     return results

@@ -1,4 +1,4 @@
-"""Self-distillation loss: keep the full-size model's similarities in every prefix of the student.
+"""Distillation losses: keep the full-size model's similarities in every prefix of the student.
 
 sentence-transformers' distillation losses match per-example labels (``MSELoss`` on embeddings,
 ``CoSENTLoss`` on one cosine per pair). Under ``MatryoshkaLoss`` the former compares a truncated
@@ -56,13 +56,67 @@ class InBatchSimilarityDistillationLoss(nn.Module):
             raise ValueError(
                 f"the batch has {len(features)} text columns, the teacher table {self.teacher_embeddings.shape[1]}"
             )
-        rows = self.teacher_embeddings[labels.long().view(-1)]
-        teacher = torch.cat([rows[:, column] for column in range(rows.shape[1])])
-        student = F.normalize(torch.cat([self.model(f)["sentence_embedding"] for f in features]).float(), dim=-1)
-        upper = torch.triu_indices(len(student), len(student), offset=1, device=student.device)
-        student_sim = (student @ student.T)[upper[0], upper[1]]
-        teacher_sim = (teacher @ teacher.T)[upper[0], upper[1]]
-        return self.scale * F.mse_loss(student_sim, teacher_sim)
+        embeddings = [self.model(f)["sentence_embedding"] for f in features]
+        return self.scale * similarity_mse(embeddings, self.teacher_embeddings, labels)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "teacher_rows": int(self.teacher_embeddings.shape[0])}
+
+
+def similarity_mse(embeddings: list[Tensor], teacher_table: Tensor, labels: Tensor) -> Tensor:
+    """Mean squared error between the student's cosines of all pairs of texts in a batch and the teacher's.
+
+    ``embeddings`` holds one ``(batch, dim)`` tensor per text column; ``labels`` are the rows' indices
+    into ``teacher_table`` (``(rows, columns, full dim)``, unit length).
+    """
+    rows = teacher_table[labels.long().view(-1)]
+    teacher = torch.cat([rows[:, column] for column in range(rows.shape[1])])
+    student = F.normalize(torch.cat(embeddings).float(), dim=-1)
+    upper = torch.triu_indices(len(student), len(student), offset=1, device=student.device)
+    student_sim = (student @ student.T)[upper[0], upper[1]]
+    teacher_sim = (teacher @ teacher.T)[upper[0], upper[1]]
+    return F.mse_loss(student_sim, teacher_sim)
+
+
+class RankingDistillationLoss(nn.Module):
+    """``MultipleNegativesRankingLoss`` over (query, document[, negatives]) rows, plus a distillation term.
+
+    The ranking term teaches retrieval; the optional term (``distill_weight > 0``) pulls the cosines
+    between all texts of the batch toward the untouched model's full-size cosines, so that full-size
+    quality does not drift away from the base on what the pairs do not cover. Each text is embedded
+    once for both terms, so under ``MatryoshkaLoss`` every prefix pays one truncation, not two passes.
+
+    Args:
+        model: the student being trained.
+        teacher_embeddings: ``(rows, columns, dim)`` teacher vectors of the data set, or ``None`` when
+            ``distill_weight`` is 0; each row's label is its index into this table.
+        distill_weight: weight of the distillation term (the ranking term has weight 1).
+        scale: MNRL's inverse temperature.
+    """
+
+    def __init__(
+        self, model: SentenceTransformer, teacher_embeddings: Tensor | None, distill_weight: float = 0.0,
+        scale: float = 20.0,
+    ) -> None:
+        from sentence_transformers.sentence_transformer.losses import (
+            MultipleNegativesRankingLoss,
+        )
+
+        super().__init__()
+        if distill_weight > 0 and (teacher_embeddings is None or teacher_embeddings.ndim != 3):
+            raise ValueError("a distillation term needs teacher_embeddings of shape (rows, columns, dim)")
+        self.model = model
+        self.ranking = MultipleNegativesRankingLoss(model, scale=scale)
+        self.distill_weight = distill_weight
+        table = F.normalize(teacher_embeddings.float(), dim=-1) if teacher_embeddings is not None else torch.empty(0)
+        self.register_buffer("teacher_embeddings", table, persistent=False)
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]
+        loss = self.ranking.compute_loss_from_embeddings(embeddings, labels)
+        if self.distill_weight > 0:
+            loss = loss + self.distill_weight * 100.0 * similarity_mse(embeddings, self.teacher_embeddings, labels)
+        return loss
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"distill_weight": self.distill_weight, "scale": self.ranking.scale}

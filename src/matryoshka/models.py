@@ -94,3 +94,17 @@ def build_static_model(
     torch.manual_seed(seed)
     static = StaticEmbedding(tokenizer, embedding_dim=embedding_dim)
     return SentenceTransformer(modules=[static], device="cpu")
+
+
+def quiet_loading() -> None:
+    """Silence the per-load progress bars ("Loading weights", "Writing model shards", data set maps)
+    and info logs of transformers, datasets and huggingface_hub, for commands that draw their own progress."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()

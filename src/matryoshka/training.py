@@ -1,6 +1,6 @@
 """Train Matryoshka models, and the same model the standard way, with sentence-transformers.
 
-Two recipes share one code path, so that a Matryoshka run and its standard baseline differ only in
+Three recipes share one code path, so that a Matryoshka run and its standard baseline differ only in
 the loss wrapper (same seed, data, order and hyper-parameters):
 
 - ``nli``: ``MultipleNegativesRankingLoss`` on NLI triplets (anchor, entailment, contradiction), the
@@ -11,6 +11,11 @@ the loss wrapper (same seed, data, order and hyper-parameters):
   ``"inbatch"`` :class:`~matryoshka.losses.InBatchSimilarityDistillationLoss` matches the teacher's
   cosines between *all* texts of the batch, the signal a model trained from scratch needs. This holds
   the full-size quality and lifts the small sizes on a small corpus.
+- ``retrieval``: ``MultipleNegativesRankingLoss`` on (query, document[, negatives]) rows, with an
+  optional term (``distill_weight``) that keeps the untouched model's full-size similarities.
+
+Any recipe reads the user's own data with ``data=`` (a JSONL/CSV/Parquet file, a hub data set or a
+BEIR directory, see :mod:`matryoshka.data.user`); one text column self-distills with the in-batch loss.
 
 With ``matryoshka=True`` the base loss is wrapped in ``MatryoshkaLoss(dims, weights)``.
 
@@ -28,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -48,12 +53,13 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from matryoshka.files import ordinary_mode
-from matryoshka.losses import InBatchSimilarityDistillationLoss
+from matryoshka.losses import InBatchSimilarityDistillationLoss, RankingDistillationLoss
 from matryoshka.models import model_dimension
 
-Objective = Literal["distill", "nli"]
+Objective = Literal["distill", "nli", "retrieval"]
 DistillLoss = Literal["cosine", "cosent", "inbatch"]
 DEFAULT_DIMS: tuple[int, ...] = (384, 256, 128, 64, 32, 16)
 
@@ -63,7 +69,8 @@ class TrainConfig:
     """Everything that defines a training run; defaults run on a 2-core CPU.
 
     Attributes:
-        objective: ``distill`` (self-distillation on text pairs) or ``nli`` (MNRL on NLI triplets).
+        objective: ``distill`` (self-distillation on text pairs), ``nli`` (MNRL on NLI triplets) or
+            ``retrieval`` (MNRL on query-document pairs, e.g. ``data="scifact"``).
         distill_loss: for ``distill``: ``cosent`` (default; a ranking loss on the teacher's cosine per
             pair), ``cosine`` (squared error on it) or ``inbatch`` (all pairs of texts).
         matryoshka: wrap the loss in ``MatryoshkaLoss``; ``False`` trains the standard baseline.
@@ -79,6 +86,12 @@ class TrainConfig:
         max_examples: cap on the training rows loaded.
         checkpoint_steps: also save a checkpoint every this many steps under ``<output_dir>.checkpoints``.
         show_progress_bar: a progress bar over training steps.
+        data: the user's training data (file, hub data set or BEIR directory); ``None`` uses the
+            built-in sources of the objective (``retrieval`` has none and needs it).
+        data_split: split of a hub data set or BEIR directory.
+        distill_weight: for ``retrieval``: weight of the term that keeps the untouched model's
+            full-size cosines between the batch's texts (0 turns it off).
+        max_seq_length: cap on tokens per text (``None``: the model's own).
     """
 
     objective: Objective = "distill"
@@ -96,11 +109,19 @@ class TrainConfig:
     max_examples: int | None = None
     checkpoint_steps: int | None = None
     show_progress_bar: bool = True
+    data: str | None = None
+    data_split: str = "train"
+    distill_weight: float = 0.0
+    max_seq_length: int | None = None
 
     def validate(self, full_dim: int) -> None:
         """Raise ``ValueError`` for settings that cannot train ``full_dim``-dimensional models."""
         if self.objective not in get_args(Objective):
-            raise ValueError(f"objective must be 'distill' or 'nli', got {self.objective!r}")
+            raise ValueError(f"objective must be 'distill', 'nli' or 'retrieval', got {self.objective!r}")
+        if self.objective == "retrieval" and self.data is None:
+            raise ValueError("the retrieval objective needs data: a file or BEIR set of (anchor, positive) rows")
+        if self.distill_weight < 0:
+            raise ValueError("distill_weight must not be negative")
         if self.distill_loss not in get_args(DistillLoss):
             raise ValueError(f"distill_loss must be 'cosine', 'cosent' or 'inbatch', got {self.distill_loss!r}")
         if not self.dims or any(d <= 0 or d > full_dim for d in self.dims):
@@ -165,11 +186,15 @@ def pair_dataset(pairs: Sequence[Sequence[str]], table: torch.Tensor, distill_lo
 
 
 def load_rows(config: TrainConfig, rows: Sequence[Sequence[str]] | None = None) -> list[tuple[str, ...]]:
-    """Training rows for ``config``: ``rows`` if given, else NLI triplets or distillation pairs, capped."""
+    """Training rows for ``config``: ``rows`` if given, else the user's data, NLI triplets or pairs, capped."""
     from matryoshka.data import load_distillation_pairs, load_nli_triplets
 
     if rows is not None:
         loaded = [tuple(r) for r in rows]
+    elif config.data is not None:
+        loaded = user_rows(config)
+        rng = np.random.default_rng(config.seed)
+        loaded = [loaded[i] for i in rng.permutation(len(loaded))]
     elif config.objective == "nli":
         loaded = [(t.anchor, t.positive, t.negative) for t in load_nli_triplets()]
         rng = np.random.default_rng(config.seed)
@@ -179,19 +204,71 @@ def load_rows(config: TrainConfig, rows: Sequence[Sequence[str]] | None = None) 
     return loaded[: config.max_examples]
 
 
+def user_rows(config: TrainConfig) -> list[tuple[str, ...]]:
+    """The rows of ``config.data``, checked against what the objective needs."""
+    from matryoshka.data.errors import DataError
+    from matryoshka.data.user import load_training_data
+
+    assert config.data is not None
+    data = load_training_data(config.data, split=config.data_split)
+    if config.objective in ("retrieval", "nli") and data.kind != "pairs":
+        raise DataError(f"the {config.objective} objective needs 'anchor' and 'positive' columns, found {list(data.columns)}",
+                        config.data)
+    if config.objective == "nli" and len(data.columns) < 3:
+        raise DataError("the nli objective needs a 'negative' column (anchor, positive, negative triplets)", config.data)
+    if config.objective == "distill" and data.kind == "pairs":
+        return [row[:2] for row in data.rows]
+    return data.rows
+
+
+def _row_columns(rows: Sequence[Sequence[str]]) -> int:
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise ValueError(f"training rows must all have the same number of texts, found {sorted(widths)}")
+    return widths.pop()
+
+
+def teacher_table_of(rows: Sequence[Sequence[str]], teacher: SentenceTransformer, show_progress_bar: bool = True) -> torch.Tensor:
+    """The teacher's full-size embeddings of every text of every row, shape ``(rows, columns, dim)``."""
+    columns = _row_columns(rows)
+    texts = [row[c] for c in range(columns) for row in rows]
+    encoded = teacher.encode(
+        texts, batch_size=64, convert_to_tensor=True, show_progress_bar=show_progress_bar, device="cpu"
+    ).cpu()
+    return torch.stack([encoded[c * len(rows) : (c + 1) * len(rows)] for c in range(columns)], dim=1)
+
+
 def build_dataset(
     config: TrainConfig, teacher: SentenceTransformer | None = None, rows: Sequence[Sequence[str]] | None = None
 ) -> tuple[Dataset, torch.Tensor | None]:
-    """The training rows for ``config.objective`` and, for ``distill``, the teacher's embedding table.
+    """The training rows for ``config.objective`` and, when a loss needs it, the teacher's embedding table.
 
-    ``rows`` overrides the data loaded from disk or the hub (pairs for ``distill``, triplets for ``nli``).
+    ``rows`` overrides the data loaded from disk or the hub (pairs for ``distill``, triplets for
+    ``nli``, (query, document[, negatives]) for ``retrieval``; single texts self-distill in-batch).
     """
     loaded = load_rows(config, rows)
-    if config.objective == "nli":
-        columns = {name: [t[i] for t in loaded] for i, name in enumerate(("anchor", "positive", "negative"))}
-        return Dataset.from_dict(columns), None
+    if not loaded:
+        raise ValueError("no training rows")
+    columns = _row_columns(loaded)
+    if config.objective in ("nli", "retrieval"):
+        if columns < 2:
+            raise ValueError(f"the {config.objective} objective needs rows of at least (anchor, positive)")
+        names = ["anchor", "positive"] + [f"negative_{i}" if i > 1 else "negative" for i in range(1, columns - 1)]
+        data = {name: [row[i] for row in loaded] for i, name in enumerate(names)}
+        if config.objective == "nli":
+            return Dataset.from_dict(data), None
+        data["label"] = list(range(len(loaded)))
+        table = None
+        if config.distill_weight > 0:
+            if teacher is None:
+                raise ValueError("a distillation term needs a teacher model")
+            table = teacher_table_of(loaded, teacher, config.show_progress_bar)
+        return Dataset.from_dict(data), table
     if teacher is None:
         raise ValueError("the distill objective needs a teacher model")
+    if columns == 1:  # one text per row: only the in-batch loss has pairs to learn from
+        table = teacher_table_of(loaded, teacher, config.show_progress_bar)
+        return Dataset.from_dict({"text": [row[0] for row in loaded], "label": list(range(len(loaded)))}), table
     table = teacher_embeddings(loaded, teacher, config.show_progress_bar)
     return pair_dataset(loaded, table, config.distill_loss), table
 
@@ -200,17 +277,37 @@ def build_loss(model: SentenceTransformer, config: TrainConfig, teacher_table: t
     """The base loss of ``config.objective``, wrapped in ``MatryoshkaLoss`` when ``config.matryoshka``."""
     if config.objective == "nli":
         base: torch.nn.Module = MultipleNegativesRankingLoss(model)
-    elif config.distill_loss == "cosent":
-        base = CoSENTLoss(model)
-    elif config.distill_loss == "cosine":
-        base = CosineSimilarityLoss(model)
-    else:
+    elif config.objective == "retrieval":
+        base = RankingDistillationLoss(model, teacher_table, config.distill_weight)
+    elif config.distill_loss == "inbatch" or (teacher_table is not None and teacher_table.shape[1] == 1):
         if teacher_table is None:
             raise ValueError("the distill objective needs the teacher's embedding table")
         base = InBatchSimilarityDistillationLoss(model, teacher_table)
+    elif config.distill_loss == "cosent":
+        base = CoSENTLoss(model)
+    else:
+        base = CosineSimilarityLoss(model)
     if not config.matryoshka:
         return base
     return MatryoshkaLoss(model, base, list(config.dims), list(config.weights) if config.weights else None)
+
+
+class _StepReporter(TrainerCallback):
+    """Calls ``progress(step, total_steps, last_loss)`` after every optimizer step."""
+
+    def __init__(self, progress: Callable[[int, int, float | None], None], recorder: _LossRecorder) -> None:
+        self.progress = progress
+        self.recorder = recorder
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress(int(state.global_step), int(state.max_steps), self.recorder.losses[-1] if self.recorder.losses else None)
+
+
+class _QuietProgressBar(ProgressCallback):
+    """transformers' step bar without the raw ``{'loss': ...}`` dicts it writes under the bar."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        return None
 
 
 class _LossRecorder(TrainerCallback):
@@ -251,6 +348,7 @@ def train(
     rows: Sequence[Sequence[str]] | None = None,
     train_dataset: Dataset | None = None,
     teacher_table: torch.Tensor | None = None,
+    progress: Callable[[int, int, float | None], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` in place with ``config`` and save it to ``output_dir``.
 
@@ -263,11 +361,15 @@ def train(
         rows: training rows instead of the configured data (pairs or triplets of texts).
         train_dataset, teacher_table: a data set (and its teacher table) built by :func:`build_dataset`,
             to share one build between a Matryoshka run and its baseline.
+        progress: called as ``progress(step, total_steps, last_logged_loss)`` after every step, in
+            place of the step bar (so a caller can draw one line per model).
     """
     config = config or TrainConfig()
     config.validate(model_dimension(model))
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
     if train_dataset is None:
-        if config.objective == "distill" and teacher is None:
+        if config.objective in ("distill", "retrieval") and teacher is None:
             teacher = model
         train_dataset, teacher_table = build_dataset(config, teacher, rows)
     if len(train_dataset) < config.batch_size:
@@ -290,13 +392,21 @@ def train(
         save_steps=config.checkpoint_steps or 500,
         logging_steps=max(1, min(50, total_steps // 10)),
         report_to="none",
-        disable_tqdm=not config.show_progress_bar,
+        disable_tqdm=not config.show_progress_bar or progress is not None,
         dataloader_drop_last=True,
         use_cpu=not torch.cuda.is_available(),
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, callbacks=[recorder]
     )
+    # transformers prints every log dict (PrinterCallback without a bar, under the bar with one); the
+    # losses are kept in TrainResult.losses instead, and progress is a bar or the caller's callback.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress is not None:
+        trainer.add_callback(_StepReporter(progress, recorder))
+    elif config.show_progress_bar:
+        trainer.add_callback(_QuietProgressBar())
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started

@@ -88,10 +88,10 @@ class _Encoder:
 
 
 def read_documents(source: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any] | None]]:
-    """Documents from a .txt/.jsonl file or a BEIR data set, as :func:`~matryoshka.retrieval.cli.read_corpus`
+    """Documents from a .txt/.jsonl file or a BEIR data set, as :func:`~matryoshka.data.corpus.read_corpus`
     reads them; texts without an id get their position (``"0"``, ``"1"``...), stable across re-runs.
     A .jsonl line's ``metadata`` object (flat: strings, numbers, booleans) is kept for filters."""
-    from matryoshka.retrieval.cli import fill_ids, read_corpus
+    from matryoshka.data.corpus import fill_ids, read_corpus
 
     ids, texts = read_corpus(str(source))
     metadata = _jsonl_metadata(Path(source), len(texts))

@@ -46,13 +46,34 @@ def evaluate_retrieval(
     Returns:
         ``{"ndcg@10": {384: ..., 64: ...}, "recall@10": {...}, "mrr@10": {...}, "ndcg@100": ...}``.
     """
+    if not dims:
+        raise ValueError("dims must name at least one dimension")
+    if not k_values or any(int(k) < 1 for k in k_values):
+        raise ValueError(f"k_values must be positive cut-offs, got {list(k_values)}")
+    doc_ids, docs, query_ids, queries = encode_dataset(model, dataset, batch_size=batch_size)
+    return score_vectors(dataset.qrels, doc_ids, docs, query_ids, queries, dims, k_values)
+
+
+def score_vectors(
+    qrels: Mapping[str, Mapping[str, int]],
+    doc_ids: Sequence[str],
+    docs: np.ndarray,
+    query_ids: Sequence[str],
+    queries: np.ndarray,
+    dims: Sequence[int],
+    k_values: Sequence[int] = (10, 100),
+) -> dict[str, dict[int, float]]:
+    """Score exact search over full-size vectors already encoded, at each dimension in ``dims``.
+
+    This is :func:`evaluate_retrieval` without the encoding, so that several views of one encoding
+    (prefixes, adaptors applied to the same base vectors) are scored without a model call.
+    """
     import faiss
 
     if not dims:
         raise ValueError("dims must name at least one dimension")
     if not k_values or any(int(k) < 1 for k in k_values):
         raise ValueError(f"k_values must be positive cut-offs, got {list(k_values)}")
-    doc_ids, docs, query_ids, queries = encode_dataset(model, dataset, batch_size=batch_size)
     checked = [check_dim(d, docs.shape[1]) for d in dims]
     depth = min(max(int(k) for k in k_values), len(doc_ids))
     metrics = [f"{name}@{int(k)}" for k in k_values for name in METRICS]
@@ -62,7 +83,7 @@ def evaluate_retrieval(
         index.add(truncate(docs, dim))
         scores, rows = index.search(truncate(queries, dim), depth)
         run = run_from_rows(query_ids, doc_ids, scores, rows)
-        for metric, value in ranx_scores(dataset.qrels, run, metrics).items():
+        for metric, value in ranx_scores(qrels, run, metrics).items():
             results[metric][dim] = value
     return results
 

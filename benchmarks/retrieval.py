@@ -1,0 +1,219 @@
+"""Matryoshka that holds up on search: every way to get one from all-MiniLM-L6-v2, per dimension.
+
+Rows (nDCG@10 and recall@100 on SciFact test and NPL; Spearman on STS-B test):
+
+- ``base``: the untouched model, truncated;
+- ``base+rotation``: its vectors rotated onto the principal axes of the evaluated corpus (free);
+- ``base+adaptor (unsupervised)``: the learned adaptor fitted on the evaluated corpus's texts alone;
+- ``base+adaptor (supervised)``: the learned adaptor fitted on SciFact's corpus and its *train*
+  (query, document) pairs; applied as it is to NPL and STS-B;
+- ``retrieval-matryoshka`` / ``retrieval-standard``: all-MiniLM-L6-v2 fine-tuned on the SciFact train
+  pairs with ``MultipleNegativesRankingLoss``, inside ``MatryoshkaLoss`` or plain (same seed, data, steps);
+- ``sts-matryoshka``: today's STS-distilled Matryoshka model from ``matryoshka compare`` (when present).
+
+Settings were chosen on a dev split of SciFact train (``benchmarks/adaptor_dev.py``), never on test.
+Every encoding is cached (``runs/cache``); the fine-tuned models are saved under ``--models``.
+
+    python benchmarks/retrieval.py --stage train    # the two fine-tuned twins, side by side
+    python benchmarks/retrieval.py --stage score    # fit adaptors, score everything, write the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from matryoshka.adapt import LearnedConfig, fit_learned, fit_rotation
+from matryoshka.data import load_sts
+from matryoshka.data.beir import load_beir
+from matryoshka.evaluation import Results
+from matryoshka.evaluation.retrieval import score_vectors
+from matryoshka.evaluation.sts import spearman_by_dim
+from matryoshka.files import write_atomic
+from matryoshka.models import load_model, quiet_loading
+from matryoshka.training import TrainConfig, train
+from matryoshka.vector_cache import cached_encode
+
+DIMS = (384, 256, 128, 64, 32, 16)
+#: The fine-tuning recipe: MNRL on SciFact train's 919 (query, document) pairs, three epochs.
+RECIPE = TrainConfig(objective="retrieval", data="scifact", learning_rate=2e-5, batch_size=32, epochs=3.0,
+                     show_progress_bar=False, dims=DIMS)
+#: The adaptors' settings, chosen on the SciFact train dev split (see dev.md).
+UNSUPERVISED = LearnedConfig(steps=300, topk_weight=0.0)
+SUPERVISED = LearnedConfig(steps=1000)
+
+
+def _train_one(label: str, config: TrainConfig, out: Path) -> dict[str, Any]:
+    quiet_loading()
+    torch.set_num_threads(1)
+    torch.manual_seed(config.seed)
+    result = train(load_model(device="cpu"), config, out / label)
+    return result.summary()
+
+
+def stage_train(models: Path) -> None:
+    """Fine-tune the Matryoshka and the standard twin side by side, one thread each."""
+    twins = {"retrieval-matryoshka": RECIPE, "retrieval-standard": replace(RECIPE, matryoshka=False)}
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {label: pool.submit(_train_one, label, config, models) for label, config in twins.items()}
+        runs = {label: future.result() for label, future in futures.items()}
+    write_atomic(models / "runs.json", (json.dumps(runs, indent=2) + "\n").encode())
+    for label, run in runs.items():
+        print(f"{label}: {run['steps']} steps in {run['seconds']:.0f}s")
+
+
+def _retrieval(qrels: Any, ids: list[str], docs: np.ndarray, qids: list[str], queries: np.ndarray) -> dict[str, Any]:
+    return score_vectors(qrels, ids, docs, qids, queries, DIMS)
+
+
+def stage_score(models: Path, out: Path, cache: Path, sts_model: Path | None) -> None:
+    """Encode (cached), fit the adaptors, score every row, write results.{json,md} and a plot."""
+    quiet_loading()
+    base = load_model()
+    sets = {name: load_beir(name, split="test") for name in ("scifact", "npl")}
+    train_set = load_beir("scifact", split="train")
+    sts = load_sts("test")
+    sentences = list(dict.fromkeys([p.sentence1 for p in sts] + [p.sentence2 for p in sts]))
+    where = {s: i for i, s in enumerate(sentences)}
+    left = [where[p.sentence1] for p in sts]
+    right = [where[p.sentence2] for p in sts]
+    gold = [p.score for p in sts]
+
+    def encode_all(model: Any, name: str | Path | None) -> dict[str, Any]:
+        vectors: dict[str, Any] = {}
+        for key, data in sets.items():
+            ids = list(data.corpus)
+            vectors[key] = (ids, cached_encode(model, [data.corpus[i] for i in ids], cache, name, show_progress_bar=True),
+                            list(data.queries), cached_encode(model, list(data.queries.values()), cache, name))
+        vectors["stsb"] = cached_encode(model, sentences, cache, name)
+        return vectors
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    base_vectors = encode_all(base, None)
+    train_queries = cached_encode(base, [train_set.queries[q] for q in train_set.qrels], cache, None)
+    timings["encode base (cached after the first run)"] = round(time.perf_counter() - started, 1)
+    sci_ids, sci_docs = base_vectors["scifact"][0], base_vectors["scifact"][1]
+    row = {d: i for i, d in enumerate(sci_ids)}
+    pair_q, pair_d = [], []
+    for i, (q, judged) in enumerate(train_set.qrels.items()):
+        for d, r in judged.items():
+            if r > 0 and d in row:
+                pair_q.append(train_queries[i])
+                pair_d.append(sci_docs[row[d]])
+    pairs = (np.stack(pair_q), np.stack(pair_d))
+
+    torch.set_num_threads(2)
+    adaptors: dict[str, dict[str, Any]] = {"scifact": {}, "npl": {}}
+    for key in ("scifact", "npl"):
+        docs = base_vectors[key][1]
+        tick = time.perf_counter()
+        adaptors[key]["base+rotation"] = fit_rotation(docs)
+        timings[f"rotation on {key} ({len(docs):,} docs)"] = round(time.perf_counter() - tick, 2)
+        tick = time.perf_counter()
+        adaptors[key]["base+adaptor (unsupervised)"] = fit_learned(docs, UNSUPERVISED)
+        timings[f"learned unsupervised on {key} ({len(docs):,} docs)"] = round(time.perf_counter() - tick, 1)
+    tick = time.perf_counter()
+    supervised = fit_learned(sci_docs, SUPERVISED, pairs)
+    timings[f"learned supervised on scifact ({len(sci_docs):,} docs + {len(pair_q)} train pairs)"] = round(
+        time.perf_counter() - tick, 1)
+    for key in ("scifact", "npl"):
+        adaptors[key]["base+adaptor (supervised)"] = supervised
+
+    scores: dict[str, dict[str, dict[str, dict[int, float]]]] = {"scifact": {}, "npl": {}, "stsb": {}}
+
+    def score_model(label: str, vectors: dict[str, Any], by_set: dict[str, Any] | None = None) -> None:
+        for key in ("scifact", "npl"):
+            ids, docs, qids, queries = vectors[key]
+            adaptor = (by_set or {}).get(key)
+            if adaptor is not None:
+                docs, queries = adaptor.apply(docs), adaptor.apply(queries)
+            scores[key][label] = _retrieval(sets[key].qrels, ids, docs, qids, queries)
+        sts_vectors = vectors["stsb"]
+        sts_adaptor = (by_set or {}).get("scifact")
+        if sts_adaptor is not None:
+            sts_vectors = sts_adaptor.apply(sts_vectors)
+        scores["stsb"][label] = {"spearman_cosine": spearman_by_dim(sts_vectors[left], sts_vectors[right], gold, DIMS)}
+
+    score_model("base", base_vectors)
+    for label in ("base+rotation", "base+adaptor (unsupervised)", "base+adaptor (supervised)"):
+        score_model(label, base_vectors, {key: adaptors[key][label] for key in ("scifact", "npl")})
+    finetuned = [("retrieval-matryoshka", models / "retrieval-matryoshka"),
+                 ("retrieval-standard", models / "retrieval-standard")]
+    if sts_model is not None:
+        finetuned.append(("sts-matryoshka", sts_model))
+    missing = []
+    for label, path in finetuned:
+        if not (path / "modules.json").is_file():
+            missing.append(f"{label} ({path})")
+            continue
+        model = load_model(path)
+        tick = time.perf_counter()
+        score_model(label, encode_all(model, path))
+        timings[f"encode {label} (cached after the first run)"] = round(time.perf_counter() - tick, 1)
+
+    runs = json.loads((models / "runs.json").read_text()) if (models / "runs.json").is_file() else {}
+    meta = {
+        "dims": list(DIMS), "recipe": asdict(RECIPE), "adaptors": {"unsupervised": asdict(UNSUPERVISED),
+                                                                   "supervised": asdict(SUPERVISED)},
+        "fine_tuning_runs": runs, "seconds": timings, "missing_models": missing, "platform": platform.platform(),
+        "torch_threads": 2, "train_pairs": len(pair_q),
+    }
+    combined: dict[str, Any] = {"metadata": meta}
+    md = ["# Matryoshka for search: base, rotation, adaptors and fine-tuned models per dimension", "",
+          "Command: `python benchmarks/retrieval.py --stage train && python benchmarks/retrieval.py --stage score`.",
+          "Settings chosen on a dev split of SciFact train ([dev.md](dev.md)); test is scored once.", ""]
+    tasks = {"scifact": ("scifact-test", ("ndcg@10", "recall@100")), "npl": ("npl-test", ("ndcg@10", "recall@100")),
+             "stsb": ("stsb-test", ("spearman_cosine",))}
+    panels = []
+    for key, (task, metric_names) in tasks.items():
+        metrics = {m: {label: by_metric[m] for label, by_metric in scores[key].items()} for m in metric_names}
+        result = Results(task=task, metric=metric_names[0], scores=metrics[metric_names[0]], metrics=metrics,
+                         metadata={"dims": list(DIMS)})
+        panels.append(result)
+        combined[task] = result.to_dict()
+        for metric in metric_names:
+            md += [f"## {task}: {metric}", "", "| model | " + " | ".join(map(str, DIMS)) + " |",
+                   "|---|" + "---:|" * len(DIMS)]
+            md += [f"| {label} | " + " | ".join(f"{by_dim[d]:.4f}" for d in DIMS) + " |"
+                   for label, by_dim in metrics[metric].items()]
+            md.append("")
+    md += ["## Time on this machine (2 cores)", "", "| step | seconds |", "|---|---:|"]
+    md += [f"| {step} | {seconds} |" for step, seconds in timings.items()]
+    if missing:
+        md += ["", "Not scored (model not found): " + ", ".join(missing)]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "results.json", (json.dumps(combined, indent=2) + "\n").encode())
+    write_atomic(out / "results.md", ("\n".join(md) + "\n").encode())
+    from matryoshka.evaluation.plots import plot_gains
+
+    plot_gains(panels, out / "results.png")
+    print("\n".join(md))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=("train", "score", "all"), default="all")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/retrieval"))
+    parser.add_argument("--models", type=Path, default=Path("runs/retrieval-models"))
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    parser.add_argument("--sts-model", type=Path, default=Path("benchmarks/results/compare/models/matryoshka"))
+    args = parser.parse_args()
+    if args.stage in ("train", "all"):
+        stage_train(args.models)
+    if args.stage in ("score", "all"):
+        stage_score(args.models, args.out, args.cache, args.sts_model if args.sts_model.exists() else None)
+
+
+if __name__ == "__main__":
+    main()
