@@ -28,10 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from matryoshka.backends.base import timed_search
-from matryoshka.retrieval.filters import check_filter
 from matryoshka.embeddings import DimensionError, check_dim, encode, truncate
 from matryoshka.models import model_dimension
-from matryoshka.serving.batching import BatcherClosed, MicroBatcher
+from matryoshka.retrieval.filters import check_filter
+from matryoshka.serving.batching import BatcherClosed, MicroBatcher, QueueFull
 from matryoshka.serving.config import ServeConfig
 from matryoshka.serving.middleware import (
     ApiKeyMiddleware,
@@ -135,7 +135,7 @@ class ServedModel:
         )
 
 
-def make_batch_function(model: SentenceTransformer, batch_size: int):  # noqa: ANN201 - a BatchFunction
+def make_batch_function(model: SentenceTransformer, batch_size: int):
     """Full-size float32 vectors (not re-normalized: each request truncates and normalizes its own) and token counts."""
 
     def run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +231,7 @@ class ServerState:
                 make_batch_function(model, config.encode_batch_size),
                 max_texts=config.batch_max_texts,
                 max_wait_ms=config.batch_max_wait_ms,
+                max_queued_texts=config.max_queued_texts,
                 name=f"encode-{name}"[:15],
             )
             self.models[name] = ServedModel(name, model, model_dimension(model), batcher, created)
@@ -486,6 +487,12 @@ def create_app(
     async def _closing(_: Request, exc: BatcherClosed) -> JSONResponse:
         return APIError(503, "The server is shutting down.", None, "shutting_down", "server_error").response()
 
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        response = APIError(429, f"{exc} Retry after {exc.retry_after} s.", None, "queue_full", "rate_limit_error").response()
+        response.headers["retry-after"] = str(exc.retry_after)
+        return response
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error", extra={"event": "error", "path": request.url.path})
@@ -641,7 +648,7 @@ def create_app(
 
     # Added innermost first: the log sees everything, then the key is checked, then the body size.
     app.add_middleware(JsonBodyMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.timeout_body_s)
     app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     app.add_middleware(RequestLogMiddleware, enabled=config.log_requests)
     return app

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,17 +29,17 @@ DEMO_LIMIT = 20_000
 HostOption = Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")]
 PortOption = Annotated[int, typer.Option(help="TCP port.")]
 ApiKeyOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--api-key", envvar="MATRYOSHKA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 and /demo/api."
     ),
 ]
 ResultsOption = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option("--results", help="Evaluation results JSON for the demo's quality chart; repeatable."),
 ]
 ThreadsOption = Annotated[
-    Optional[int], typer.Option(help="Torch CPU threads for the model (default: torch's choice).")
+    int | None, typer.Option(help="Torch CPU threads for the model (default: torch's choice).")
 ]
 LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
 
@@ -64,7 +64,7 @@ def _set_threads(threads: int | None) -> None:
 
 def serve_command(
     model: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--model",
             "-m",
@@ -75,7 +75,7 @@ def serve_command(
     port: PortOption = 8000,
     api_key: ApiKeyOption = None,
     index: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Funnel index directory (matryoshka index build) or backend URL (postgresql://..., qdrant://...) for /v1/search."),
     ] = None,
     results: ResultsOption = None,
@@ -159,7 +159,7 @@ def build_demo_index(
 
 def demo_command(
     model: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--model", "-m", help="Model directory or name; default: the packaged all-MiniLM-L6-v2."),
     ] = None,
     limit: Annotated[int, typer.Option(help="WordNet glosses to index (0 = all 117,659).")] = DEMO_LIMIT,
