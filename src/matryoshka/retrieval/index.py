@@ -313,6 +313,11 @@ class FunnelIndex:
             total += _view_bytes(codec, dim, view, len(self))
         return total
 
+    def metadata_keys(self) -> set[str]:
+        """Every metadata key stored with at least one document (what a filter can match on)."""
+        with self._lock:
+            return {key for meta in self._metadata or [] if meta for key in meta}
+
     def metadata(self, doc_id: str) -> dict[str, Any] | None:
         """The metadata stored with ``doc_id`` (``None`` when it has none).
 

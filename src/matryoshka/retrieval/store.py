@@ -179,6 +179,11 @@ def read_index(path: str | os.PathLike[str], mmap: bool = False, verify: bool = 
         raise IndexCorruptError(
             f"{root / VECTORS} holds {vectors.dtype} {vectors.shape}, manifest says {storage} ({count}, {dim})"
         )
+    bad = _first_non_finite_row(vectors)
+    if bad is not None:
+        raise IndexCorruptError(
+            f"{root / VECTORS} holds NaN or infinite values (row {bad}); its checksum matches, so it was written that way"
+        )
     ids = _read_json_list(root / IDS, count)
     if not all(isinstance(i, str) and i for i in ids) or len(set(ids)) != len(ids):
         raise IndexCorruptError(f"{root / IDS} must hold {count} distinct non-empty strings")
@@ -199,6 +204,15 @@ def read_index(path: str | os.PathLike[str], mmap: bool = False, verify: bool = 
     except ValueError as exc:
         raise IndexCorruptError(f"{root / MANIFEST}: bad stages {manifest['stages']!r}: {exc}") from None
     return StoredIndex(vectors, ids, texts, manifest["model_name"], storage, stages, manifest, metadata)
+
+
+def _first_non_finite_row(vectors: np.ndarray, block: int = 65_536) -> int | None:
+    """The first row holding NaN or inf, checked block by block (a mapped file is not read in whole)."""
+    for start in range(0, len(vectors), block):
+        finite = np.isfinite(vectors[start : start + block]).all(axis=1)
+        if not finite.all():
+            return start + int(np.flatnonzero(~finite)[0])
+    return None
 
 
 def _check_replaceable(target: Path) -> None:

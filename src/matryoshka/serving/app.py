@@ -346,8 +346,13 @@ def check_dimensions(value: int | None, full_dim: int, param: str = "dimensions"
 
 
 def request_stages(body: SearchRequest, index: FunnelIndex) -> list[Any] | None:
-    """The funnel for one search: explicit stages, a preset, or the index's own (``None``); ``dimensions`` sets stage 1."""
+    """The funnel for one search: explicit stages, a preset, or the index's own (``None``); ``dimensions`` sets stage 1.
+
+    A funnel that cannot give ``k`` hits as written (a shortlist keeping fewer than ``k``, keeps that
+    grow) is refused with a 400 rather than having its keeps raised behind the caller's back.
+    """
     from matryoshka.retrieval import FULL, PRESETS, Stage
+    from matryoshka.retrieval.stages import check_keeps
 
     if body.stages is not None and body.preset is not None:
         raise APIError(400, "Give either stages or preset, not both.", "stages", "invalid_request")
@@ -371,7 +376,24 @@ def request_stages(body: SearchRequest, index: FunnelIndex) -> list[Any] | None:
         if stage.dim > index.dim:
             message = f"stages[{i}].dim={stage.dim} exceeds the index's {index.dim} dimensions."
             raise APIError(400, message, "stages", "invalid_dimensions")
+    effective = stages if stages is not None else getattr(index, "stages", PRESETS["exact"])
+    try:
+        check_keeps(effective, body.k)
+    except ValueError as exc:
+        raise APIError(400, f"Invalid stages: {exc}.", "stages", "invalid_stages") from None
     return stages
+
+
+def check_search_filter(filter: dict[str, Any] | None, index: Any) -> None:
+    """A 400 for a malformed filter, or one on a metadata key the (embedded) index never stored."""
+    from matryoshka.retrieval.filters import check_filter_keys
+
+    try:
+        check_filter(filter)
+        if filter and hasattr(index, "metadata_keys"):  # database backends cannot list their keys cheaply
+            check_filter_keys(filter, index.metadata_keys())
+    except ValueError as exc:
+        raise APIError(400, f"Invalid filter: {exc}", "filter", "invalid_filter") from None
 
 
 def hits_out(hits: Sequence[Any]) -> list[SearchHit]:
@@ -479,6 +501,12 @@ def create_app(
             message, code = f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"
         elif exc.status_code == 405:
             message, code = f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed"
+        elif exc.status_code == 400:  # Starlette could not decode the body: bad UTF-8, huge ints, deep nesting
+            message, code = (
+                "We could not parse the JSON body of your request (invalid UTF-8, a number too large or nesting "
+                "too deep). Send valid JSON with Content-Type: application/json.",
+                "invalid_request",
+            )
         else:
             message, code = str(exc.detail), None
         return APIError(exc.status_code, message, None, code).response()
@@ -501,7 +529,7 @@ def create_app(
         ).response()
 
     # -- OpenAI-compatible endpoints --
-    errors = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413)}
+    errors = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)}
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=errors)  # type: ignore[arg-type]
     async def create_embeddings(body: EmbeddingRequest) -> Response:
@@ -549,10 +577,7 @@ def create_app(
         if body.k > config.search_max_k:
             raise APIError(400, f"k must be at most {config.search_max_k}.", "k", "invalid_k")
         stages = request_stages(body, index)
-        try:
-            check_filter(body.filter)
-        except ValueError as exc:
-            raise APIError(400, f"Invalid filter: {exc}", "filter", "invalid_filter") from None
+        check_search_filter(body.filter, index)
         query, tokens, encode_ms = await state.encode_query(body.query)
         started = time.perf_counter()
         try:
