@@ -239,7 +239,7 @@ class ServerState:
         self.index = index
         self.search_model = self.default
         if index is not None:
-            self.search_model = self.models.get(getattr(index, "model_name", ""), self.default)
+            self.search_model = self._index_model(getattr(index, "model_name", ""))
             if index.dim > self.search_model.dim:
                 raise ValueError(
                     f"index vectors have {index.dim} dims but model {self.search_model.name!r} gives {self.search_model.dim}"
@@ -247,6 +247,19 @@ class ServerState:
         self.quality = clean_quality(quality)
         self.quality_model = self._quality_model()
         self.started = time.time()
+
+    def _index_model(self, recorded: str) -> ServedModel:
+        """The served model that built the index (by name, source or directory); the default when it names none."""
+        from matryoshka.serving.startup import index_model
+
+        if not recorded:
+            return self.default
+        if recorded in self.models:
+            return self.models[recorded]
+        alias = index_model(recorded, self.config)  # raises StartupError when no served model matches
+        if alias not in self.models:
+            raise ValueError(f"the index was built with model {recorded!r}, which is not served")
+        return self.models[alias]
 
     def _quality_model(self) -> str | None:
         if not self.quality:
@@ -454,22 +467,21 @@ def create_app(
         quality: evaluation results ``{"models": {name: {task: {dim: value}}}}`` for the demo's chart;
             default: ``config.results_path`` if set.
     """
+    from matryoshka.serving.startup import index_model, load_results, open_index
+
+    # What can fail without the model is tried first, so a bad index or results file costs no model load.
+    if index is None and config.index_path:
+        index = open_index(config.index_path)
+    if index is not None and models is None:
+        index_model(getattr(index, "model_name", ""), config)
+    if quality is None and config.results_path:
+        quality = load_results(config)
     if models is None:
         from matryoshka.models import load_model
 
         models = {name: load_model(source) for name, source in config.model_specs()}
     if not models:
         raise ValueError("serve at least one model")
-    if index is None and config.index_path:
-        from matryoshka.backends import backend_kind, open_backend
-        from matryoshka.retrieval import FunnelIndex
-
-        if backend_kind(config.index_path) == "faiss":
-            index = FunnelIndex.load(config.index_path.removeprefix("faiss://"))
-        else:
-            index = open_backend(config.index_path, create=False)
-    if quality is None and config.results_path:
-        quality = load_quality(config.results_path)
     state = ServerState(config, models, index, quality)
 
     @asynccontextmanager

@@ -44,15 +44,29 @@ ThreadsOption = Annotated[
 LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
 
 
-def _run(app: object, host: str, port: int, log_level: str) -> None:
-    """Run uvicorn in the foreground with JSON logs; Ctrl-C / SIGTERM drain requests in flight, then stop."""
+def _run(app: object, host: str, port: int, log_level: str, announce: str, sock: object | None = None) -> None:
+    """Run uvicorn in the foreground with JSON logs; Ctrl-C / SIGTERM drain requests in flight, then stop.
+
+    ``announce`` is printed only once the app's start-up (model warm-up) has finished, so a failure
+    there never follows a "serving on" line; ``sock`` is the already-bound listening socket.
+    """
     import uvicorn
 
     from matryoshka.serving.middleware import configure_json_logging
     from matryoshka.serving.runner import uvicorn_config
 
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                typer.echo(announce, err=True)
+
     configure_json_logging(getattr(logging, log_level.upper(), logging.INFO))
-    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level.lower())).run()  # type: ignore[arg-type]
+    server = AnnouncingServer(uvicorn_config(app, host=host, port=port, log_level=log_level.lower()))  # type: ignore[arg-type]
+    server.run(sockets=[sock] if sock is not None else None)  # type: ignore[list-item]
+    if not server.started:
+        typer.echo("error: the server did not start (see the log line above)", err=True)
+        raise typer.Exit(1)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -84,37 +98,75 @@ def serve_command(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body; larger gets 413.")] = 16 * 1024 * 1024,
     batch_max_texts: Annotated[int, typer.Option(help="Most texts merged into one model call.")] = 256,
     batch_wait_ms: Annotated[float, typer.Option(help="How long a lone request waits for others to batch with.")] = 2.0,
+    max_queued_texts: Annotated[
+        int | None,
+        typer.Option(help="Texts waiting for the model at most; more get 429 + Retry-After. Default max(8192, 4 x max-inputs)."),
+    ] = None,
+    timeout_header: Annotated[float, typer.Option(help="Seconds a client has to send a request's headers.")] = 10.0,
+    timeout_body: Annotated[float, typer.Option(help="Seconds a client has to send a request's body.")] = 30.0,
+    timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle kept-alive connection stays open.")] = 5.0,
     threads: ThreadsOption = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve an OpenAI-compatible embeddings API (with Matryoshka 'dimensions'), search and the demo page."""
-    from matryoshka.backends import BackendError
-    from matryoshka.models import ModelLoadError
+    from pydantic import ValidationError
+
+    from matryoshka.models import ModelLoadError, load_model
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig
+    from matryoshka.serving.startup import (
+        StartupError,
+        bind_socket,
+        check_model_sources,
+        index_model,
+        load_results,
+        open_index,
+    )
 
-    _set_threads(threads)
-    config = ServeConfig(
-        models=model or ServeConfig().models,
-        api_key=api_key,
-        max_inputs=max_inputs,
-        max_input_chars=max_input_chars,
-        max_body_bytes=max_body_bytes,
-        batch_max_texts=batch_max_texts,
-        batch_max_wait_ms=batch_wait_ms,
-        index_path=str(index) if index else None,
-        results_path=[str(p) for p in results] if results else None,
-    )
     try:
-        app = create_app(config)
-    except (ModelLoadError, BackendError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(
-        f"serving {', '.join(n for n, _ in config.model_specs())} on http://{host}:{port}  (docs: /docs, demo: /)",
-        err=True,
-    )
-    _run(app, host, port, log_level)
+        config = ServeConfig(
+            models=model or ServeConfig().models,
+            api_key=api_key,
+            max_inputs=max_inputs,
+            max_input_chars=max_input_chars,
+            max_body_bytes=max_body_bytes,
+            batch_max_texts=batch_max_texts,
+            batch_max_wait_ms=batch_wait_ms,
+            max_queued_texts=max_queued_texts if max_queued_texts is not None else max(8192, 4 * max_inputs),
+            timeout_header_s=timeout_header,
+            timeout_body_s=timeout_body,
+            timeout_keep_alive_s=timeout_keep_alive,
+            index_path=str(index) if index else None,
+            results_path=[str(p) for p in results] if results else None,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        _fail(f"{where}: {str(first.get('msg', exc)).removeprefix('Value error, ')}")
+    sock = None
+    try:
+        # Everything that can fail without the model, before the model loads (that takes seconds to minutes).
+        sock = bind_socket(host, port)
+        check_model_sources(config)
+        loaded_index = open_index(config.index_path) if config.index_path else None
+        if loaded_index is not None:
+            index_model(getattr(loaded_index, "model_name", ""), config)
+        quality = load_results(config)
+        _set_threads(threads)
+        models = {name: load_model(source) for name, source in config.model_specs()}
+        app = create_app(config, models=models, index=loaded_index, quality=quality)
+    except (StartupError, ModelLoadError, ValueError, OSError) as exc:
+        if sock is not None:
+            sock.close()
+        _fail(str(exc))
+    announce = f"serving {', '.join(n for n, _ in config.model_specs())} on http://{host}:{port}  (docs: /docs, demo: /)"
+    _run(app, host, port, log_level, announce, sock)
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, exit status 1."""
+    typer.echo(f"error: {message.splitlines()[0] if message else 'unknown error'}", err=True)
+    raise typer.Exit(1)
 
 
 def demo_cache_path(cache_dir: Path, model_name: str, limit: int | None) -> Path:
@@ -181,18 +233,22 @@ def demo_command(
     from matryoshka.models import DEFAULT_MODEL, ModelLoadError, load_model
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig, served_name
+    from matryoshka.serving.startup import StartupError, bind_socket, load_results
 
     _set_threads(threads)
     name = served_name(model) if model else DEFAULT_MODEL
+    sock = None
     try:
-        loaded = load_model(model)
-        index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild)
         config = ServeConfig(
             models=[name], api_key=api_key, results_path=[str(p) for p in results] if results else None
         )
-        app = create_app(config, models={name: loaded}, index=index)
-    except (ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(f"demo on http://{host}:{port}/", err=True)
-    _run(app, host, port, log_level)
+        sock = bind_socket(host, port)  # a busy port is reported before the model loads and the index builds
+        quality = load_results(config)
+        loaded = load_model(model)
+        index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild)
+        app = create_app(config, models={name: loaded}, index=index, quality=quality)
+    except (StartupError, ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
+        if sock is not None:
+            sock.close()
+        _fail(str(exc))
+    _run(app, host, port, log_level, f"demo on http://{host}:{port}/", sock)
