@@ -43,6 +43,10 @@ STORAGES: tuple[str, ...] = get_args(Storage)
 _BLOCK_ROWS = 65_536  # rows per block when deriving views or scanning float16 storage
 _RERANK_BYTES = 32 << 20  # gathered candidate vectors per re-rank chunk
 _INT8_TRAIN_ROWS = 262_144  # rows (evenly spaced) that set the int8 ranges
+#: Default budget for cached first-stage views (prefixes, sign bits, int8 codes). Every distinct
+#: ``(codec, dim)`` a first stage scans gets a view of ``count x dim`` values; a server whose clients ask
+#: for many dimensions would otherwise cache one per dimension and grow without end.
+VIEW_CACHE_BYTES = 256 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 
 
@@ -90,8 +94,9 @@ class FunnelIndex:
         self._texts = texts
         self._metadata = metadata
         self._rows = {doc_id: row for row, doc_id in enumerate(ids)}
-        self._views: dict[tuple[str, int], Any] = {}
+        self._views: dict[tuple[str, int], Any] = {}  # insertion order = least recently used first
         self._lock = threading.RLock()
+        self.view_cache_bytes = VIEW_CACHE_BYTES
         self.model_name = model_name
         self.dim = int(vectors.shape[1])
         self.storage: Storage = storage
@@ -347,9 +352,24 @@ class FunnelIndex:
             plan = resolve_stages(stages, self.dim, k, max(len(self._ids), 1))
             needed = {_view_key(plan[0], self.dim, self.storage)}
             needed |= {("int8", s.dim) for s in plan[1:] if s.codec == "int8"}
-            for key in needed - {None} - set(self._views):
-                self._views[key] = _build_view(key, self._vectors)
-            return _Snapshot(self._vectors, self._ids, self._texts, self._views), plan
+            needed.discard(None)
+            for key in needed:
+                view = self._views.pop(key) if key in self._views else _build_view(key, self._vectors)
+                self._views[key] = view  # most recently used last
+            self._evict_views(keep=needed)
+            views = {key: self._views[key] for key in needed}  # searches in flight keep theirs if evicted later
+            return _Snapshot(self._vectors, self._ids, self._texts, views), plan
+
+    def _evict_views(self, keep: set[Any]) -> None:
+        """Drop least recently used views until the cache fits ``view_cache_bytes`` (views in ``keep`` stay)."""
+        count = len(self._ids)
+        total = sum(_view_bytes(codec, dim, view, count) for (codec, dim), view in self._views.items())
+        for key in list(self._views):
+            if total <= self.view_cache_bytes:
+                break
+            if key in keep:
+                continue
+            total -= _view_bytes(key[0], key[1], self._views.pop(key), count)
 
     def _scan(self, snap: _Snapshot, query: np.ndarray, stage: Stage, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
         """Top ``stage.keep`` of every vector; sorted (score, then insertion order) only when ``ordered``."""
