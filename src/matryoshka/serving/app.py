@@ -569,11 +569,11 @@ def create_app(
         # Serialized by hand, in a worker thread: 2048 x 384 floats through pydantic would stall the event loop.
         return Response(await run_in_threadpool(render), media_type="application/json")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=errors)  # type: ignore[arg-type]
     async def list_models() -> ModelList:
         return ModelList(data=[m.card() for m in state.models.values()])
 
-    @app.get("/v1/models/{model_id:path}", responses={404: {"model": ErrorResponse}})
+    @app.get("/v1/models/{model_id:path}", responses=errors)  # type: ignore[arg-type]
     async def get_model(model_id: str) -> ModelCard:
         return state.get_model(model_id).card()
 
@@ -611,7 +611,7 @@ def create_app(
         )
 
     # -- operations --
-    @app.get("/health")
+    @app.get("/health", responses=errors)  # type: ignore[arg-type]
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
@@ -625,7 +625,7 @@ def create_app(
         }
 
     # -- demo --
-    @app.get("/demo/api/info")
+    @app.get("/demo/api/info", responses=errors)  # type: ignore[arg-type]
     async def demo_info() -> DemoInfo:
         index = state.require_index()
         quality_dims: list[int] = []
@@ -643,7 +643,7 @@ def create_app(
             examples=DEMO_EXAMPLES,
         )
 
-    @app.post("/demo/api/compare")
+    @app.post("/demo/api/compare", responses=errors)  # type: ignore[arg-type]
     async def demo_compare(body: CompareRequest) -> CompareResponse:
         """Top ``k`` at the chosen dimension next to top ``k`` at full size, for one query."""
         from matryoshka.retrieval import Stage
