@@ -14,10 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
@@ -380,10 +381,12 @@ class FunnelIndex:
             base = snap.vectors if key is None else snap.views[key]
             scores, rows = _knn_ip(prefix, base, keep, dim)
         elif stage.codec == "binary":
-            distances, rows = snap.views[key].search(np.packbits(prefix > 0, axis=1), keep)
+            with _threads_for(len(query) * len(snap.ids)):
+                distances, rows = snap.views[key].search(np.packbits(prefix > 0, axis=1), keep)
             scores = np.cos(np.pi * distances / dim).astype(np.float32)
         else:
-            scores, rows = snap.views[key].search(prefix, keep)
+            with _threads_for(len(query) * len(snap.ids)):
+                scores, rows = snap.views[key].search(prefix, keep)
         return _sort_hits(scores, rows) if ordered else (scores, rows)
 
     def _rerank(
@@ -412,6 +415,27 @@ class FunnelIndex:
                 scores = np.matmul(vectors.reshape(n_q, n_c, dim), prefix[start : start + n_q, :, None])[..., 0]
             out_scores[start : start + n_q], out_rows[start : start + n_q] = _top(scores, cand, keep)
         return out_scores, out_rows
+
+
+#: Below this many (query, vector) pairs a FAISS index search runs on one thread. FAISS parallelises
+#: binary and scalar-quantizer scans with OpenMP whatever their size; on a small index the threads'
+#: start-up and hand-off cost far more than the scan (on a busy 2-core machine a 1-query, 500-vector
+#: binary scan took ~24 ms with 2 threads against ~0.03 ms with one).
+SERIAL_SEARCH_PAIRS = 1 << 20
+
+
+@contextlib.contextmanager
+def _threads_for(pairs: int) -> Iterator[None]:
+    """Run the FAISS call inside on one OpenMP thread when the work is small (the setting is per thread)."""
+    if pairs >= SERIAL_SEARCH_PAIRS:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _timing(stage: Stage, candidates: int, seconds: float) -> dict[str, Any]:
@@ -509,7 +533,8 @@ def _knn_ip(query: np.ndarray, base: np.ndarray, keep: int, dim: int) -> tuple[n
     float16 storage is scanned in float32 blocks merged by a FAISS result heap.
     """
     if base.dtype == np.float32:
-        return faiss.knn(query, base, keep, faiss.METRIC_INNER_PRODUCT)
+        with _threads_for(len(query) * len(base)):
+            return faiss.knn(query, base, keep, faiss.METRIC_INNER_PRODUCT)
     heap = faiss.ResultHeap(len(query), keep, keep_max=True)
     for start in range(0, len(base), _BLOCK_ROWS):
         block = np.ascontiguousarray(base[start : start + _BLOCK_ROWS, :dim], dtype=np.float32)
