@@ -200,3 +200,25 @@ def test_close_timeout_fails_what_is_left():
     results = run(main())
     assert any(isinstance(r, BatcherClosed) for r in results)  # nobody is left hanging
     assert all(isinstance(r, (tuple, BatcherClosed)) for r in results)
+
+
+def test_a_large_request_is_not_starved_by_many_small_ones():
+    fn = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=8, max_wait_ms=0)
+        big = asyncio.create_task(batcher.submit([f"big{i}" for i in range(40)]))
+        smalls = [asyncio.create_task(batcher.submit([f"s{i}"])) for i in range(100)]
+        order = []
+        big.add_done_callback(lambda _: order.append("big"))
+        for task in smalls:
+            task.add_done_callback(lambda _: order.append("small"))
+        await asyncio.gather(big, *smalls)
+        await batcher.close()
+        return order
+
+    order = run(main())
+    assert order.index("big") < len(order) - 50  # done while most small requests were still waiting
+    with_big = [b for b in fn.batches if any(t.startswith("big") for t in b)]
+    assert all(sum(t.startswith("big") for t in b) >= 4 for b in with_big[:-1])  # half of every call
+    assert all(len(b) <= 8 for b in fn.batches)

@@ -12,9 +12,10 @@ Scheduling, in three rules:
 
 1. **Bounded batches.** A call never holds more than ``max_texts`` texts; a larger request is cut
    into slices that run in successive calls, and its caller gets all its rows once the last slice ran.
-2. **Fair sharing.** Each call is filled from the waiting requests in order of how many of their
-   texts already ran (least first, then arrival), so a new small request goes into the very next call
-   and waits for at most the call in progress, never for the whole of a large request.
+2. **Fair sharing.** Requests not started yet fill each call first, in arrival order, but half of
+   every call is kept for requests already under way (the rest of a split large request), so a new
+   small request goes into the next call or so and never waits for the whole of a large request, and
+   a large request still moves on by at least half a call each time, however many small ones come.
 3. **Bounded queue.** The queue holds at most ``max_queued_texts`` texts not yet run; a request that
    would go past it is refused at once with :class:`QueueFull` (the server answers 429 with
    ``Retry-After``) instead of waiting behind work it cannot catch up with.
@@ -197,17 +198,34 @@ class MicroBatcher:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _plan(self) -> list[tuple[_Job, int, int]]:
-        """The next call: ``(job, start, end)`` slices, least-served jobs first, at most ``max_texts`` texts."""
+        """The next call: ``(job, start, end)`` slices, at most ``max_texts`` texts.
+
+        Requests not started yet go first, in arrival order, into all but ``max_texts // 2`` of the
+        call; that half is kept for requests already under way (large ones, split across calls), oldest
+        first, so they always progress; room either side leaves is given to the other.
+        """
         self._jobs = [job for job in self._jobs if not job.future.done()]  # callers that went away
-        waiting = sorted((job for job in self._jobs if job.remaining), key=lambda job: (job.sent, job.order))
-        room, plan = self.max_texts, []
-        for job in waiting:
-            if room == 0:
-                break
-            take = min(job.remaining, room)
-            plan.append((job, job.sent, job.sent + take))
-            job.sent += take
-            room -= take
+        waiting = sorted((job for job in self._jobs if job.remaining), key=lambda job: job.order)
+        started = [job for job in waiting if job.sent]
+        fresh = [job for job in waiting if not job.sent]
+        plan: list[tuple[_Job, int, int]] = []
+        room = self.max_texts
+
+        def take(jobs: list[_Job], budget: int) -> int:
+            used = 0
+            for job in jobs:
+                if used == budget:
+                    break
+                count = min(job.remaining, budget - used)
+                if count:
+                    plan.append((job, job.sent, job.sent + count))
+                    job.sent += count
+                    used += count
+            return used
+
+        room -= take(fresh, room - (self.max_texts // 2 if started else 0))
+        room -= take(started, room)
+        take([job for job in fresh if job.remaining], room)
         return plan
 
     async def _gather(self) -> None:

@@ -96,7 +96,9 @@ def serve_command(
     max_inputs: Annotated[int, typer.Option(help="Texts per embeddings request.")] = 2048,
     max_input_chars: Annotated[int, typer.Option(help="Characters per text.")] = 32_768,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body; larger gets 413.")] = 16 * 1024 * 1024,
-    batch_max_texts: Annotated[int, typer.Option(help="Most texts merged into one model call.")] = 256,
+    batch_max_texts: Annotated[
+        int, typer.Option(help="Most texts in one model call; larger requests are split into calls this size.")
+    ] = 64,
     batch_wait_ms: Annotated[float, typer.Option(help="How long a lone request waits for others to batch with.")] = 2.0,
     max_queued_texts: Annotated[
         int | None,
@@ -246,6 +248,10 @@ def demo_command(
         quality = load_results(config)
         loaded = load_model(model)
         index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild)
+        if quality is None:  # the chart works out of the box: measured on this index, cached beside it
+            from matryoshka.serving.quality import cached_lemma_recall
+
+            quality = cached_lemma_recall(loaded, index, name, demo_cache_path(cache_dir, name, limit or None))
         app = create_app(config, models={name: loaded}, index=index, quality=quality)
     except (StartupError, ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
         if sock is not None:

@@ -24,7 +24,12 @@ class ServeConfig(BaseModel):
     max_inputs: int = Field(2048, ge=1, description="texts per /v1/embeddings request (OpenAI's limit)")
     max_input_chars: int = Field(32_768, ge=1, description="characters per text (about 8k tokens)")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body size; larger gets 413")
-    batch_max_texts: int = Field(256, ge=1, description="texts merged into one model call at most")
+    batch_max_texts: int = Field(
+        64,
+        ge=1,
+        description="texts in one model call at most (larger requests are split); on CPU, throughput is flat "
+        "past a few dozen texts while a small request's wait for the call in progress grows with it",
+    )
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")
     encode_batch_size: int = Field(64, ge=1, description="texts per forward pass inside one model call")
     max_queued_texts: int = Field(
