@@ -201,3 +201,25 @@ def test_many_slow_connections_are_all_closed(server):
 def test_queue_must_hold_the_largest_request():
     with pytest.raises(ValueError, match="max_queued_texts"):
         ServeConfig(max_inputs=2048, max_queued_texts=100)
+
+
+def test_a_client_that_hangs_up_while_queued_frees_the_model(server, caplog):
+    """A 512-text request whose client goes away right after sending it is taken off the queue (logged 499)."""
+    caplog.set_level(logging.INFO, logger="matryoshka.serving")
+    before = health(server)["texts"]
+    body = json.dumps({"input": [words(i) for i in range(512)]}).encode()
+    with socket.create_connection((server.host, server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        deadline = time.monotonic() + 60
+        while health(server)["texts"] == before and time.monotonic() < deadline:
+            time.sleep(0.02)  # its first slice is in the model
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(getattr(r, "status", None) == 499 for r in caplog.records):
+        time.sleep(0.05)
+    time.sleep(0.5)  # let a slice in progress finish
+    assert any(getattr(r, "status", None) == 499 and r.client_closed for r in caplog.records)
+    assert health(server)["queued_texts"] == 0
+    assert health(server)["texts"] - before < 512  # the rest never ran

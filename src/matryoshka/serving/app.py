@@ -7,6 +7,7 @@ dimension with :func:`matryoshka.embeddings.truncate`, and search with ``FunnelI
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -34,6 +35,7 @@ from matryoshka.retrieval.filters import check_filter
 from matryoshka.serving.batching import BatcherClosed, MicroBatcher, QueueFull
 from matryoshka.serving.config import ServeConfig
 from matryoshka.serving.middleware import (
+    CLIENT_CLOSED,
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     JsonBodyMiddleware,
@@ -74,6 +76,32 @@ DEMO_EXAMPLES = [
     "a tool for cutting wood",
     "the study of the stars and planets",
 ]
+
+
+class ClientGone(Exception):
+    """The client hung up while its request waited for the model; its texts were taken off the queue."""
+
+
+async def submit_while_connected(request: Request, batcher: MicroBatcher, texts: list[str]) -> tuple[np.ndarray, ...]:
+    """``batcher.submit(texts)``, cancelled (so its texts leave the queue) if the client disconnects meanwhile.
+
+    The body has been read by then, so the next ``receive()`` only returns when the client goes away.
+    """
+    work = asyncio.ensure_future(batcher.submit(texts))
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        raise ClientGone()
+    return work.result()
 
 
 class APIError(Exception):
@@ -527,6 +555,10 @@ def create_app(
     async def _closing(_: Request, exc: BatcherClosed) -> JSONResponse:
         return APIError(503, "The server is shutting down.", None, "shutting_down", "server_error").response()
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)  # never reaches the client; the log line says 499
+
     @app.exception_handler(QueueFull)
     async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
         response = APIError(429, f"{exc} Retry after {exc.retry_after} s.", None, "queue_full", "rate_limit_error").response()
@@ -544,12 +576,12 @@ def create_app(
     errors = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)}
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=errors)  # type: ignore[arg-type]
-    async def create_embeddings(body: EmbeddingRequest) -> Response:
+    async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
         """Embed strings with a served model, optionally cut to ``dimensions`` (re-normalized)."""
         served = state.get_model(body.model)
         texts = check_inputs(body.input, config)
         dim = check_dimensions(body.dimensions, served.dim)
-        vectors, tokens = await served.batcher.submit(texts)
+        vectors, tokens = await submit_while_connected(request, served.batcher, texts)
 
         def render() -> bytes:
             rows = truncate(vectors, dim)

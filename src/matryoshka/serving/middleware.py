@@ -82,7 +82,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive_watching, send_with_status)
         except Exception as exc:
             error = exc
-        client_closed = status is None and disconnected
+        client_closed = (status is None and disconnected) or status == CLIENT_CLOSED
         if status is None:
             status = CLIENT_CLOSED if disconnected else 500  # 500: what the client sees if the app died
         extra: dict[str, Any] = {
