@@ -72,6 +72,7 @@ class Tally:
     """What the clients saw."""
 
     small_ms: dict[str, list[float]] = field(default_factory=lambda: {"without": [], "with": []})
+    slowest: list[tuple[float, str, int, float]] = field(default_factory=list)  # (ms, phase, client, started at)
     statuses: Counter = field(default_factory=Counter)
     unexpected: list[str] = field(default_factory=list)
     requests: int = 0
@@ -154,7 +155,9 @@ async def client(
                     started = time.perf_counter()
                     response = await http.post("/v1/embeddings", json=body)
                     if response.status_code == 200 and label in tally.small_ms:
-                        tally.small_ms[label].append((time.perf_counter() - started) * 1000)
+                        ms = (time.perf_counter() - started) * 1000
+                        tally.small_ms[label].append(ms)
+                        tally.slowest = sorted([*tally.slowest, (ms, label, number, round(started, 1))], reverse=True)[:10]
                     tally.check("small embeddings", response, {200})
                 elif roll < 0.8:
                     body = {"query": rng.choice(texts), "k": rng.choice([1, 5, 10]),
@@ -284,7 +287,8 @@ async def drive(args: argparse.Namespace, port: int, pid: int, texts: list[str])
         task.cancel()
     async with httpx.AsyncClient(timeout=60) as http:
         health = (await http.get(f"{url}/health")).json()
-    return {"tally": tally, "rss_warm": rss_warm, "rss_end": rss_end, "rss": rss, "health": health}
+    return {"tally": tally, "rss_warm": rss_warm, "rss_end": rss_end, "rss": rss, "health": health,
+            "t0": time.perf_counter() - (time.monotonic() - started)}
 
 
 def build_index(directory: Path, count: int) -> Path:
@@ -386,6 +390,10 @@ def main() -> None:
         "throttled_429_503": tally.throttled,
         "unexpected": len(tally.unexpected) + log_statuses.get(500, 0),
         "unexpected_examples": tally.unexpected[:20],
+        "slowest_small": [
+            {"ms": round(ms), "phase": label, "client": who, "started_s": round(at - result["t0"], 1)}
+            for ms, label, who, at in tally.slowest
+        ],
         "server_log_statuses": dict(sorted(log_statuses.items())),
         "slowloris_connections": tally.slow_connections,
         "slowloris_lifetime_s": {"median": statistics.median(tally.slow_lifetimes) if tally.slow_lifetimes else None,

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -121,6 +121,24 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status)
+
+
+#: Rows of an embeddings answer rendered at a time (an answer this size or smaller goes out in one piece).
+RENDER_ROWS = 128
+
+
+def render_embeddings(rows: np.ndarray, first: int, encoding_format: str) -> bytes:
+    """OpenAI's ``data`` items for ``rows`` (indexes from ``first``) as comma-separated JSON objects.
+
+    Serialized by hand rather than through pydantic: 2,048 x 384 floats through a response model
+    would take seconds.
+    """
+    if encoding_format == "base64":
+        data: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
+    else:
+        data = rows.tolist()
+    items = [{"object": "embedding", "embedding": e, "index": first + i} for i, e in enumerate(data)]
+    return json.dumps(items, separators=(",", ":"))[1:-1].encode()
 
 
 def bytes_per_vector(dim: int, codec: str) -> int:
@@ -542,11 +560,11 @@ def create_app(
         elif exc.status_code == 405:
             message, code = f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed"
         elif exc.status_code == 400:  # Starlette could not decode the body: bad UTF-8, huge ints, deep nesting
-            message, code = (
+            message = (
                 "We could not parse the JSON body of your request (invalid UTF-8, a number too large or nesting "
-                "too deep). Send valid JSON with Content-Type: application/json.",
-                "invalid_request",
+                "too deep). Send valid JSON with Content-Type: application/json."
             )
+            code = "invalid_request"
         else:
             message, code = str(exc.detail), None
         return APIError(exc.status_code, message, None, code).response()
@@ -583,23 +601,26 @@ def create_app(
         dim = check_dimensions(body.dimensions, served.dim)
         vectors, tokens = await submit_while_connected(request, served.batcher, texts)
 
-        def render() -> bytes:
-            rows = truncate(vectors, dim)
-            if body.encoding_format == "base64":
-                data = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
-            else:
-                data = rows.tolist()
-            total = int(tokens.sum())
-            payload = {
-                "object": "list",
-                "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
-                "model": served.name,
-                "usage": {"prompt_tokens": total, "total_tokens": total},
-            }
-            return json.dumps(payload, separators=(",", ":")).encode()
+        rows = truncate(vectors, dim)
+        total = int(tokens.sum())
+        head = b'{"object":"list","data":['
+        usage = {"model": served.name, "usage": {"prompt_tokens": total, "total_tokens": total}}
+        tail = b"]," + json.dumps(usage, separators=(",", ":"))[1:].encode()
+        if len(rows) <= RENDER_ROWS:
+            items = await run_in_threadpool(render_embeddings, rows, 0, body.encoding_format)
+            return Response(head + items + tail, media_type="application/json")
 
-        # Serialized by hand, in a worker thread: 2048 x 384 floats through pydantic would stall the event loop.
-        return Response(await run_in_threadpool(render), media_type="application/json")
+        def parts() -> Iterator[bytes]:
+            # Large answers go out in slices of RENDER_ROWS rows, each rendered in a worker thread: memory
+            # stays at one slice (not 2,048 x 384 Python floats and their JSON at once) and the event loop,
+            # which needs the GIL that json.dumps holds, gets a turn between slices.
+            yield head
+            for start in range(0, len(rows), RENDER_ROWS):
+                data = render_embeddings(rows[start : start + RENDER_ROWS], start, body.encoding_format)
+                yield (b"," if start else b"") + data
+            yield tail
+
+        return StreamingResponse(parts(), media_type="application/json")
 
     @app.get("/v1/models", responses=errors)  # type: ignore[arg-type]
     async def list_models() -> ModelList:
