@@ -123,6 +123,7 @@ def serve_command(
         index_model,
         load_results,
         open_index,
+        tune_malloc,
     )
 
     try:
@@ -145,6 +146,7 @@ def serve_command(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
         _fail(f"{where}: {str(first.get('msg', exc)).removeprefix('Value error, ')}")
+    tune_malloc()  # before the model and any thread allocate: see its docstring
     sock = None
     try:
         # Everything that can fail without the model, before the model loads (that takes seconds to minutes).
@@ -235,8 +237,9 @@ def demo_command(
     from matryoshka.models import DEFAULT_MODEL, ModelLoadError, load_model
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig, served_name
-    from matryoshka.serving.startup import StartupError, bind_socket, load_results
+    from matryoshka.serving.startup import StartupError, bind_socket, load_results, tune_malloc
 
+    tune_malloc()
     _set_threads(threads)
     name = served_name(model) if model else DEFAULT_MODEL
     sock = None
