@@ -222,3 +222,25 @@ def test_a_large_request_is_not_starved_by_many_small_ones():
     with_big = [b for b in fn.batches if any(t.startswith("big") for t in b)]
     assert all(sum(t.startswith("big") for t in b) >= 4 for b in with_big[:-1])  # half of every call
     assert all(len(b) <= 8 for b in fn.batches)
+
+
+def test_a_small_request_cut_at_the_edge_of_a_call_finishes_next():
+    """A small request split by the end of a call must not then queue behind the rest of a large request."""
+    fn = Recorder(delay=0.02)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=8, max_wait_ms=0)
+        big = asyncio.create_task(batcher.submit([f"big{i}" for i in range(80)]))
+        await asyncio.sleep(0.01)  # the large request is under way
+        first, second = asyncio.create_task(batcher.submit(["x1", "x2", "x3"])), asyncio.create_task(batcher.submit(["y1", "y2", "y3"]))
+        await asyncio.gather(first, second)
+        calls_when_done = len(fn.batches)
+        await big
+        await batcher.close()
+        return calls_when_done
+
+    calls_when_done = run(main())
+    with_y = [i for i, batch in enumerate(fn.batches) if any(t.startswith("y") for t in batch)]
+    assert len(with_y) == 2  # "y" was cut by the edge of a call (4 slots for new requests: x1-x3, y1)
+    assert with_y[1] == with_y[0] + 1  # and finished in the very next call, not after the large request
+    assert calls_when_done <= with_y[1] + 2

@@ -106,3 +106,10 @@ def test_a_good_start_announces_only_when_ready(index_dir):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_malloc_tuning_applies_on_glibc():
+    from matryoshka.serving.startup import tune_malloc
+
+    assert tune_malloc() is True

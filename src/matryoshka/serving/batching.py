@@ -201,12 +201,14 @@ class MicroBatcher:
         """The next call: ``(job, start, end)`` slices, at most ``max_texts`` texts.
 
         Requests not started yet go first, in arrival order, into all but ``max_texts // 2`` of the
-        call; that half is kept for requests already under way (large ones, split across calls), oldest
-        first, so they always progress; room either side leaves is given to the other.
+        call; that half is kept for requests already under way (large ones, split across calls), least
+        served first, so they always progress and a small request cut at the edge of a call finishes in
+        the next one instead of queueing behind the rest of a large one; room either side leaves is
+        given to the other.
         """
         self._jobs = [job for job in self._jobs if not job.future.done()]  # callers that went away
         waiting = sorted((job for job in self._jobs if job.remaining), key=lambda job: job.order)
-        started = [job for job in waiting if job.sent]
+        started = sorted((job for job in waiting if job.sent), key=lambda job: (job.sent, job.order))
         fresh = [job for job in waiting if not job.sent]
         plan: list[tuple[_Job, int, int]] = []
         room = self.max_texts
