@@ -98,7 +98,7 @@ def test_small_request_overtakes_a_large_one():
         return calls_when_small_done
 
     calls_when_small_done = run(main())
-    assert len(fn.batches) == 11 and max(map(len, fn.batches)) <= 8  # 80 + 1 texts in slices of at most 8
+    assert sum(map(len, fn.batches)) == 81 and max(map(len, fn.batches)) <= 8  # in slices of at most 8
     with_tiny = next(i for i, batch in enumerate(fn.batches) if "tiny" in batch)
     assert sum(len(b) for b in fn.batches[:with_tiny]) <= 8  # it waited for the slice in progress only
     assert calls_when_small_done <= with_tiny + 2  # answered before the large request went on much further
@@ -208,7 +208,7 @@ def test_a_large_request_is_not_starved_by_many_small_ones():
     async def main():
         batcher = MicroBatcher(fn, max_texts=8, max_wait_ms=0)
         big = asyncio.create_task(batcher.submit([f"big{i}" for i in range(40)]))
-        smalls = [asyncio.create_task(batcher.submit([f"s{i}"])) for i in range(100)]
+        smalls = [asyncio.create_task(batcher.submit([f"s{i}"])) for i in range(200)]
         order = []
         big.add_done_callback(lambda _: order.append("big"))
         for task in smalls:
@@ -218,9 +218,9 @@ def test_a_large_request_is_not_starved_by_many_small_ones():
         return order
 
     order = run(main())
-    assert order.index("big") < len(order) - 50  # done while most small requests were still waiting
+    assert order.index("big") < len(order) - 50  # done while many small requests were still waiting
     with_big = [b for b in fn.batches if any(t.startswith("big") for t in b)]
-    assert all(sum(t.startswith("big") for t in b) >= 4 for b in with_big[:-1])  # half of every call
+    assert all(sum(t.startswith("big") for t in b) >= 2 for b in with_big[:-1])  # a quarter of every call
     assert all(len(b) <= 8 for b in fn.batches)
 
 
@@ -232,7 +232,7 @@ def test_a_small_request_cut_at_the_edge_of_a_call_finishes_next():
         batcher = MicroBatcher(fn, max_texts=8, max_wait_ms=0)
         big = asyncio.create_task(batcher.submit([f"big{i}" for i in range(80)]))
         await asyncio.sleep(0.01)  # the large request is under way
-        first, second = asyncio.create_task(batcher.submit(["x1", "x2", "x3"])), asyncio.create_task(batcher.submit(["y1", "y2", "y3"]))
+        first, second = asyncio.create_task(batcher.submit(["x1", "x2", "x3", "x4"])), asyncio.create_task(batcher.submit(["y1", "y2", "y3", "y4"]))
         await asyncio.gather(first, second)
         calls_when_done = len(fn.batches)
         await big
@@ -241,6 +241,6 @@ def test_a_small_request_cut_at_the_edge_of_a_call_finishes_next():
 
     calls_when_done = run(main())
     with_y = [i for i, batch in enumerate(fn.batches) if any(t.startswith("y") for t in batch)]
-    assert len(with_y) == 2  # "y" was cut by the edge of a call (4 slots for new requests: x1-x3, y1)
+    assert len(with_y) == 2  # "y" was cut by the edge of a call (6 slots for small requests: x1-x4, y1-y2)
     assert with_y[1] == with_y[0] + 1  # and finished in the very next call, not after the large request
     assert calls_when_done <= with_y[1] + 2

@@ -12,10 +12,10 @@ Scheduling, in three rules:
 
 1. **Bounded batches.** A call never holds more than ``max_texts`` texts; a larger request is cut
    into slices that run in successive calls, and its caller gets all its rows once the last slice ran.
-2. **Fair sharing.** Requests not started yet fill each call first, in arrival order, but half of
-   every call is kept for requests already under way (the rest of a split large request), so a new
-   small request goes into the next call or so and never waits for the whole of a large request, and
-   a large request still moves on by at least half a call each time, however many small ones come.
+2. **Fair sharing.** Small requests go first, in arrival order; large ones (and the rest of any
+   request already under way) share at most a quarter of each call while small ones wait, half of
+   it when none do. A small request waits for at most a short call in progress plus its own, never
+   for the whole of a large request, and a large request still moves on every call.
 3. **Bounded queue.** The queue holds at most ``max_queued_texts`` texts not yet run; a request that
    would go past it is refused at once with :class:`QueueFull` (the server answers 429 with
    ``Retry-After``) instead of waiting behind work it cannot catch up with.
@@ -200,34 +200,36 @@ class MicroBatcher:
     def _plan(self) -> list[tuple[_Job, int, int]]:
         """The next call: ``(job, start, end)`` slices, at most ``max_texts`` texts.
 
-        Requests not started yet go first, in arrival order, into all but ``max_texts // 2`` of the
-        call; that half is kept for requests already under way (large ones, split across calls), least
-        served first, so they always progress and a small request cut at the edge of a call finishes in
-        the next one instead of queueing behind the rest of a large one; room either side leaves is
-        given to the other.
+        *Small* requests (not started yet, at most ``max_texts // 2`` texts) go first, in arrival order.
+        Everything else (large requests, and the rest of any request already under way) is *bulk*: it
+        shares at most a quarter of a call while small requests wait and at most half of one when none
+        do, least served first. So a small request waits for at most a short call in progress plus its
+        own, a large one still advances every call, and a request cut at the edge of a call finishes in
+        the next one rather than behind the rest of a large request.
         """
         self._jobs = [job for job in self._jobs if not job.future.done()]  # callers that went away
         waiting = sorted((job for job in self._jobs if job.remaining), key=lambda job: job.order)
-        started = sorted((job for job in waiting if job.sent), key=lambda job: (job.sent, job.order))
-        fresh = [job for job in waiting if not job.sent]
+        small = [job for job in waiting if not job.sent and len(job.texts) <= self.max_texts // 2]
+        bulk = sorted((job for job in waiting if job not in small), key=lambda job: (job.sent, job.order))
+        bulk_cap = max(1, self.max_texts // 4 if small else self.max_texts // 2)
         plan: list[tuple[_Job, int, int]] = []
-        room = self.max_texts
 
         def take(jobs: list[_Job], budget: int) -> int:
             used = 0
             for job in jobs:
-                if used == budget:
+                if used >= budget:
                     break
                 count = min(job.remaining, budget - used)
-                if count:
+                if count > 0:
                     plan.append((job, job.sent, job.sent + count))
                     job.sent += count
                     used += count
             return used
 
-        room -= take(fresh, room - (self.max_texts // 2 if started else 0))
-        room -= take(started, room)
-        take([job for job in fresh if job.remaining], room)
+        room = self.max_texts
+        room -= take(small, room - (bulk_cap if bulk else 0))
+        room -= take(bulk, min(room, bulk_cap))
+        take([job for job in small if job.remaining], room)  # small ones that did not fit their share
         return plan
 
     async def _gather(self) -> None:
