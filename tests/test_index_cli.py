@@ -81,11 +81,13 @@ def test_search_finds_an_exact_text(built: Path, claims) -> None:
 
 @pytest.mark.slow
 def test_search_tables_with_preset_and_spec(built: Path) -> None:
-    result = invoke("search", built, "vitamin D and bone health", "cancer risk", "--k", "2", "--preset", "binary")
+    result = invoke(
+        "search", built, "vitamin D and bone health", "cancer risk", "--k", "2", "--preset", "binary", "--format", "table"
+    )
     assert result.exit_code == 0, result.output
     assert "vitamin D and bone health" in result.stdout and "cancer risk" in result.stdout
     assert "binary" in result.stdout and "stages (2 queries)" in result.stdout
-    result = invoke("search", built, "vitamin D", "--stages", "128:int8:20,full:float32:5")
+    result = invoke("search", built, "vitamin D", "--stages", "128:int8:20,full:float32:5", "--format", "table")
     assert result.exit_code == 0, result.output
     assert "int8" in result.stdout
 
@@ -181,3 +183,60 @@ def test_advise_command_writes_a_report(tmp_path: Path) -> None:
     assert report["exact"]["name"] == "384:float32:10" and report["chosen"] is not None
     assert (tmp_path / "advice" / "advice.md").read_text().startswith("# Funnel advice: mini")
     assert "Funnel advice" in result.stdout
+
+
+@pytest.mark.slow
+def test_build_limit_and_progress(tmp_path: Path, claims) -> None:
+    corpus = tmp_path / "claims.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in claims.items()), encoding="utf-8")
+    result = invoke("build", "--corpus", corpus, "--out", tmp_path / "ix", "--limit", "7", "--batch-size", "1")
+    assert result.exit_code == 0, result.output
+    assert len(FunnelIndex.load(tmp_path / "ix")) == 7
+    progress = [line for line in result.output.splitlines() if line.startswith("encoded ")]
+    assert progress[-1] == "encoded 7/7" and len(progress) >= 2  # piped: progress lines instead of a bar
+    assert "reading" in result.output and "loading model" in result.output
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory, claims) -> Path:
+    """An index whose texts hold newlines and tabs, and whose ids are long."""
+    folder = tmp_path_factory.mktemp("messy")
+    corpus = folder / "messy.jsonl"
+    rows = [
+        {"_id": f"document-with-a-long-identifier-{n:03d}", "text": f"first line {n}\nsecond\tline\n\nthird " + t}
+        for n, t in enumerate(list(claims.values())[:12])
+    ]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = invoke("build", "--corpus", corpus, "--out", folder / "index")
+    assert result.exit_code == 0, result.output
+    return folder / "index"
+
+
+@pytest.mark.slow
+def test_search_piped_prints_tsv(messy: Path) -> None:
+    result = invoke("search", messy, "second line", "--k", "5")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "query\trank\tid\tscore\ttext" and len(lines) == 6  # one row per hit, newlines folded
+    for rank, line in enumerate(lines[1:], start=1):
+        query, got_rank, doc_id, score, text = line.split("\t")
+        assert (query, int(got_rank)) == ("second line", rank)
+        assert doc_id.startswith("document-with-a-long-identifier-") and float(score) <= 1.0001
+        assert text.startswith("first line") and "second line third" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("columns", [80, 60])
+def test_search_table_keeps_rank_id_and_score_at_any_width(messy: Path, columns: int) -> None:
+    result = runner.invoke(
+        index_app, ["search", str(messy), "second line", "--k", "5", "--format", "table"], env={"COLUMNS": str(columns)}
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if "document-with-a-long-identifier-" in line]
+    assert len(rows) == 5  # no text spilled into extra rows
+    for rank, row in enumerate(rows, start=1):
+        cells = [cell.strip() for cell in row.strip("│┃| ").split("│")]
+        assert cells[0] == str(rank)
+        assert cells[1].startswith("document-with-a-long-identifier-") and len(cells[1]) == 35  # whole id
+        assert float(cells[2]) <= 1.0001 and len(cells[2]) == 6
+    assert all(len(line) <= columns for line in result.stdout.splitlines())

@@ -290,3 +290,59 @@ def test_saved_files_get_ordinary_permissions(tmp_path: Path) -> None:
     assert (tmp_path / "index").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "index" / "manifest.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_stale_staging_folders_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    target = tmp_path / "index"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".index.tmp-{dead.pid}-abc123"
+        live = tmp_path / f".index.tmp-{alive.pid}-def456"
+        old = tmp_path / ".index.old-0badf00d"
+        unrelated = tmp_path / ".other.tmp-1-x"
+        for folder in (stale, live, old, unrelated):
+            folder.mkdir()
+            (folder / "vectors.npy").write_bytes(b"half written")
+        make_index().save(target)
+        assert not stale.exists() and not old.exists()  # a killed save's leftovers are gone
+        assert live.exists() and unrelated.exists()  # a save in progress and other names are untouched
+        assert FunnelIndex.load(target).ids == make_index().ids
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index.tmp-") and p != live]
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_killed_save_leaves_staging_that_the_next_save_removes(tmp_path: Path) -> None:
+    """kill -9 a process in the middle of a save (it waits inside the staging folder), then save again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "index"
+    code = f"""
+import numpy as np, time
+from matryoshka.retrieval import store
+def hang(*args, **kwargs):
+    print("staged", flush=True)
+    time.sleep(120)
+store._commit = hang
+store.write_index({str(target)!r}, np.ones((3, 4), np.float32) / 2, ["a", "b", "c"], None, "m", "float32",
+                  __import__("matryoshka.retrieval", fromlist=["PRESETS"]).PRESETS["exact"])
+"""
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "staged"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".index.tmp-")]
+    assert len(leftovers) == 1 and not target.exists()
+    time.sleep(0.05)
+    make_index().save(target)
+    assert not leftovers[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from matryoshka.serving.batching import BatcherClosed, MicroBatcher
+from matryoshka.serving.batching import BatcherClosed, MicroBatcher, QueueFull
 
 
 class Recorder:
@@ -67,18 +67,60 @@ def test_max_texts_splits_batches():
     assert [t for b in fn.batches for t in b] == [f"t{i}" for i in range(10)]  # arrival order kept
 
 
-def test_oversized_request_runs_whole_and_alone():
+def test_large_request_is_split_into_bounded_batches():
     fn = Recorder()
 
     async def main():
         batcher = MicroBatcher(fn, max_texts=4, max_wait_ms=20)
         small, big = await asyncio.gather(batcher.submit(["s"]), batcher.submit([f"b{i}" for i in range(10)]))
         await batcher.close()
-        return small, big
+        return small, big, batcher.stats
 
-    small, big = run(main())
-    assert [len(b) for b in fn.batches] == [1, 10]
-    assert len(big[1]) == 10 and len(small[1]) == 1
+    small, big, stats = run(main())
+    assert max(len(b) for b in fn.batches) <= 4 and stats.largest_batch <= 4
+    assert sorted(t for b in fn.batches for t in b) == sorted(["s", *[f"b{i}" for i in range(10)]])
+    assert big[1].tolist() == [2] * 10 and big[0][:, 0].tolist() == [2] * 10  # its rows, in order, rejoined
+    assert len(small[1]) == 1
+
+
+def test_small_request_overtakes_a_large_one():
+    """A request arriving while a large one is being worked through runs in the next call."""
+    fn = Recorder(delay=0.05)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=8, max_wait_ms=0)
+        big = asyncio.create_task(batcher.submit([f"big{i}" for i in range(80)]))
+        await asyncio.sleep(0.01)  # the first slice of the large request is in the model now
+        await batcher.submit(["tiny"])
+        calls_when_small_done = len(fn.batches)
+        await big
+        await batcher.close()
+        return calls_when_small_done
+
+    calls_when_small_done = run(main())
+    assert sum(map(len, fn.batches)) == 81 and max(map(len, fn.batches)) <= 8  # in slices of at most 8
+    with_tiny = next(i for i, batch in enumerate(fn.batches) if "tiny" in batch)
+    assert sum(len(b) for b in fn.batches[:with_tiny]) <= 8  # it waited for the slice in progress only
+    assert calls_when_small_done <= with_tiny + 2  # answered before the large request went on much further
+
+
+def test_full_queue_refuses_at_once():
+    fn = Recorder(delay=0.1)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=4, max_wait_ms=0, max_queued_texts=10)
+        first = asyncio.create_task(batcher.submit([f"a{i}" for i in range(10)]))
+        await asyncio.sleep(0.01)  # 4 texts running, 6 queued
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit([f"b{i}" for i in range(5)])
+        ok = await batcher.submit(["fits"])  # 6 + 1 <= 10
+        await first
+        await batcher.close()
+        return refused.value, ok, batcher.stats
+
+    refused, ok, stats = run(main())
+    assert refused.retry_after >= 1 and stats.rejected == 1
+    assert ok[1].tolist() == [4]
 
 
 def test_requests_arriving_during_a_call_form_the_next_batch():
@@ -158,3 +200,47 @@ def test_close_timeout_fails_what_is_left():
     results = run(main())
     assert any(isinstance(r, BatcherClosed) for r in results)  # nobody is left hanging
     assert all(isinstance(r, (tuple, BatcherClosed)) for r in results)
+
+
+def test_a_large_request_is_not_starved_by_many_small_ones():
+    fn = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=8, max_wait_ms=0)
+        big = asyncio.create_task(batcher.submit([f"big{i}" for i in range(40)]))
+        smalls = [asyncio.create_task(batcher.submit([f"s{i}"])) for i in range(200)]
+        order = []
+        big.add_done_callback(lambda _: order.append("big"))
+        for task in smalls:
+            task.add_done_callback(lambda _: order.append("small"))
+        await asyncio.gather(big, *smalls)
+        await batcher.close()
+        return order
+
+    order = run(main())
+    assert order.index("big") < len(order) - 50  # done while many small requests were still waiting
+    with_big = [b for b in fn.batches if any(t.startswith("big") for t in b)]
+    assert all(sum(t.startswith("big") for t in b) >= 2 for b in with_big[:-1])  # a quarter of every call
+    assert all(len(b) <= 8 for b in fn.batches)
+
+
+def test_a_small_request_cut_at_the_edge_of_a_call_finishes_next():
+    """A small request split by the end of a call must not then queue behind the rest of a large request."""
+    fn = Recorder(delay=0.02)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_texts=8, max_wait_ms=0)
+        big = asyncio.create_task(batcher.submit([f"big{i}" for i in range(80)]))
+        await asyncio.sleep(0.01)  # the large request is under way
+        first, second = asyncio.create_task(batcher.submit(["x1", "x2", "x3", "x4"])), asyncio.create_task(batcher.submit(["y1", "y2", "y3", "y4"]))
+        await asyncio.gather(first, second)
+        calls_when_done = len(fn.batches)
+        await big
+        await batcher.close()
+        return calls_when_done
+
+    calls_when_done = run(main())
+    with_y = [i for i, batch in enumerate(fn.batches) if any(t.startswith("y") for t in batch)]
+    assert len(with_y) == 2  # "y" was cut by the edge of a call (6 slots for small requests: x1-x4, y1-y2)
+    assert with_y[1] == with_y[0] + 1  # and finished in the very next call, not after the large request
+    assert calls_when_done <= with_y[1] + 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import typer
 from test_serving_support import real_retrieval_available, wordnet_sample
@@ -88,3 +90,29 @@ def test_demo_index_is_built_once_then_loaded(model, tmp_path, data_dir):
         model, "all-MiniLM-L6-v2", 40, tmp_path, source=source if source.exists() else None, log=messages.append
     )
     assert "rebuilding" in " ".join(messages) and len(again) == 40
+
+
+@pytest.mark.skipif(not real_retrieval_available(), reason="the real matryoshka.retrieval is not importable")
+def test_demo_quality_curve_out_of_the_box(model, tmp_path, data_dir):
+    """``matryoshka demo`` measures its chart's curve on its own index at first start and caches it."""
+    from matryoshka.serving.app import clean_quality
+    from matryoshka.serving.quality import CACHE_SUFFIX, cached_lemma_recall, lemma_of
+
+    assert lemma_of("bank, depository financial institution (n08420278)") == "bank"
+    assert lemma_of("plain-id-7") is None
+    source = data_dir / "wordnet-glosses" / "wordnet30_glosses.jsonl.gz"
+    index = build_demo_index(model, "all-MiniLM-L6-v2", 60, tmp_path, source=source if source.exists() else None,
+                             log=lambda _: None)
+    path = demo_cache_path(tmp_path, "all-MiniLM-L6-v2", 60)
+    quality = cached_lemma_recall(model, index, "all-MiniLM-L6-v2", path)
+    curve = next(iter(clean_quality(quality)["all-MiniLM-L6-v2"].values()))  # the shape the page's chart reads
+    assert list(curve) == ["16", "32", "64", "128", "256", "384"]
+    assert all(0.0 <= v <= 1.0 for v in curve.values()) and curve["384"] > 0.3  # lemmas do find their glosses
+    cache = path.with_name(path.name + CACHE_SUFFIX)
+    assert cache.is_file()
+    stored = json.loads(cache.read_text())
+    task = next(iter(stored["quality"]["models"]["all-MiniLM-L6-v2"]))
+    stored["quality"]["models"]["all-MiniLM-L6-v2"][task]["16"] = 0.123456  # mark the file
+    cache.write_text(json.dumps(stored))
+    again = cached_lemma_recall(model, index, "all-MiniLM-L6-v2", path)
+    assert again["models"]["all-MiniLM-L6-v2"][task]["16"] == 0.123456  # a later start reads the cache

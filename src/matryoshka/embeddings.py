@@ -36,6 +36,19 @@ def check_dim(dim: int | None, full_dim: int) -> int:
     return int(dim)
 
 
+BINARY_PRECISIONS = ("binary", "ubinary")
+
+
+def check_binary_dim(dim: int, precision: str) -> None:
+    """Binary precisions pack 8 dimensions per byte; refuse a ``dim`` that would need padding bits.
+
+    The same rule as a binary funnel stage (:class:`matryoshka.retrieval.Stage`), so a code's width is
+    always exactly ``dim / 8`` bytes and a padded last byte never takes part in a Hamming distance.
+    """
+    if precision in BINARY_PRECISIONS and dim % 8:
+        raise DimensionError(f"{precision} precision needs a dim that is a multiple of 8, got {dim}")
+
+
 def truncate(vectors: np.ndarray, dim: int | None = None, normalize: bool = True) -> np.ndarray:
     """Keep the first ``dim`` values of each row and, by default, scale each row to unit length.
 
@@ -72,6 +85,7 @@ def quantize(
         return vectors.astype(np.float32, copy=False)
     if precision == "float16":
         return vectors.astype(np.float16)
+    check_binary_dim(int(np.shape(vectors)[-1]), precision)
     from sentence_transformers.util.quantization import quantize_embeddings
 
     return quantize_embeddings(vectors, precision=precision, calibration_embeddings=calibration)
@@ -101,10 +115,11 @@ def encode(
 
     Returns:
         An array of shape ``(len(texts), dim)``, or ``(dim,)`` for a single string. Binary precisions
-        pack 8 dimensions per byte, so their width is ``ceil(dim / 8)``.
+        pack 8 dimensions per byte, so their width is ``dim / 8``.
 
     Raises:
-        DimensionError: ``dim`` is not in ``1..model dimension``.
+        DimensionError: ``dim`` is not in ``1..model dimension``, or a binary precision gets a
+            ``dim`` that is not a multiple of 8.
 
     Example:
         >>> vectors = encode(model, ["first text", "second text"], dim=64)
@@ -120,8 +135,9 @@ def encode(
     dim = check_dim(dim, model_dimension(model))
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_binary_dim(dim, precision)
     if not batch:
-        width = (dim + 7) // 8 if precision in ("binary", "ubinary") else dim
+        width = dim // 8 if precision in BINARY_PRECISIONS else dim
         return np.zeros((0, width), dtype=np.float32)
     full = model.encode(
         batch,

@@ -28,7 +28,6 @@ index_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out_console = Console()
 console = Console(stderr=True)
 
 ModelOption = Annotated[
@@ -58,15 +57,22 @@ def build(
     ] = "exact",
     storage: Annotated[str, typer.Option(help="dtype of the stored full vectors: float32 or float16.")] = "float32",
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Index only the first N documents (a quick trial on a large corpus).")
+    ] = None,
 ) -> None:
-    """Encode a corpus at full size and write an index directory."""
+    """Encode a corpus at full size and write an index directory, with a progress bar."""
     from matryoshka.retrieval.index import FunnelIndex
     from matryoshka.retrieval.stages import format_stages
 
     with _errors():
         funnel = _parse_stages(stages)
+        console.print(f"reading {corpus}", highlight=False)
         ids, texts = read_corpus(corpus)
+        if limit is not None and limit < len(texts):
+            ids, texts = ids[:limit], texts[:limit]
         ids = fill_ids(ids, existing=[])
+        console.print(f"loading model {model_label(model)}", highlight=False)
         loaded = _load_model(model)
         vectors = encode_with_progress(loaded, texts, batch_size)
         index = FunnelIndex.from_vectors(
@@ -99,7 +105,15 @@ def search(
         str | None, typer.Option("--model", "-m", help="Override the model named in the manifest.")
     ] = None,
     mmap: Annotated[bool, typer.Option(help="Map the vectors from disk instead of reading them.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per query instead of tables.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per query (same as --format json).")] = False,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="table (a terminal), tsv (piped: query, rank, id, score, text), json (one object per query); "
+            "auto picks table on a terminal, tsv otherwise.",
+        ),
+    ] = "auto",
     filter: Annotated[
         str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"source": ["scifact", "npl"]}\'.')
     ] = None,
@@ -108,10 +122,16 @@ def search(
     from matryoshka.backends import backend_kind, open_backend
     from matryoshka.backends.base import timed_search
     from matryoshka.embeddings import encode
+    from matryoshka.retrieval.filters import check_filter_keys
     from matryoshka.retrieval.index import FunnelIndex
+    from matryoshka.retrieval.stages import PRESETS, check_keeps
 
     if stages is not None and preset is not None:
         _fail("give --stages or --preset, not both")
+    if output not in ("auto", "table", "tsv", "json"):
+        raise typer.BadParameter(f"--format must be auto, table, tsv or json, got {output!r}", param_hint="--format")
+    out = _out_console()
+    fmt = "json" if as_json else output if output != "auto" else ("table" if out.is_terminal else "tsv")
     with _errors():
         funnel = _parse_stages(stages or preset) if (stages or preset) else None
         wanted = _parse_filter(filter)
@@ -123,13 +143,16 @@ def search(
         if not name:
             _fail(f"{index_dir} records no model name; pass --model")
         try:
+            check_keeps(funnel if funnel is not None else getattr(index, "stages", PRESETS["exact"]), k)
+            if wanted and hasattr(index, "metadata_keys"):
+                check_filter_keys(wanted, index.metadata_keys())
             loaded = _load_model(name)
             vectors = encode(loaded, queries)
             hits, timings = timed_search(index, vectors, k, funnel, wanted)
         finally:
             if hasattr(index, "close"):
                 index.close()
-    if as_json:
+    if fmt == "json":
         for query, found in zip(queries, hits):
             row = {
                 "query": query,
@@ -138,16 +161,50 @@ def search(
             }
             typer.echo(json.dumps(row, ensure_ascii=False))
         return
+    if fmt == "tsv":
+        typer.echo("query\trank\tid\tscore\ttext")
+        for query, found in zip(queries, hits):
+            for rank, hit in enumerate(found, start=1):
+                fields = (query, str(rank), hit.id, f"{hit.score:.4f}", hit.text or "")
+                typer.echo("\t".join(one_line(f) for f in fields))
+        console.print(timings_table(timings, len(queries)))  # stderr: stdout stays plain TSV
+        return
     for query, found in zip(queries, hits):
-        table = Table(title=f"{query}", title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column("id")
-        table.add_column("score", justify="right")
-        table.add_column("text", overflow="ellipsis", no_wrap=True, max_width=80)
-        for rank, hit in enumerate(found, start=1):
-            table.add_row(str(rank), hit.id, f"{hit.score:.4f}", hit.text or "")
-        out_console.print(table)
-    out_console.print(timings_table(timings, len(queries)))
+        out.print(hits_table(query, found, out.width))
+    out.print(timings_table(timings, len(queries)))
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and tabs as single spaces, so one hit stays one row (of a table or a TSV)."""
+    return " ".join(text.split())
+
+
+def hits_table(query: str, hits: list[Any], width: int) -> Table:
+    """One query's hits as a rich table of ``width`` columns that keeps ``#``, ``id`` and ``score`` whole.
+
+    Those three get exactly their content's width (ids are cut at 40 characters with an ellipsis) and
+    the text gets what is left, cut to one line; on a terminal too narrow for any text, it is left out.
+    Rich would otherwise shrink every no-wrap column alike, down to nothing.
+    """
+    rank_w = len(str(len(hits))) or 1
+    id_w = min(max([len(h.id) for h in hits] + [2]), 40)
+    score_w = 6
+    text_w = width - (rank_w + id_w + score_w) - 13  # 4 columns: 3 border/padding characters each, plus 1
+    table = Table(title=one_line(query), title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True, width=rank_w)
+    table.add_column("id", no_wrap=True, overflow="ellipsis", width=id_w)
+    table.add_column("score", justify="right", no_wrap=True, width=score_w)
+    if text_w >= 8:
+        table.add_column("text", overflow="ellipsis", no_wrap=True, width=min(text_w, 100))
+    for rank, hit in enumerate(hits, start=1):
+        cells = [str(rank), hit.id, f"{hit.score:.4f}", one_line(hit.text or "")]
+        table.add_row(*cells[: len(table.columns)])
+    return table
+
+
+def _out_console() -> Console:
+    """The stdout console, created per command so it sees the current terminal (width, TTY or pipe)."""
+    return Console()
 
 
 @index_app.command()
@@ -236,7 +293,7 @@ def advise_command(
         loaded = _load_model(model)
         console.print(f"{data!r}: encoding {len(data.corpus):,} documents and {len(data.queries):,} queries once")
         report = advise(loaded, data, dim_list, target=target, model_name=model_label(model), show_progress=True)
-    out_console.print(report.table())
+    _out_console().print(report.table())
     if out is not None:
         if out.suffix == ".json":
             write_atomic(out, json.dumps(report.to_dict(), indent=2).encode())
@@ -277,15 +334,22 @@ def encode_with_progress(model: SentenceTransformer, texts: list[str], batch_siz
 
     if not texts:
         return np.zeros((0, model_dimension(model)), dtype=np.float32)
-    chunk = max(batch_size * 16, 512)
+    # A few batches per update: long enough for sentence-transformers to sort texts by length, short
+    # enough that the bar moves every few seconds (1,024-text chunks of abstracts took minutes each).
+    chunk = batch_size * 4
     parts = []
     columns = (TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    reported = 0
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("encoding", total=len(texts))
         for start in range(0, len(texts), chunk):
             batch = texts[start : start + chunk]
             parts.append(encode(model, batch, batch_size=batch_size, show_progress_bar=False))
             progress.advance(task, len(batch))
+            done = start + len(batch)
+            if not console.is_terminal and (done - reported >= max(len(texts) // 10, 1) or done == len(texts)):
+                console.print(f"encoded {done:,}/{len(texts):,}", highlight=False)  # no bar when piped
+                reported = done
     return np.concatenate(parts)
 
 

@@ -66,3 +66,18 @@ def matches(metadata: Metadata | None, filter: dict[str, list[Any]] | None) -> b
     return all(key in metadata and metadata[key] in values for key, values in filter.items())
 
 
+
+
+def check_filter_keys(filter: Filter | None, known: set[str]) -> None:
+    """Refuse a filter on a metadata key that no document in the index has.
+
+    Such a filter can only match nothing, which looks exactly like "no relevant document"; an
+    error that names the keys the index does have is more useful.
+
+    Raises:
+        ValueError: a filter key is not in ``known``.
+    """
+    unknown = sorted(set(filter or {}) - known)
+    if unknown:
+        have = ", ".join(repr(key) for key in sorted(known)) if known else "none (it stores no metadata)"
+        raise ValueError(f"no document has metadata key {', '.join(map(repr, unknown))}; the index's keys: {have}")

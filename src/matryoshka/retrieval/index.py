@@ -14,10 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
@@ -43,6 +44,10 @@ STORAGES: tuple[str, ...] = get_args(Storage)
 _BLOCK_ROWS = 65_536  # rows per block when deriving views or scanning float16 storage
 _RERANK_BYTES = 32 << 20  # gathered candidate vectors per re-rank chunk
 _INT8_TRAIN_ROWS = 262_144  # rows (evenly spaced) that set the int8 ranges
+#: Default budget for cached first-stage views (prefixes, sign bits, int8 codes). Every distinct
+#: ``(codec, dim)`` a first stage scans gets a view of ``count x dim`` values; a server whose clients ask
+#: for many dimensions would otherwise cache one per dimension and grow without end.
+VIEW_CACHE_BYTES = 256 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 
 
@@ -90,8 +95,9 @@ class FunnelIndex:
         self._texts = texts
         self._metadata = metadata
         self._rows = {doc_id: row for row, doc_id in enumerate(ids)}
-        self._views: dict[tuple[str, int], Any] = {}
+        self._views: dict[tuple[str, int], Any] = {}  # insertion order = least recently used first
         self._lock = threading.RLock()
+        self.view_cache_bytes = VIEW_CACHE_BYTES
         self.model_name = model_name
         self.dim = int(vectors.shape[1])
         self.storage: Storage = storage
@@ -313,6 +319,11 @@ class FunnelIndex:
             total += _view_bytes(codec, dim, view, len(self))
         return total
 
+    def metadata_keys(self) -> set[str]:
+        """Every metadata key stored with at least one document (what a filter can match on)."""
+        with self._lock:
+            return {key for meta in self._metadata or [] if meta for key in meta}
+
     def metadata(self, doc_id: str) -> dict[str, Any] | None:
         """The metadata stored with ``doc_id`` (``None`` when it has none).
 
@@ -342,9 +353,24 @@ class FunnelIndex:
             plan = resolve_stages(stages, self.dim, k, max(len(self._ids), 1))
             needed = {_view_key(plan[0], self.dim, self.storage)}
             needed |= {("int8", s.dim) for s in plan[1:] if s.codec == "int8"}
-            for key in needed - {None} - set(self._views):
-                self._views[key] = _build_view(key, self._vectors)
-            return _Snapshot(self._vectors, self._ids, self._texts, self._views), plan
+            needed.discard(None)
+            for key in needed:
+                view = self._views.pop(key) if key in self._views else _build_view(key, self._vectors)
+                self._views[key] = view  # most recently used last
+            self._evict_views(keep=needed)
+            views = {key: self._views[key] for key in needed}  # searches in flight keep theirs if evicted later
+            return _Snapshot(self._vectors, self._ids, self._texts, views), plan
+
+    def _evict_views(self, keep: set[Any]) -> None:
+        """Drop least recently used views until the cache fits ``view_cache_bytes`` (views in ``keep`` stay)."""
+        count = len(self._ids)
+        total = sum(_view_bytes(codec, dim, view, count) for (codec, dim), view in self._views.items())
+        for key in list(self._views):
+            if total <= self.view_cache_bytes:
+                break
+            if key in keep:
+                continue
+            total -= _view_bytes(key[0], key[1], self._views.pop(key), count)
 
     def _scan(self, snap: _Snapshot, query: np.ndarray, stage: Stage, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
         """Top ``stage.keep`` of every vector; sorted (score, then insertion order) only when ``ordered``."""
@@ -355,10 +381,12 @@ class FunnelIndex:
             base = snap.vectors if key is None else snap.views[key]
             scores, rows = _knn_ip(prefix, base, keep, dim)
         elif stage.codec == "binary":
-            distances, rows = snap.views[key].search(np.packbits(prefix > 0, axis=1), keep)
+            with _threads_for(len(query) * len(snap.ids)):
+                distances, rows = snap.views[key].search(np.packbits(prefix > 0, axis=1), keep)
             scores = np.cos(np.pi * distances / dim).astype(np.float32)
         else:
-            scores, rows = snap.views[key].search(prefix, keep)
+            with _threads_for(len(query) * len(snap.ids)):
+                scores, rows = snap.views[key].search(prefix, keep)
         return _sort_hits(scores, rows) if ordered else (scores, rows)
 
     def _rerank(
@@ -387,6 +415,27 @@ class FunnelIndex:
                 scores = np.matmul(vectors.reshape(n_q, n_c, dim), prefix[start : start + n_q, :, None])[..., 0]
             out_scores[start : start + n_q], out_rows[start : start + n_q] = _top(scores, cand, keep)
         return out_scores, out_rows
+
+
+#: Below this many (query, vector) pairs a FAISS index search runs on one thread. FAISS parallelises
+#: binary and scalar-quantizer scans with OpenMP whatever their size; on a small index the threads'
+#: start-up and hand-off cost far more than the scan (on a busy 2-core machine a 1-query, 500-vector
+#: binary scan took ~24 ms with 2 threads against ~0.03 ms with one).
+SERIAL_SEARCH_PAIRS = 1 << 20
+
+
+@contextlib.contextmanager
+def _threads_for(pairs: int) -> Iterator[None]:
+    """Run the FAISS call inside on one OpenMP thread when the work is small (the setting is per thread)."""
+    if pairs >= SERIAL_SEARCH_PAIRS:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _timing(stage: Stage, candidates: int, seconds: float) -> dict[str, Any]:
@@ -484,7 +533,8 @@ def _knn_ip(query: np.ndarray, base: np.ndarray, keep: int, dim: int) -> tuple[n
     float16 storage is scanned in float32 blocks merged by a FAISS result heap.
     """
     if base.dtype == np.float32:
-        return faiss.knn(query, base, keep, faiss.METRIC_INNER_PRODUCT)
+        with _threads_for(len(query) * len(base)):
+            return faiss.knn(query, base, keep, faiss.METRIC_INNER_PRODUCT)
     heap = faiss.ResultHeap(len(query), keep, keep_max=True)
     for start in range(0, len(base), _BLOCK_ROWS):
         block = np.ascontiguousarray(base[start : start + _BLOCK_ROWS, :dim], dtype=np.float32)

@@ -134,6 +134,29 @@ def validate_stages(stages: Sequence[Stage], full_dim: int | None = None) -> lis
     return stages
 
 
+def check_keeps(stages: Sequence[Stage], k: int) -> None:
+    """Refuse a funnel that cannot return ``k`` hits as written, instead of raising its keeps silently.
+
+    :func:`resolve_stages` lifts an earlier stage's ``keep`` to ``k`` (useful in experiments); the
+    server and ``matryoshka index search`` call this first, so a user who asks for 100 hits through a
+    stage that keeps 10 is told so.
+
+    Raises:
+        ValueError: a shortlist stage keeps fewer than ``k``, or keeps more than the stage before it.
+    """
+    stages = list(stages)
+    for position, stage in enumerate(stages[:-1], start=1):
+        if stage.keep < k:
+            raise ValueError(
+                f"stage {position} ({stage}) keeps {stage.keep} candidates, fewer than k={k}; "
+                f"raise its keep to at least {k} or ask for fewer hits"
+            )
+        if position > 1 and stage.keep > stages[position - 2].keep:
+            raise ValueError(
+                f"stage {position} keeps {stage.keep} but stage {position - 1} only passes {stages[position - 2].keep}"
+            )
+
+
 def resolve_stages(stages: Sequence[Stage], full_dim: int, k: int, count: int) -> list[Stage]:
     """The concrete plan for one search: ``FULL`` → ``full_dim``; the last keep is ``k``; earlier
     shortlists hold at least ``k``; no keep exceeds ``count`` vectors."""

@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ def write_index(
     target = Path(path).expanduser().absolute()
     _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         staging.chmod(ordinary_mode(directory=True))
         files = {VECTORS: _write_npy(staging / VECTORS, vectors), IDS: _write_json(staging / IDS, list(ids))}
@@ -113,6 +115,62 @@ def write_index(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+#: A staging folder that names no writer (written before writers put their pid in the name) is
+#: removed once it has not changed for this long.
+STALE_UNNAMED_S = 3600
+
+
+def remove_stale_staging(target: str | os.PathLike[str]) -> list[Path]:
+    """Delete the hidden folders that killed saves of ``target`` left next to it; return what was removed.
+
+    A save stages into ``.<name>.tmp-<pid>-<random>`` and, on systems without an atomic directory swap,
+    parks the previous index in ``.<name>.old-<random>`` for a moment. A staging folder whose writer
+    process is gone is garbage (its save never committed); one whose writer is alive is left alone, so
+    two concurrent saves never delete each other's work. ``.old-`` folders are leftovers of a swap
+    that completed, so they go too.
+    """
+    target = Path(target).expanduser().absolute()
+    removed = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in siblings:
+        name = entry.name
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        if name.startswith(f".{target.name}.old-"):
+            stale = True
+        elif name.startswith(f".{target.name}.tmp-"):
+            stale = _staging_is_stale(entry, name.removeprefix(f".{target.name}.tmp-"))
+        else:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                removed.append(entry)
+    return removed
+
+
+def _staging_is_stale(entry: Path, suffix: str) -> bool:
+    pid_text, sep, _ = suffix.partition("-")
+    if sep and pid_text.isdigit():
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return False  # this process may be saving it right now (another thread)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, someone else's
+        return False
+    try:
+        return time.time() - entry.stat().st_mtime > STALE_UNNAMED_S
+    except OSError:
+        return False
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -179,6 +237,11 @@ def read_index(path: str | os.PathLike[str], mmap: bool = False, verify: bool = 
         raise IndexCorruptError(
             f"{root / VECTORS} holds {vectors.dtype} {vectors.shape}, manifest says {storage} ({count}, {dim})"
         )
+    bad = _first_non_finite_row(vectors)
+    if bad is not None:
+        raise IndexCorruptError(
+            f"{root / VECTORS} holds NaN or infinite values (row {bad}); its checksum matches, so it was written that way"
+        )
     ids = _read_json_list(root / IDS, count)
     if not all(isinstance(i, str) and i for i in ids) or len(set(ids)) != len(ids):
         raise IndexCorruptError(f"{root / IDS} must hold {count} distinct non-empty strings")
@@ -199,6 +262,15 @@ def read_index(path: str | os.PathLike[str], mmap: bool = False, verify: bool = 
     except ValueError as exc:
         raise IndexCorruptError(f"{root / MANIFEST}: bad stages {manifest['stages']!r}: {exc}") from None
     return StoredIndex(vectors, ids, texts, manifest["model_name"], storage, stages, manifest, metadata)
+
+
+def _first_non_finite_row(vectors: np.ndarray, block: int = 65_536) -> int | None:
+    """The first row holding NaN or inf, checked block by block (a mapped file is not read in whole)."""
+    for start in range(0, len(vectors), block):
+        finite = np.isfinite(vectors[start : start + block]).all(axis=1)
+        if not finite.all():
+            return start + int(np.flatnonzero(~finite)[0])
+    return None
 
 
 def _check_replaceable(target: Path) -> None:

@@ -7,13 +7,14 @@ dimension with :func:`matryoshka.embeddings.truncate`, and search with ``FunnelI
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +23,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from matryoshka.backends.base import timed_search
-from matryoshka.retrieval.filters import check_filter
 from matryoshka.embeddings import DimensionError, check_dim, encode, truncate
 from matryoshka.models import model_dimension
-from matryoshka.serving.batching import BatcherClosed, MicroBatcher
+from matryoshka.retrieval.filters import check_filter
+from matryoshka.serving.batching import BatcherClosed, MicroBatcher, QueueFull
 from matryoshka.serving.config import ServeConfig
 from matryoshka.serving.middleware import (
+    CLIENT_CLOSED,
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     JsonBodyMiddleware,
@@ -76,6 +78,32 @@ DEMO_EXAMPLES = [
 ]
 
 
+class ClientGone(Exception):
+    """The client hung up while its request waited for the model; its texts were taken off the queue."""
+
+
+async def submit_while_connected(request: Request, batcher: MicroBatcher, texts: list[str]) -> tuple[np.ndarray, ...]:
+    """``batcher.submit(texts)``, cancelled (so its texts leave the queue) if the client disconnects meanwhile.
+
+    The body has been read by then, so the next ``receive()`` only returns when the client goes away.
+    """
+    work = asyncio.ensure_future(batcher.submit(texts))
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        raise ClientGone()
+    return work.result()
+
+
 class APIError(Exception):
     """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
 
@@ -93,6 +121,24 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status)
+
+
+#: Rows of an embeddings answer rendered at a time (an answer this size or smaller goes out in one piece).
+RENDER_ROWS = 128
+
+
+def render_embeddings(rows: np.ndarray, first: int, encoding_format: str) -> bytes:
+    """OpenAI's ``data`` items for ``rows`` (indexes from ``first``) as comma-separated JSON objects.
+
+    Serialized by hand rather than through pydantic: 2,048 x 384 floats through a response model
+    would take seconds.
+    """
+    if encoding_format == "base64":
+        data: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
+    else:
+        data = rows.tolist()
+    items = [{"object": "embedding", "embedding": e, "index": first + i} for i, e in enumerate(data)]
+    return json.dumps(items, separators=(",", ":"))[1:-1].encode()
 
 
 def bytes_per_vector(dim: int, codec: str) -> int:
@@ -135,7 +181,7 @@ class ServedModel:
         )
 
 
-def make_batch_function(model: SentenceTransformer, batch_size: int):  # noqa: ANN201 - a BatchFunction
+def make_batch_function(model: SentenceTransformer, batch_size: int):
     """Full-size float32 vectors (not re-normalized: each request truncates and normalizes its own) and token counts."""
 
     def run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +277,7 @@ class ServerState:
                 make_batch_function(model, config.encode_batch_size),
                 max_texts=config.batch_max_texts,
                 max_wait_ms=config.batch_max_wait_ms,
+                max_queued_texts=config.max_queued_texts,
                 name=f"encode-{name}"[:15],
             )
             self.models[name] = ServedModel(name, model, model_dimension(model), batcher, created)
@@ -238,7 +285,7 @@ class ServerState:
         self.index = index
         self.search_model = self.default
         if index is not None:
-            self.search_model = self.models.get(getattr(index, "model_name", ""), self.default)
+            self.search_model = self._index_model(getattr(index, "model_name", ""))
             if index.dim > self.search_model.dim:
                 raise ValueError(
                     f"index vectors have {index.dim} dims but model {self.search_model.name!r} gives {self.search_model.dim}"
@@ -246,6 +293,19 @@ class ServerState:
         self.quality = clean_quality(quality)
         self.quality_model = self._quality_model()
         self.started = time.time()
+
+    def _index_model(self, recorded: str) -> ServedModel:
+        """The served model that built the index (by name, source or directory); the default when it names none."""
+        from matryoshka.serving.startup import index_model
+
+        if not recorded:
+            return self.default
+        if recorded in self.models:
+            return self.models[recorded]
+        alias = index_model(recorded, self.config)  # raises StartupError when no served model matches
+        if alias not in self.models:
+            raise ValueError(f"the index was built with model {recorded!r}, which is not served")
+        return self.models[alias]
 
     def _quality_model(self) -> str | None:
         if not self.quality:
@@ -345,8 +405,13 @@ def check_dimensions(value: int | None, full_dim: int, param: str = "dimensions"
 
 
 def request_stages(body: SearchRequest, index: FunnelIndex) -> list[Any] | None:
-    """The funnel for one search: explicit stages, a preset, or the index's own (``None``); ``dimensions`` sets stage 1."""
+    """The funnel for one search: explicit stages, a preset, or the index's own (``None``); ``dimensions`` sets stage 1.
+
+    A funnel that cannot give ``k`` hits as written (a shortlist keeping fewer than ``k``, keeps that
+    grow) is refused with a 400 rather than having its keeps raised behind the caller's back.
+    """
     from matryoshka.retrieval import FULL, PRESETS, Stage
+    from matryoshka.retrieval.stages import check_keeps
 
     if body.stages is not None and body.preset is not None:
         raise APIError(400, "Give either stages or preset, not both.", "stages", "invalid_request")
@@ -370,7 +435,24 @@ def request_stages(body: SearchRequest, index: FunnelIndex) -> list[Any] | None:
         if stage.dim > index.dim:
             message = f"stages[{i}].dim={stage.dim} exceeds the index's {index.dim} dimensions."
             raise APIError(400, message, "stages", "invalid_dimensions")
+    effective = stages if stages is not None else getattr(index, "stages", PRESETS["exact"])
+    try:
+        check_keeps(effective, body.k)
+    except ValueError as exc:
+        raise APIError(400, f"Invalid stages: {exc}.", "stages", "invalid_stages") from None
     return stages
+
+
+def check_search_filter(filter: dict[str, Any] | None, index: Any) -> None:
+    """A 400 for a malformed filter, or one on a metadata key the (embedded) index never stored."""
+    from matryoshka.retrieval.filters import check_filter_keys
+
+    try:
+        check_filter(filter)
+        if filter and hasattr(index, "metadata_keys"):  # database backends cannot list their keys cheaply
+            check_filter_keys(filter, index.metadata_keys())
+    except ValueError as exc:
+        raise APIError(400, f"Invalid filter: {exc}", "filter", "invalid_filter") from None
 
 
 def hits_out(hits: Sequence[Any]) -> list[SearchHit]:
@@ -431,22 +513,21 @@ def create_app(
         quality: evaluation results ``{"models": {name: {task: {dim: value}}}}`` for the demo's chart;
             default: ``config.results_path`` if set.
     """
+    from matryoshka.serving.startup import index_model, load_results, open_index
+
+    # What can fail without the model is tried first, so a bad index or results file costs no model load.
+    if index is None and config.index_path:
+        index = open_index(config.index_path)
+    if index is not None and models is None:
+        index_model(getattr(index, "model_name", ""), config)
+    if quality is None and config.results_path:
+        quality = load_results(config)
     if models is None:
         from matryoshka.models import load_model
 
         models = {name: load_model(source) for name, source in config.model_specs()}
     if not models:
         raise ValueError("serve at least one model")
-    if index is None and config.index_path:
-        from matryoshka.backends import backend_kind, open_backend
-        from matryoshka.retrieval import FunnelIndex
-
-        if backend_kind(config.index_path) == "faiss":
-            index = FunnelIndex.load(config.index_path.removeprefix("faiss://"))
-        else:
-            index = open_backend(config.index_path, create=False)
-    if quality is None and config.results_path:
-        quality = load_quality(config.results_path)
     state = ServerState(config, models, index, quality)
 
     @asynccontextmanager
@@ -478,6 +559,12 @@ def create_app(
             message, code = f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"
         elif exc.status_code == 405:
             message, code = f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed"
+        elif exc.status_code == 400:  # Starlette could not decode the body: bad UTF-8, huge ints, deep nesting
+            message = (
+                "We could not parse the JSON body of your request (invalid UTF-8, a number too large or nesting "
+                "too deep). Send valid JSON with Content-Type: application/json."
+            )
+            code = "invalid_request"
         else:
             message, code = str(exc.detail), None
         return APIError(exc.status_code, message, None, code).response()
@@ -485,6 +572,16 @@ def create_app(
     @app.exception_handler(BatcherClosed)
     async def _closing(_: Request, exc: BatcherClosed) -> JSONResponse:
         return APIError(503, "The server is shutting down.", None, "shutting_down", "server_error").response()
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)  # never reaches the client; the log line says 499
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        response = APIError(429, f"{exc} Retry after {exc.retry_after} s.", None, "queue_full", "rate_limit_error").response()
+        response.headers["retry-after"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -494,39 +591,42 @@ def create_app(
         ).response()
 
     # -- OpenAI-compatible endpoints --
-    errors = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413)}
+    errors = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)}
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=errors)  # type: ignore[arg-type]
-    async def create_embeddings(body: EmbeddingRequest) -> Response:
+    async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
         """Embed strings with a served model, optionally cut to ``dimensions`` (re-normalized)."""
         served = state.get_model(body.model)
         texts = check_inputs(body.input, config)
         dim = check_dimensions(body.dimensions, served.dim)
-        vectors, tokens = await served.batcher.submit(texts)
+        vectors, tokens = await submit_while_connected(request, served.batcher, texts)
 
-        def render() -> bytes:
-            rows = truncate(vectors, dim)
-            if body.encoding_format == "base64":
-                data = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
-            else:
-                data = rows.tolist()
-            total = int(tokens.sum())
-            payload = {
-                "object": "list",
-                "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
-                "model": served.name,
-                "usage": {"prompt_tokens": total, "total_tokens": total},
-            }
-            return json.dumps(payload, separators=(",", ":")).encode()
+        rows = truncate(vectors, dim)
+        total = int(tokens.sum())
+        head = b'{"object":"list","data":['
+        usage = {"model": served.name, "usage": {"prompt_tokens": total, "total_tokens": total}}
+        tail = b"]," + json.dumps(usage, separators=(",", ":"))[1:].encode()
+        if len(rows) <= RENDER_ROWS:
+            items = await run_in_threadpool(render_embeddings, rows, 0, body.encoding_format)
+            return Response(head + items + tail, media_type="application/json")
 
-        # Serialized by hand, in a worker thread: 2048 x 384 floats through pydantic would stall the event loop.
-        return Response(await run_in_threadpool(render), media_type="application/json")
+        def parts() -> Iterator[bytes]:
+            # Large answers go out in slices of RENDER_ROWS rows, each rendered in a worker thread: memory
+            # stays at one slice (not 2,048 x 384 Python floats and their JSON at once) and the event loop,
+            # which needs the GIL that json.dumps holds, gets a turn between slices.
+            yield head
+            for start in range(0, len(rows), RENDER_ROWS):
+                data = render_embeddings(rows[start : start + RENDER_ROWS], start, body.encoding_format)
+                yield (b"," if start else b"") + data
+            yield tail
 
-    @app.get("/v1/models")
+        return StreamingResponse(parts(), media_type="application/json")
+
+    @app.get("/v1/models", responses=errors)  # type: ignore[arg-type]
     async def list_models() -> ModelList:
         return ModelList(data=[m.card() for m in state.models.values()])
 
-    @app.get("/v1/models/{model_id:path}", responses={404: {"model": ErrorResponse}})
+    @app.get("/v1/models/{model_id:path}", responses=errors)  # type: ignore[arg-type]
     async def get_model(model_id: str) -> ModelCard:
         return state.get_model(model_id).card()
 
@@ -542,10 +642,7 @@ def create_app(
         if body.k > config.search_max_k:
             raise APIError(400, f"k must be at most {config.search_max_k}.", "k", "invalid_k")
         stages = request_stages(body, index)
-        try:
-            check_filter(body.filter)
-        except ValueError as exc:
-            raise APIError(400, f"Invalid filter: {exc}", "filter", "invalid_filter") from None
+        check_search_filter(body.filter, index)
         query, tokens, encode_ms = await state.encode_query(body.query)
         started = time.perf_counter()
         try:
@@ -567,7 +664,7 @@ def create_app(
         )
 
     # -- operations --
-    @app.get("/health")
+    @app.get("/health", responses=errors)  # type: ignore[arg-type]
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
@@ -581,7 +678,7 @@ def create_app(
         }
 
     # -- demo --
-    @app.get("/demo/api/info")
+    @app.get("/demo/api/info", responses=errors)  # type: ignore[arg-type]
     async def demo_info() -> DemoInfo:
         index = state.require_index()
         quality_dims: list[int] = []
@@ -599,7 +696,7 @@ def create_app(
             examples=DEMO_EXAMPLES,
         )
 
-    @app.post("/demo/api/compare")
+    @app.post("/demo/api/compare", responses=errors)  # type: ignore[arg-type]
     async def demo_compare(body: CompareRequest) -> CompareResponse:
         """Top ``k`` at the chosen dimension next to top ``k`` at full size, for one query."""
         from matryoshka.retrieval import Stage
@@ -641,7 +738,7 @@ def create_app(
 
     # Added innermost first: the log sees everything, then the key is checked, then the body size.
     app.add_middleware(JsonBodyMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, timeout_s=config.timeout_body_s)
     app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     app.add_middleware(RequestLogMiddleware, enabled=config.log_requests)
     return app

@@ -1,19 +1,34 @@
-"""Micro-batching: merge the texts of concurrent requests into one model call.
+"""Micro-batching: merge the texts of concurrent requests into one model call, fairly and within bounds.
 
 Why our own: a transformer forward pass over 32 texts costs far less than 32 passes over one text,
 but each HTTP request usually carries only a few texts. Serving stacks that batch across requests
 (Triton, TorchServe, text-embeddings-inference, Ray Serve's ``@serve.batch``) run the model in their
 own process or runtime; none of them batches a ``SentenceTransformer`` that lives inside a FastAPI
-process. This module is that missing piece, in about a hundred lines: an asyncio queue collects
-requests for up to ``max_wait_ms`` or ``max_texts`` texts, a single worker runs one call in a
-thread (so the event loop keeps accepting requests while the model works), and each caller gets
-its own rows back. While one call runs, new requests queue up and form the next batch, so under load
-batches grow by themselves and an idle server adds at most ``max_wait_ms`` of latency.
+process. This module is that missing piece: requests wait in a queue, a single worker runs one call at
+a time in a thread (so the event loop keeps accepting requests while the model works), and each
+caller gets its own rows back.
+
+Scheduling, in three rules:
+
+1. **Bounded batches.** A call never holds more than ``max_texts`` texts; a larger request is cut
+   into slices that run in successive calls, and its caller gets all its rows once the last slice ran.
+2. **Fair sharing.** Small requests go first, in arrival order; large ones (and the rest of any
+   request already under way) share at most a quarter of each call while small ones wait, half of
+   it when none do. A small request waits for at most a short call in progress plus its own, never
+   for the whole of a large request, and a large request still moves on every call.
+3. **Bounded queue.** The queue holds at most ``max_queued_texts`` texts not yet run; a request that
+   would go past it is refused at once with :class:`QueueFull` (the server answers 429 with
+   ``Retry-After``) instead of waiting behind work it cannot catch up with.
+
+When the queue is empty the first request waits ``max_wait_ms`` for company; under load batches
+fill by themselves while a call runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -29,31 +44,51 @@ class BatcherClosed(RuntimeError):
     """The batcher was closed (server shutting down) before the request ran."""
 
 
-@dataclass
+class QueueFull(RuntimeError):
+    """The queue already holds ``max_queued_texts`` texts; try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
 class _Job:
     texts: list[str]
     future: asyncio.Future[tuple[np.ndarray, ...]]
+    order: int
+    sent: int = 0  # texts handed to a call so far
+    done: int = 0  # texts whose rows came back
+    parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.texts) - self.sent
 
 
 @dataclass
 class BatchStats:
-    """Counters for tests and logs: how many calls ran and how many requests and texts they merged."""
+    """Counters for tests, logs and ``/health``: calls, merged requests and texts, queue and refusals."""
 
     calls: int = 0
     requests: int = 0
     texts: int = 0
     largest_batch: int = 0
     busy_seconds: float = 0.0
+    rejected: int = 0
+    queued_texts: int = 0
     sizes: list[int] = field(default_factory=list)
 
 
 class MicroBatcher:
-    """Queue texts from concurrent callers and run ``fn`` once per batch, in a single worker thread.
+    """Queue texts from concurrent callers and run ``fn`` on fair, bounded batches in one worker thread.
 
     Args:
         fn: called with the merged texts; returns a tuple of arrays with one row per text.
-        max_texts: a batch closes once it holds this many texts (a single larger request still runs whole).
+        max_texts: most texts in one call; larger requests are split across calls.
         max_wait_ms: how long the first request of a batch waits for others when the queue is empty.
+        max_queued_texts: most texts waiting (not yet run) at once; past it :meth:`submit` raises
+            :class:`QueueFull`. ``None``: unbounded.
         executor: where ``fn`` runs; default a private one-thread pool, so model calls never overlap
             (PyTorch already uses every core it is given inside one call).
     """
@@ -65,21 +100,26 @@ class MicroBatcher:
         max_wait_ms: float = 2.0,
         executor: Executor | None = None,
         name: str = "batcher",
+        max_queued_texts: int | None = None,
     ) -> None:
+        if max_texts < 1:
+            raise ValueError(f"max_texts must be at least 1, got {max_texts}")
         self.fn = fn
         self.max_texts = max_texts
         self.max_wait = max_wait_ms / 1000.0
+        self.max_queued_texts = max_queued_texts
         self.name = name
         self.stats = BatchStats()
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._queue: asyncio.Queue[_Job] | None = None
+        self._jobs: list[_Job] = []  # waiting or partly run, in arrival order
+        self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._pending: _Job | None = None
         self._busy = False
-        self._gathering: list[_Job] = []
+        self._order = itertools.count()
+        self._texts_per_second = 0.0  # smoothed throughput, for Retry-After
 
     def start(self) -> None:
         """Start the worker on the running event loop (called lazily by :meth:`submit`)."""
@@ -87,19 +127,51 @@ class MicroBatcher:
         if self._worker is not None and self._loop is loop and not self._worker.done():
             return
         self._loop = loop
-        self._queue = asyncio.Queue()
-        self._pending = None
+        self._wakeup = asyncio.Event()
+        self._jobs = []
         self._worker = loop.create_task(self._run(), name=f"{self.name}-worker")
 
+    @property
+    def queued_texts(self) -> int:
+        """Texts accepted but not yet handed to the model."""
+        return sum(job.remaining for job in self._jobs if not job.future.done())
+
+    def retry_after(self) -> int:
+        """Whole seconds until the queue has likely drained (at least 1)."""
+        rate = self._texts_per_second
+        return max(1, math.ceil(self.queued_texts / rate)) if rate > 0 else 1
+
     async def submit(self, texts: Sequence[str]) -> tuple[np.ndarray, ...]:
-        """Run ``fn`` on ``texts`` as part of a batch and return this caller's rows."""
+        """Run ``fn`` on ``texts`` (in one or more batches) and return this caller's rows.
+
+        Raises:
+            BatcherClosed: the batcher is closing.
+            QueueFull: the queue cannot take ``len(texts)`` more texts now.
+        """
         if self._closed:
             raise BatcherClosed(f"{self.name} is closed")
         self.start()
-        assert self._queue is not None
+        texts = list(texts)
+        if self.max_queued_texts is not None:
+            queued = self.queued_texts
+            if queued + len(texts) > self.max_queued_texts:
+                self.stats.rejected += 1
+                raise QueueFull(
+                    f"The server is busy: {queued} texts are queued and the limit is {self.max_queued_texts}.",
+                    self.retry_after(),
+                )
+        if not texts:
+            raise ValueError("submit at least one text")
         future: asyncio.Future[tuple[np.ndarray, ...]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(list(texts), future))
-        return await future
+        self._jobs.append(_Job(texts, future, next(self._order)))
+        self.stats.queued_texts = self.queued_texts
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await future
+        finally:
+            if not future.done():  # the caller went away (client disconnect, cancel): drop its rest
+                future.cancel()
 
     async def close(self, timeout: float = 10.0) -> None:
         """Refuse new requests, let queued ones finish for up to ``timeout`` seconds, then stop the worker.
@@ -109,8 +181,7 @@ class MicroBatcher:
         self._closed = True
         deadline = time.perf_counter() + timeout
         while self._worker is not None and not self._worker.done() and time.perf_counter() < deadline:
-            idle = not (self._busy or self._gathering or self._pending)
-            if idle and (self._queue is None or self._queue.empty()):
+            if not self._busy and not any(not job.future.done() for job in self._jobs):
                 break
             await asyncio.sleep(0.01)
         if self._worker is not None and not self._worker.done():
@@ -119,76 +190,99 @@ class MicroBatcher:
                 await self._worker
             except (asyncio.CancelledError, Exception):
                 pass
-        if self._queue is not None:
-            left = [*self._gathering, *([self._pending] if self._pending is not None else [])]
-            self._pending, self._gathering = None, []
-            while not self._queue.empty():
-                left.append(self._queue.get_nowait())
-            for job in left:
-                if not job.future.done():
-                    job.future.set_exception(BatcherClosed(f"{self.name} closed before the request ran"))
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(BatcherClosed(f"{self.name} closed before the request ran"))
+        self._jobs = []
         if self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _collect(self) -> list[_Job]:
-        """Wait for one job, then take more until ``max_texts`` or ``max_wait`` is reached."""
-        assert self._queue is not None
-        if self._pending is not None:
-            first, self._pending = self._pending, None
-        else:
-            first = await self._queue.get()
-        jobs = self._gathering = [first]  # visible to close() while we wait for company
-        count = len(first.texts)
-        deadline = time.perf_counter() + self.max_wait
-        while count < self.max_texts:
-            try:
-                job = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+    def _plan(self) -> list[tuple[_Job, int, int]]:
+        """The next call: ``(job, start, end)`` slices, at most ``max_texts`` texts.
+
+        *Small* requests (not started yet, at most ``max_texts // 2`` texts) go first, in arrival order.
+        Everything else (large requests, and the rest of any request already under way) is *bulk*: it
+        shares at most a quarter of a call while small requests wait and at most half of one when none
+        do, least served first. So a small request waits for at most a short call in progress plus its
+        own, a large one still advances every call, and a request cut at the edge of a call finishes in
+        the next one rather than behind the rest of a large request.
+        """
+        self._jobs = [job for job in self._jobs if not job.future.done()]  # callers that went away
+        waiting = sorted((job for job in self._jobs if job.remaining), key=lambda job: job.order)
+        small = [job for job in waiting if not job.sent and len(job.texts) <= self.max_texts // 2]
+        bulk = sorted((job for job in waiting if job not in small), key=lambda job: (job.sent, job.order))
+        bulk_cap = max(1, self.max_texts // 4 if small else self.max_texts // 2)
+        plan: list[tuple[_Job, int, int]] = []
+
+        def take(jobs: list[_Job], budget: int) -> int:
+            used = 0
+            for job in jobs:
+                if used >= budget:
                     break
-                # Poll rather than wait_for(queue.get()): cancelling a get can drop an item on 3.11.
-                await asyncio.sleep(min(remaining, 0.0005))
-                continue
-            if count + len(job.texts) > self.max_texts:
-                self._pending = job  # too big to join: it opens the next batch
+                count = min(job.remaining, budget - used)
+                if count > 0:
+                    plan.append((job, job.sent, job.sent + count))
+                    job.sent += count
+                    used += count
+            return used
+
+        room = self.max_texts
+        room -= take(small, room - (bulk_cap if bulk else 0))
+        room -= take(bulk, min(room, bulk_cap))
+        take([job for job in small if job.remaining], room)  # small ones that did not fit their share
+        return plan
+
+    async def _gather(self) -> None:
+        """Wait for work; when the queue was empty, wait ``max_wait`` for company (until ``max_texts``)."""
+        assert self._wakeup is not None
+        while not any(job.remaining for job in self._jobs if not job.future.done()):
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        deadline = time.perf_counter() + self.max_wait
+        while self.queued_texts < self.max_texts:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
                 break
-            jobs.append(job)
-            count += len(job.texts)
-        return jobs
+            await asyncio.sleep(min(remaining, 0.0005))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            gathered = await self._collect()
-            self._gathering = []
-            jobs = [j for j in gathered if not j.future.done()]  # skip callers that went away
-            if not jobs:
+            await self._gather()
+            plan = self._plan()
+            if not plan:
                 continue
-            texts = [t for job in jobs for t in job.texts]
+            texts = [t for job, start, end in plan for t in job.texts[start:end]]
+            self.stats.queued_texts = self.queued_texts
             started = time.perf_counter()
             self._busy = True
             try:
                 outputs = await loop.run_in_executor(self._executor, self.fn, texts)
             except asyncio.CancelledError:
-                for job in jobs:
+                for job, _, _ in plan:
                     if not job.future.done():
                         job.future.set_exception(BatcherClosed(f"{self.name} closed during the request"))
                 raise
             except Exception as exc:  # the model failed: every caller in the batch gets the error
-                for job in jobs:
+                for job, _, _ in plan:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
             finally:
                 self._busy = False
-                self._record(len(jobs), len(texts), time.perf_counter() - started)
-            start = 0
-            for job in jobs:
-                end = start + len(job.texts)
+                seconds = time.perf_counter() - started
+                self._record(len({id(job) for job, _, _ in plan}), len(texts), seconds)
+            offset = 0
+            for job, start, end in plan:
+                count = end - start
                 if not job.future.done():
-                    job.future.set_result(tuple(out[start:end] for out in outputs))
-                start = end
+                    job.parts.append(tuple(out[offset : offset + count] for out in outputs))
+                    job.done += count
+                    if job.done == len(job.texts):
+                        job.future.set_result(_join(job.parts))
+                        job.parts = []
+                offset += count
+            self._jobs = [job for job in self._jobs if not job.future.done()]
 
     def _record(self, requests: int, texts: int, seconds: float) -> None:
         stats = self.stats
@@ -197,5 +291,15 @@ class MicroBatcher:
         stats.texts += texts
         stats.largest_batch = max(stats.largest_batch, texts)
         stats.busy_seconds += seconds
+        stats.queued_texts = self.queued_texts
+        if seconds > 0:
+            rate = texts / seconds
+            self._texts_per_second = rate if self._texts_per_second == 0 else 0.8 * self._texts_per_second + 0.2 * rate
         if len(stats.sizes) < 10_000:
             stats.sizes.append(texts)
+
+
+def _join(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,30 +29,44 @@ DEMO_LIMIT = 20_000
 HostOption = Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")]
 PortOption = Annotated[int, typer.Option(help="TCP port.")]
 ApiKeyOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--api-key", envvar="MATRYOSHKA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 and /demo/api."
     ),
 ]
 ResultsOption = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option("--results", help="Evaluation results JSON for the demo's quality chart; repeatable."),
 ]
 ThreadsOption = Annotated[
-    Optional[int], typer.Option(help="Torch CPU threads for the model (default: torch's choice).")
+    int | None, typer.Option(help="Torch CPU threads for the model (default: torch's choice).")
 ]
 LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
 
 
-def _run(app: object, host: str, port: int, log_level: str) -> None:
-    """Run uvicorn in the foreground with JSON logs; Ctrl-C / SIGTERM drain requests in flight, then stop."""
+def _run(app: object, host: str, port: int, log_level: str, announce: str, sock: object | None = None) -> None:
+    """Run uvicorn in the foreground with JSON logs; Ctrl-C / SIGTERM drain requests in flight, then stop.
+
+    ``announce`` is printed only once the app's start-up (model warm-up) has finished, so a failure
+    there never follows a "serving on" line; ``sock`` is the already-bound listening socket.
+    """
     import uvicorn
 
     from matryoshka.serving.middleware import configure_json_logging
     from matryoshka.serving.runner import uvicorn_config
 
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                typer.echo(announce, err=True)
+
     configure_json_logging(getattr(logging, log_level.upper(), logging.INFO))
-    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level.lower())).run()  # type: ignore[arg-type]
+    server = AnnouncingServer(uvicorn_config(app, host=host, port=port, log_level=log_level.lower()))  # type: ignore[arg-type]
+    server.run(sockets=[sock] if sock is not None else None)  # type: ignore[list-item]
+    if not server.started:
+        typer.echo("error: the server did not start (see the log line above)", err=True)
+        raise typer.Exit(1)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -64,7 +78,7 @@ def _set_threads(threads: int | None) -> None:
 
 def serve_command(
     model: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--model",
             "-m",
@@ -75,46 +89,88 @@ def serve_command(
     port: PortOption = 8000,
     api_key: ApiKeyOption = None,
     index: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Funnel index directory (matryoshka index build) or backend URL (postgresql://..., qdrant://...) for /v1/search."),
     ] = None,
     results: ResultsOption = None,
     max_inputs: Annotated[int, typer.Option(help="Texts per embeddings request.")] = 2048,
     max_input_chars: Annotated[int, typer.Option(help="Characters per text.")] = 32_768,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body; larger gets 413.")] = 16 * 1024 * 1024,
-    batch_max_texts: Annotated[int, typer.Option(help="Most texts merged into one model call.")] = 256,
+    batch_max_texts: Annotated[
+        int, typer.Option(help="Most texts in one model call; larger requests are split into calls this size.")
+    ] = 64,
     batch_wait_ms: Annotated[float, typer.Option(help="How long a lone request waits for others to batch with.")] = 2.0,
+    max_queued_texts: Annotated[
+        int | None,
+        typer.Option(help="Texts waiting for the model at most; more get 429 + Retry-After. Default max(8192, 4 x max-inputs)."),
+    ] = None,
+    timeout_header: Annotated[float, typer.Option(help="Seconds a client has to send a request's headers.")] = 10.0,
+    timeout_body: Annotated[float, typer.Option(help="Seconds a client has to send a request's body.")] = 30.0,
+    timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle kept-alive connection stays open.")] = 5.0,
     threads: ThreadsOption = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve an OpenAI-compatible embeddings API (with Matryoshka 'dimensions'), search and the demo page."""
-    from matryoshka.backends import BackendError
-    from matryoshka.models import ModelLoadError
+    from pydantic import ValidationError
+
+    from matryoshka.models import ModelLoadError, load_model
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig
+    from matryoshka.serving.startup import (
+        StartupError,
+        bind_socket,
+        check_model_sources,
+        index_model,
+        load_results,
+        open_index,
+        tune_malloc,
+    )
 
-    _set_threads(threads)
-    config = ServeConfig(
-        models=model or ServeConfig().models,
-        api_key=api_key,
-        max_inputs=max_inputs,
-        max_input_chars=max_input_chars,
-        max_body_bytes=max_body_bytes,
-        batch_max_texts=batch_max_texts,
-        batch_max_wait_ms=batch_wait_ms,
-        index_path=str(index) if index else None,
-        results_path=[str(p) for p in results] if results else None,
-    )
     try:
-        app = create_app(config)
-    except (ModelLoadError, BackendError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(
-        f"serving {', '.join(n for n, _ in config.model_specs())} on http://{host}:{port}  (docs: /docs, demo: /)",
-        err=True,
-    )
-    _run(app, host, port, log_level)
+        config = ServeConfig(
+            models=model or ServeConfig().models,
+            api_key=api_key,
+            max_inputs=max_inputs,
+            max_input_chars=max_input_chars,
+            max_body_bytes=max_body_bytes,
+            batch_max_texts=batch_max_texts,
+            batch_max_wait_ms=batch_wait_ms,
+            max_queued_texts=max_queued_texts if max_queued_texts is not None else max(8192, 4 * max_inputs),
+            timeout_header_s=timeout_header,
+            timeout_body_s=timeout_body,
+            timeout_keep_alive_s=timeout_keep_alive,
+            index_path=str(index) if index else None,
+            results_path=[str(p) for p in results] if results else None,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        _fail(f"{where}: {str(first.get('msg', exc)).removeprefix('Value error, ')}")
+    tune_malloc()  # before the model and any thread allocate: see its docstring
+    sock = None
+    try:
+        # Everything that can fail without the model, before the model loads (that takes seconds to minutes).
+        sock = bind_socket(host, port)
+        check_model_sources(config)
+        loaded_index = open_index(config.index_path) if config.index_path else None
+        if loaded_index is not None:
+            index_model(getattr(loaded_index, "model_name", ""), config)
+        quality = load_results(config)
+        _set_threads(threads)
+        models = {name: load_model(source) for name, source in config.model_specs()}
+        app = create_app(config, models=models, index=loaded_index, quality=quality)
+    except (StartupError, ModelLoadError, ValueError, OSError) as exc:
+        if sock is not None:
+            sock.close()
+        _fail(str(exc))
+    announce = f"serving {', '.join(n for n, _ in config.model_specs())} on http://{host}:{port}  (docs: /docs, demo: /)"
+    _run(app, host, port, log_level, announce, sock)
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, exit status 1."""
+    typer.echo(f"error: {message.splitlines()[0] if message else 'unknown error'}", err=True)
+    raise typer.Exit(1)
 
 
 def demo_cache_path(cache_dir: Path, model_name: str, limit: int | None) -> Path:
@@ -159,7 +215,7 @@ def build_demo_index(
 
 def demo_command(
     model: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--model", "-m", help="Model directory or name; default: the packaged all-MiniLM-L6-v2."),
     ] = None,
     limit: Annotated[int, typer.Option(help="WordNet glosses to index (0 = all 117,659).")] = DEMO_LIMIT,
@@ -181,18 +237,27 @@ def demo_command(
     from matryoshka.models import DEFAULT_MODEL, ModelLoadError, load_model
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig, served_name
+    from matryoshka.serving.startup import StartupError, bind_socket, load_results, tune_malloc
 
+    tune_malloc()
     _set_threads(threads)
     name = served_name(model) if model else DEFAULT_MODEL
+    sock = None
     try:
-        loaded = load_model(model)
-        index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild)
         config = ServeConfig(
             models=[name], api_key=api_key, results_path=[str(p) for p in results] if results else None
         )
-        app = create_app(config, models={name: loaded}, index=index)
-    except (ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(f"demo on http://{host}:{port}/", err=True)
-    _run(app, host, port, log_level)
+        sock = bind_socket(host, port)  # a busy port is reported before the model loads and the index builds
+        quality = load_results(config)
+        loaded = load_model(model)
+        index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild)
+        if quality is None:  # the chart works out of the box: measured on this index, cached beside it
+            from matryoshka.serving.quality import cached_lemma_recall
+
+            quality = cached_lemma_recall(loaded, index, name, demo_cache_path(cache_dir, name, limit or None))
+        app = create_app(config, models={name: loaded}, index=index, quality=quality)
+    except (StartupError, ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
+        if sock is not None:
+            sock.close()
+        _fail(str(exc))
+    _run(app, host, port, log_level, f"demo on http://{host}:{port}/", sock)

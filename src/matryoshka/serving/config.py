@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from matryoshka.models import DEFAULT_MODEL
 
@@ -24,9 +24,20 @@ class ServeConfig(BaseModel):
     max_inputs: int = Field(2048, ge=1, description="texts per /v1/embeddings request (OpenAI's limit)")
     max_input_chars: int = Field(32_768, ge=1, description="characters per text (about 8k tokens)")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request body size; larger gets 413")
-    batch_max_texts: int = Field(256, ge=1, description="texts merged into one model call at most")
+    batch_max_texts: int = Field(
+        64,
+        ge=1,
+        description="texts in one model call at most (larger requests are split); on CPU, throughput is flat "
+        "past a few dozen texts while a small request's wait for the call in progress grows with it",
+    )
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")
     encode_batch_size: int = Field(64, ge=1, description="texts per forward pass inside one model call")
+    max_queued_texts: int = Field(
+        8192, ge=1, description="texts waiting for the model at most; past it requests get 429 with Retry-After"
+    )
+    timeout_header_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this")
+    timeout_body_s: float = Field(30.0, gt=0, description="a request's body must arrive within this after its headers")
+    timeout_keep_alive_s: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed after this")
     search_max_k: int = Field(1000, ge=1)
     index_path: str | None = None
     results_path: str | list[str] | None = Field(
@@ -44,6 +55,15 @@ class ServeConfig(BaseModel):
         if len(set(aliases)) != len(aliases):
             raise ValueError(f"model names must be unique, got {aliases}")
         return value
+
+    @model_validator(mode="after")
+    def _queue_fits_a_request(self) -> ServeConfig:
+        if self.max_queued_texts < self.max_inputs:
+            raise ValueError(
+                f"max_queued_texts ({self.max_queued_texts}) must be at least max_inputs ({self.max_inputs}), "
+                "or the largest allowed request could never be queued"
+            )
+        return self
 
     def model_specs(self) -> list[tuple[str, str]]:
         """``(served name, source for load_model)`` pairs, default model first."""

@@ -1,4 +1,4 @@
-"""Plain ASGI middleware: request log, API key and body-size limit.
+"""Plain ASGI middleware: request log, API key, body-size limit and body-read deadline.
 
 They are ASGI rather than FastAPI dependencies so that they act before the body is parsed: a request
 with a wrong key gets 401 even if its JSON is broken, and a 2 GB body is refused without being read.
@@ -6,6 +6,7 @@ with a wrong key gets 401 even if its JSON is broken, and a 2 GB body is refused
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -37,8 +38,16 @@ async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[by
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+#: Status logged for a request whose client hung up before an answer was sent (nginx's convention).
+CLIENT_CLOSED = 499
+
+
 class RequestLogMiddleware:
-    """Log one JSON line per HTTP request: method, path, status, milliseconds, request id."""
+    """Log one JSON line per HTTP request: method, path, status, milliseconds, request id.
+
+    A client that goes away before the answer (a partial body then a close, a body shorter than its
+    ``Content-Length``) is logged as ``499`` with ``"client_closed": true``, not as a server error.
+    """
 
     def __init__(self, app: ASGIApp, enabled: bool = True) -> None:
         self.app = app
@@ -49,8 +58,16 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the client sees if the app dies before answering
+        status: int | None = None
+        disconnected = False
         request_id = uuid.uuid4().hex[:16]
+
+        async def receive_watching() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -60,20 +77,27 @@ class RequestLogMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
+        error: BaseException | None = None
         try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            logger.info(
-                "request",
-                extra={
-                    "event": "request",
-                    "method": scope.get("method"),
-                    "path": scope.get("path"),
-                    "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                    "request_id": request_id,
-                },
-            )
+            await self.app(scope, receive_watching, send_with_status)
+        except Exception as exc:
+            error = exc
+        client_closed = (status is None and disconnected) or status == CLIENT_CLOSED
+        if status is None:
+            status = CLIENT_CLOSED if disconnected else 500  # 500: what the client sees if the app died
+        extra: dict[str, Any] = {
+            "event": "request",
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "request_id": request_id,
+        }
+        if client_closed:
+            extra["client_closed"] = True
+        logger.info("client closed" if client_closed else "request", extra=extra)
+        if error is not None and not client_closed:
+            raise error
 
 
 class ApiKeyMiddleware:
@@ -102,15 +126,18 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to bodies over ``max_bytes``, by ``Content-Length`` or while reading a chunked body.
+    """Answer 413 to bodies over ``max_bytes``, by ``Content-Length`` or while reading a chunked body,
+    and 408 (closing the connection) to a body that is not complete ``timeout_s`` after the headers.
 
     The body is read whole before the app runs (the app needs all of it to parse JSON anyway) and
-    replayed to the app, so an oversized body never reaches the JSON parser.
+    replayed to the app, so an oversized body never reaches the JSON parser. The deadline is for the
+    whole body, not for each read, so a client that trickles a byte at a time cannot hold a connection.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,8 +158,17 @@ class BodyLimitMiddleware:
                 return
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), None if deadline is None else max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                message_text = f"The request body did not arrive within {self.timeout_s:g} s."
+                await send_json(
+                    send, 408, error_body(message_text, code="request_timeout"), [(b"connection", b"close")]
+                )
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")

@@ -10,12 +10,19 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
+from matryoshka.serving.config import ServeConfig
+from matryoshka.serving.protocol import header_timeout_protocol
+
 #: Seconds uvicorn waits for requests in flight when asked to stop (SIGINT/SIGTERM) before closing them.
 GRACEFUL_SHUTDOWN_S = 10
 
 
 def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> uvicorn.Config:
-    """Uvicorn settings we always want: our own JSON access log instead of uvicorn's, graceful shutdown."""
+    """Uvicorn settings we always want: our own JSON access log instead of uvicorn's, graceful shutdown,
+    and the header deadline and keep-alive limit of the app's :class:`ServeConfig` (the body deadline is
+    the app's own middleware)."""
+    settings = getattr(app.state, "serving", None)
+    config = settings.config if settings is not None else ServeConfig()
     return uvicorn.Config(
         app,
         host=host,
@@ -24,6 +31,8 @@ def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=config.timeout_keep_alive_s,  # type: ignore[arg-type]  # used as a float by call_later
+        http=header_timeout_protocol(config.timeout_header_s),
         lifespan="on",
     )
 

@@ -74,14 +74,21 @@ function showError(message) {
   $("error").textContent = message || "";
 }
 
+function clearResults() {
+  // Nothing stale on screen: empty lists and stats whenever there is no current answer (no query, an error).
+  state.last = null;
+  $("chosen").replaceChildren(); $("full").replaceChildren();
+  for (const id of ["overlap", "bytes", "index-bytes", "latency", "encode"]) $(id).textContent = "–";
+}
+
 async function runSearch() {
   const query = $("query").value.trim();
   state.query = query;
   updateLabels();
   drawChart();
   if (!query) {
-    $("chosen").replaceChildren(); $("full").replaceChildren();
-    for (const id of ["overlap", "bytes", "index-bytes", "latency", "encode"]) $(id).textContent = "–";
+    clearResults();
+    showError("");
     document.body.dataset.state = "idle";
     return;
   }
@@ -104,6 +111,7 @@ async function runSearch() {
     Object.assign(document.body.dataset, { state: "ready", dim: String(r.chosen.dim), codec: r.chosen.codec, query: r.query });
   } catch (err) {
     if (err.name === "AbortError") return;
+    clearResults();
     showError(err.message);
     document.body.dataset.state = "error";
   }

@@ -1,0 +1,85 @@
+"""The demo's quality curve out of the box: measured on the demo's own WordNet index at first start.
+
+Each sampled synset's first lemma is the query and its own gloss the answer ("describe a word, find
+it" turned around), scored as recall@10 at each dimension with the index's own exact search at that
+prefix. It needs no evaluation files and takes seconds (the lemmas are a few hundred short texts);
+the result is cached next to the demo index, so later starts read it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka.retrieval import FunnelIndex
+
+CACHE_SUFFIX = ".quality.json"
+
+
+def lemma_of(doc_id: str) -> str | None:
+    """The first lemma of a WordNet demo id such as ``"bank, depository (n08420278)"``; ``None`` otherwise."""
+    head, sep, tail = doc_id.rpartition(" (")
+    if not sep or not tail.endswith(")") or not head:
+        return None
+    return head.split(", ")[0].replace("_", " ")
+
+
+def lemma_recall(
+    model: SentenceTransformer,
+    index: FunnelIndex,
+    model_name: str,
+    dims: Sequence[int] | None = None,
+    sample: int = 400,
+    k: int = 10,
+) -> dict[str, Any] | None:
+    """``{"models": {model_name: {task: {dim: recall@k}}}}`` over ``sample`` glosses of ``index``; ``None``
+    when the index's ids are not WordNet demo ids."""
+    from matryoshka.embeddings import encode
+    from matryoshka.retrieval import Stage
+
+    ids = index.ids
+    rows = np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(int) if ids else np.array([], dtype=int)
+    pairs = [(int(r), lemma_of(ids[r])) for r in dict.fromkeys(rows.tolist())]
+    pairs = [(r, lemma) for r, lemma in pairs if lemma]
+    if len(pairs) < 10:
+        return None
+    queries = encode(model, [lemma for _, lemma in pairs], show_progress_bar=False)
+    full = index.dim
+    dims = sorted({d for d in (dims or [2**p for p in range(4, 16) if 2**p < full]) if 0 < d < full} | {full})
+    curve = {}
+    for dim in dims:
+        hits = index.search(queries, k=min(k, len(ids)), stages=[Stage(dim, "float32", k)])
+        found = [ids[r] in {h.id for h in row} for (r, _), row in zip(pairs, hits)]
+        curve[str(dim)] = round(float(np.mean(found)), 4)
+    task = f"WordNet lemma → own gloss, recall@{k} ({len(pairs)} of {len(ids):,} glosses)"
+    return {"models": {model_name: {task: curve}}}
+
+
+def cached_lemma_recall(
+    model: SentenceTransformer, index: FunnelIndex, model_name: str, index_path: Path, **kwargs: Any
+) -> dict[str, Any] | None:
+    """:func:`lemma_recall`, computed once per demo index and kept in ``<index_path>.quality.json``."""
+    from matryoshka.files import write_atomic
+
+    cache = index_path.with_name(index_path.name + CACHE_SUFFIX)
+    manifest = index_path / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns if manifest.exists() else None
+    if cache.exists():
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("index_stamp") == stamp and stored.get("model") == model_name:
+                return stored["quality"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # unreadable or stale: measure again
+    quality = lemma_recall(model, index, model_name, **kwargs)
+    if quality is not None:
+        payload = {"model": model_name, "index_stamp": stamp, "quality": quality}
+        write_atomic(cache, json.dumps(payload, ensure_ascii=False, indent=1).encode("utf-8"))
+    return quality
