@@ -58,8 +58,13 @@ def demo_server(model):
         # the curve `matryoshka demo` measures at first start (each lemma finding its own gloss)
         quality = lemma_recall(model, index, NAME, sample=DOCS)
         assert list(next(iter(quality["models"][NAME].values()))) == [str(d) for d in DIMS]
+        from matryoshka.serving.demo_models import demo_choices
+
+        extra_models, extra_indexes = demo_choices(model, NAME, index)
+        models = {NAME: model, **extra_models}
         app = create_app(
-            ServeConfig(models=[NAME], log_requests=False), models={NAME: model}, index=index, quality=quality
+            ServeConfig(models=list(models), log_requests=False), models=models, index=index, quality=quality,
+            demo_indexes=extra_indexes,
         )
         with ServerThread(app) as running:
             yield running
@@ -144,6 +149,25 @@ def test_type_a_query_then_move_the_slider(page, demo_server):
 
     assert not page.errors, page.errors
     assert all(url.startswith(demo_server.url) for url in page.requests), page.requests  # nothing from a CDN
+
+
+def test_the_model_selector_searches_the_rotated_vectors(page):
+    rotated = NAME + "+rotation"
+    assert page.locator("#model option").all_inner_texts() == [NAME, rotated]
+    page.select_option("#codec", "float32")
+    page.locator("#query").fill(QUERY)
+    page.locator("#dim").focus()
+    page.keyboard.press("Home")  # 16 dims
+    wait_ready(page, 16)
+    base_full = texts_of(page, "#full li .title")
+    page.select_option("#model", rotated)
+    page.wait_for_function(f"document.body.dataset.model === '{rotated}' && document.body.dataset.state === 'ready'",
+                           timeout=30_000)
+    assert texts_of(page, "#full li .title") == base_full  # a rotation keeps full-size cosines
+    page.select_option("#model", NAME)
+    page.wait_for_function(f"document.body.dataset.model === '{NAME}' && document.body.dataset.state === 'ready'",
+                           timeout=30_000)
+    assert not page.errors, page.errors
 
 
 def test_example_buttons_and_screenshot(page):

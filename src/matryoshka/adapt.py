@@ -147,14 +147,18 @@ def fit_rotation(vectors: np.ndarray, center: bool = True) -> Adaptor:
     if unit.shape[0] < 2:
         raise AdaptError("a rotation needs at least 2 corpus vectors")
     data = (unit - unit.mean(axis=0, keepdims=True)) if center else unit
-    # The right singular vectors of the data are the eigenvectors of its scatter matrix. A corpus
-    # with fewer texts than dimensions leaves a null space; SVD still returns an orthonormal basis.
-    _, singular, vt = np.linalg.svd(data.astype(np.float64), full_matrices=True)
+    # The principal axes are the right singular vectors of the data, i.e. the eigenvectors of its
+    # d x d scatter matrix; eigh of that matrix costs O(n d^2) and always returns a complete
+    # orthonormal basis, even for a corpus with fewer texts than dimensions.
+    scatter = data.astype(np.float64).T @ data.astype(np.float64)
+    variance, axes = np.linalg.eigh(scatter)
+    order = np.argsort(-variance, kind="stable")
+    variance, axes = np.clip(variance[order], 0.0, None), axes[:, order]
     return Adaptor(
-        weight=vt.astype(np.float32),
+        weight=axes.T.astype(np.float32),
         method="rotation",
         info={"corpus_vectors": int(unit.shape[0]), "center": center,
-              "explained": [round(float(s), 6) for s in (singular**2 / max(float((singular**2).sum()), 1e-12))[:8]],
+              "explained": [round(float(v), 6) for v in (variance / max(float(variance.sum()), 1e-12))[:8]],
               "seconds": round(time.perf_counter() - started, 3)},
     )
 

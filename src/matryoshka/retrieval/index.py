@@ -18,7 +18,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
@@ -157,6 +157,14 @@ class FunnelIndex:
         texts = _check_texts(texts, len(array))
         meta = _check_metadata_list(metadata, len(array))
         return cls(_unit_rows(array, storage), ids, texts, model_name, stages, storage, meta)
+
+    def mapped(self, transform: Callable[[np.ndarray], np.ndarray], model_name: str) -> FunnelIndex:
+        """A new index of the same documents whose vectors are ``transform(vectors)``, e.g. an adaptor
+        applied to them, so a rotated or adapted model is searched without encoding the corpus again."""
+        with self._lock:
+            vectors = transform(np.asarray(self._vectors, dtype=np.float32))
+            return FunnelIndex.from_vectors(vectors, self._ids, self._texts, model_name, self._stages, self.storage,
+                                            self._metadata)
 
     @classmethod
     def build(

@@ -268,6 +268,7 @@ class ServerState:
         models: dict[str, SentenceTransformer],
         index: FunnelIndex | None,
         quality: dict[str, Any] | None,
+        demo_indexes: dict[str, FunnelIndex] | None = None,
     ) -> None:
         self.config = config
         created = int(time.time())
@@ -293,6 +294,24 @@ class ServerState:
         self.quality = clean_quality(quality)
         self.quality_model = self._quality_model()
         self.started = time.time()
+        # The demo's model selector: each choice is a served model and the index of its own vectors.
+        self.demo_choices: dict[str, tuple[ServedModel, FunnelIndex]] = {}
+        if index is not None:
+            self.demo_choices[self.search_model.name] = (self.search_model, index)
+        for name, extra in (demo_indexes or {}).items():
+            if name not in self.models:
+                raise ValueError(f"a demo index is given for {name!r}, which is not a served model")
+            self.demo_choices[name] = (self.models[name], extra)
+
+    def demo_choice(self, name: str | None) -> tuple[ServedModel, FunnelIndex]:
+        """The demo's model ``name`` (default: the first) with its index, or a 404 naming the choices."""
+        self.require_index()
+        if name is None:
+            return next(iter(self.demo_choices.values()))
+        if name not in self.demo_choices:
+            raise APIError(404, f"The demo has no model {name!r}; it has {', '.join(self.demo_choices)}.", "model",
+                           "model_not_found")
+        return self.demo_choices[name]
 
     def _index_model(self, recorded: str) -> ServedModel:
         """The served model that built the index (by name, source or directory); the default when it names none."""
@@ -335,8 +354,11 @@ class ServerState:
             )
         return self.index
 
-    async def encode_query(self, query: str) -> tuple[np.ndarray, int, float]:
-        """One query as a full-dim unit row for the index, its token count and the milliseconds it took."""
+    async def encode_query(
+        self, query: str, served: ServedModel | None = None, dim: int | None = None
+    ) -> tuple[np.ndarray, int, float]:
+        """One query as a ``dim``-wide unit row (default: the search model and the index's width), its
+        token count and the milliseconds it took."""
         if not query.strip():
             raise APIError(400, "query must not be empty.", "query", "empty_input")
         if len(query) > self.config.max_input_chars:
@@ -344,8 +366,8 @@ class ServerState:
                 400, f"query is longer than {self.config.max_input_chars} characters.", "query", "input_too_long"
             )
         started = time.perf_counter()
-        vectors, tokens = await self.search_model.batcher.submit([query])
-        row = truncate(vectors, self.require_index().dim)
+        vectors, tokens = await (served or self.search_model).batcher.submit([query])
+        row = truncate(vectors, dim or self.require_index().dim)
         return row, int(tokens.sum()), (time.perf_counter() - started) * 1000
 
     async def close(self) -> None:
@@ -503,6 +525,7 @@ def create_app(
     models: dict[str, SentenceTransformer] | None = None,
     index: FunnelIndex | None = None,
     quality: dict[str, Any] | None = None,
+    demo_indexes: dict[str, FunnelIndex] | None = None,
 ) -> FastAPI:
     """Build the server.
 
@@ -512,6 +535,8 @@ def create_app(
         index: the funnel index ``/v1/search`` and the demo search; default: ``config.index_path`` if set.
         quality: evaluation results ``{"models": {name: {task: {dim: value}}}}`` for the demo's chart;
             default: ``config.results_path`` if set.
+        demo_indexes: more choices for the demo's model selector: served model name -> the index of
+            that model's vectors of the same documents (``index`` is the first choice).
     """
     from matryoshka.serving.startup import index_model, load_results, open_index
 
@@ -528,7 +553,7 @@ def create_app(
         models = {name: load_model(source) for name, source in config.model_specs()}
     if not models:
         raise ValueError("serve at least one model")
-    state = ServerState(config, models, index, quality)
+    state = ServerState(config, models, index, quality, demo_indexes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -686,6 +711,7 @@ def create_app(
             quality_dims = sorted({int(d) for task in state.quality[state.quality_model].values() for d in task})
         return DemoInfo(
             model=state.search_model.name,
+            models=list(state.demo_choices),
             full_dim=index.dim,
             dims=demo_dimensions(index.dim, quality_dims, config.demo_dims),
             codecs=list(CODEC_BITS),
@@ -701,9 +727,9 @@ def create_app(
         """Top ``k`` at the chosen dimension next to top ``k`` at full size, for one query."""
         from matryoshka.retrieval import Stage
 
-        index = state.require_index()
+        served, index = state.demo_choice(body.model)
         dim = check_dimensions(body.dim, index.dim, "dim")
-        query, _, encode_ms = await state.encode_query(body.query)
+        query, _, encode_ms = await state.encode_query(body.query, served, index.dim)
 
         try:
             chosen_stage = Stage(dim=dim, codec=body.codec, keep=body.k)
@@ -727,6 +753,7 @@ def create_app(
         full = await run_in_threadpool(side, Stage(dim=index.dim, codec="float32", keep=body.k))
         overlap = len({h.id for h in chosen.hits} & {h.id for h in full.hits})
         return CompareResponse(
+            model=served.name,
             query=body.query, k=body.k, chosen=chosen, full=full, overlap=overlap, encode_ms=round(encode_ms, 3)
         )
 

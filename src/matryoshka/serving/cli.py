@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+
 import hashlib
 import json
 import logging
@@ -227,8 +228,14 @@ def demo_command(
     rebuild: Annotated[bool, typer.Option(help="Rebuild the index even if a cached one exists.")] = False,
     threads: ThreadsOption = None,
     log_level: LogLevelOption = "info",
+    also: Annotated[list[str] | None, typer.Option(
+        "--also", help="More models for the selector, e.g. a Matryoshka or adapted model directory (repeat).")] = None,
+    no_rotation: Annotated[bool, typer.Option("--no-rotation", help="Leave the base+rotation choice out.")] = False,
 ) -> None:
     """Open the interactive demo: search WordNet glosses at any dimension next to full size.
+
+    The model selector offers the model, the model rotated onto the glosses' principal axes (free),
+    and every --also model, each searching its own vectors of the same glosses.
 
     Builds (first time, a few minutes on 2 cores) or loads a cached index of WordNet glosses from
     Debian's wordnet-base (apt-get install wordnet-base) or $MATRYOSHKA_DATA, then serves http://HOST:PORT/.
@@ -255,7 +262,16 @@ def demo_command(
             from matryoshka.serving.quality import cached_lemma_recall
 
             quality = cached_lemma_recall(loaded, index, name, demo_cache_path(cache_dir, name, limit or None))
-        app = create_app(config, models={name: loaded}, index=index, quality=quality)
+        from matryoshka.serving.demo_models import demo_choices
+
+        others = [(served_name(source), load_model(source)) for source in also or []]
+        extra_models, extra_indexes = demo_choices(
+            loaded, name, index, others, rotation=not no_rotation,
+            build=lambda other, other_name: build_demo_index(other, other_name, limit or None, cache_dir, rebuild),
+        )
+        config = config.model_copy(update={"models": [name, *extra_models]})
+        app = create_app(config, models={name: loaded, **extra_models}, index=index, quality=quality,
+                         demo_indexes=extra_indexes)
     except (StartupError, ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
         if sock is not None:
             sock.close()

@@ -177,6 +177,7 @@ class CompareRequest(BaseModel):
     dim: StrictInt = Field(ge=1)
     k: StrictInt = Field(10, ge=1, le=50)
     codec: Codec = "float32"
+    model: StrictStr | None = Field(None, max_length=500, description="One of the demo's models (default: the first).")
 
 
 class CompareSide(BaseModel):
@@ -189,6 +190,7 @@ class CompareSide(BaseModel):
 
 
 class CompareResponse(BaseModel):
+    model: str
     query: str
     k: int
     chosen: CompareSide
@@ -199,6 +201,7 @@ class CompareResponse(BaseModel):
 
 class DemoInfo(BaseModel):
     model: str
+    models: list[str]
     full_dim: int
     dims: list[int]
     codecs: list[str]

@@ -2,7 +2,7 @@
 // Plain JS, no libraries: the page is served from the package and must work offline.
 "use strict";
 
-const state = { info: null, dims: [], dim: null, codec: "float32", query: "", last: null, inflight: null };
+const state = { info: null, dims: [], dim: null, codec: "float32", model: null, query: "", last: null, inflight: null };
 const $ = (id) => document.getElementById(id);
 const SERIES_COLORS = ["#2563eb", "#c2410c", "#16a34a", "#9333ea", "#0891b2", "#b45309", "#db2777", "#4b5563"];
 
@@ -94,8 +94,8 @@ async function runSearch() {
   }
   document.body.dataset.state = "loading";
   try {
-    const r = await api("/demo/api/compare", { query, dim: state.dim, k: 10, codec: state.codec });
-    if (r.query !== $("query").value.trim()) return; // an older answer
+    const r = await api("/demo/api/compare", { query, dim: state.dim, k: 10, codec: state.codec, model: state.model });
+    if (r.query !== $("query").value.trim() || r.model !== state.model) return; // an older answer
     state.last = r;
     showError("");
     const chosenIds = new Set(r.chosen.hits.map((h) => h.id));
@@ -108,7 +108,7 @@ async function runSearch() {
     $("latency").textContent = `${r.chosen.ms.toFixed(2)} vs ${r.full.ms.toFixed(2)} ms`;
     $("encode").textContent = `${r.encode_ms.toFixed(1)} ms`;
     // Hooks for tests and scripts: what the page shows right now.
-    Object.assign(document.body.dataset, { state: "ready", dim: String(r.chosen.dim), codec: r.chosen.codec, query: r.query });
+    Object.assign(document.body.dataset, { state: "ready", dim: String(r.chosen.dim), codec: r.chosen.codec, query: r.query, model: r.model });
   } catch (err) {
     if (err.name === "AbortError") return;
     clearResults();
@@ -250,6 +250,8 @@ async function init() {
   slider.value = String(start);
   $("dim-ticks").replaceChildren(...info.dims.map((d) => Object.assign(document.createElement("span"), { textContent: d })));
   $("codec").replaceChildren(...info.codecs.map((c) => Object.assign(document.createElement("option"), { value: c, textContent: c })));
+  state.model = info.models[0];
+  $("model").replaceChildren(...info.models.map((m) => Object.assign(document.createElement("option"), { value: m, textContent: m })));
   $("examples").replaceChildren(...info.examples.map((e) => {
     const b = document.createElement("button");
     b.type = "button";
@@ -259,6 +261,7 @@ async function init() {
   }));
   slider.addEventListener("input", () => { state.dim = state.dims[Number(slider.value)]; runSearch(); });
   $("codec").addEventListener("change", (e) => { state.codec = e.target.value; runSearch(); });
+  $("model").addEventListener("change", (e) => { state.model = e.target.value; runSearch(); });
   $("query").addEventListener("input", debounce(runSearch, 200));
   $("query").addEventListener("keydown", (e) => { if (e.key === "Enter") runSearch(); });
   updateLabels();

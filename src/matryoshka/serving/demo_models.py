@@ -1,0 +1,59 @@
+"""The demo's model selector: the base, the base rotated onto the corpus's principal axes, and more models.
+
+The seed article's own demonstration is the same query at the same small dimension under a plain
+model and a Matryoshka one. The rotation choice costs nothing: it is fitted on the base index's
+vectors (one SVD) and applied to them, and its queries go through the base model plus the rotation
+as a ``Dense`` module, so it is served like any model. Every other choice encodes the glosses itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka.retrieval import FunnelIndex
+
+#: Suffix of the served name of the rotated base model.
+ROTATION_SUFFIX = "+rotation"
+
+
+def rotation_choice(model: SentenceTransformer, name: str, index: FunnelIndex) -> tuple[str, SentenceTransformer, FunnelIndex]:
+    """``(served name, model, index)`` of ``model`` rotated onto the principal axes of ``index``'s vectors."""
+    from matryoshka.adapt import Adaptor, adapted_model, fit_rotation
+
+    fitted: list[Adaptor] = []
+
+    def fit_and_rotate(vectors: np.ndarray) -> np.ndarray:
+        fitted.append(fit_rotation(vectors))
+        return fitted[0].apply(vectors)
+
+    rotated_name = f"{name}{ROTATION_SUFFIX}"
+    rotated_index = index.mapped(fit_and_rotate, rotated_name)
+    return rotated_name, adapted_model(model, fitted[0]), rotated_index
+
+
+def demo_choices(
+    model: SentenceTransformer,
+    name: str,
+    index: FunnelIndex,
+    others: Sequence[tuple[str, SentenceTransformer]] = (),
+    build: Callable[[SentenceTransformer, str], FunnelIndex] | None = None,
+    rotation: bool = True,
+) -> tuple[dict[str, SentenceTransformer], dict[str, FunnelIndex]]:
+    """Served models and their demo indexes beyond the first: the rotation, then each of ``others``
+    (``(name, model)``, indexed with ``build(model, name)``)."""
+    models: dict[str, SentenceTransformer] = {}
+    indexes: dict[str, FunnelIndex] = {}
+    if rotation:
+        rotated_name, rotated, rotated_index = rotation_choice(model, name, index)
+        models[rotated_name], indexes[rotated_name] = rotated, rotated_index
+    for other_name, other in others:
+        if build is None:
+            raise ValueError("more demo models need a function that builds their index")
+        models[other_name], indexes[other_name] = other, build(other, other_name)
+    return models, indexes
