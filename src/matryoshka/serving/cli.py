@@ -244,7 +244,12 @@ def demo_command(
     from matryoshka.models import DEFAULT_MODEL, ModelLoadError, load_model
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig, served_name
-    from matryoshka.serving.startup import StartupError, bind_socket, load_results, tune_malloc
+    from matryoshka.serving.startup import (
+        StartupError,
+        bind_socket,
+        load_results,
+        tune_malloc,
+    )
 
     tune_malloc()
     _set_threads(threads)
