@@ -268,13 +268,13 @@ def print_results(results: object) -> None:
     retention = results.retention()
     dims = sorted({d for by_dim in results.scores.values() for d in by_dim}, reverse=True)
     kept_at = dims[-2] if len(dims) > 2 else dims[-1]
-    table = Table(title=f"{results.task}: {results.metric} per dimension", title_justify="left")
-    table.add_column("model", no_wrap=True)
+    table = Table(title=f"{results.task}: {results.metric} × 100 per dimension", title_justify="left")
+    table.add_column("model", no_wrap=True, min_width=min(24, max(len(n) for n in results.scores)))
     for d in dims:
         table.add_column(str(d), justify="right", no_wrap=True)
     table.add_column(f"kept @{kept_at}", justify="right", no_wrap=True)
     for name, by_dim in results.scores.items():
-        cells = [f"{by_dim[d]:.4f}" if d in by_dim else "" for d in dims]
+        cells = [f"{100 * by_dim[d]:.2f}" if d in by_dim else "" for d in dims]
         kept = f"{100 * retention[name][kept_at]:.1f}%" if kept_at in by_dim else ""
         table.add_row(name, *cells, kept)
     Console().print(table)
