@@ -52,7 +52,7 @@ def test_beir_directory_gives_query_document_pairs(data_dir: Path) -> None:
         ('{"anchor": "q", "positive": "d"}\n{"anchor": "q2"}\n', r"line 2: empty or missing value in column 'positive'"),
         ('{"a": "x", "b": "y"}\n', "cannot tell the shape"),
         ("", "no rows"),
-        ('{"anchor": "q", \n', "line 1: not valid JSON"),
+        ('{"anchor": "q", \n', "line 1: invalid JSON"),
         ("[1, 2]\n", "expected a JSON object"),
     ],
 )

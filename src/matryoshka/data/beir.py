@@ -13,13 +13,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from matryoshka.data.errors import DataError
-from matryoshka.data.local import data_root, find_file, read_lines
+from matryoshka.data.local import data_root, find_file, read_jsonl_records, read_lines
 
 #: Names resolved under ``$MATRYOSHKA_DATA`` to their directory there.
 LOCAL_NAMES = {"scifact": "scifact", "npl": "npl-vaswani", "npl-vaswani": "npl-vaswani"}
@@ -85,7 +84,7 @@ def resolve_beir_dir(name_or_path: str | os.PathLike[str]) -> Path | None:
 def read_corpus(path: Path) -> dict[str, str]:
     """Read a BEIR ``corpus.jsonl[.gz]``: doc id → ``title + " " + text`` (stripped)."""
     corpus: dict[str, str] = {}
-    for number, record in _read_jsonl(path):
+    for number, record in read_jsonl_records(path):
         doc_id = _field(record, "_id", path, number)
         text = _field(record, "text", path, number)
         title = record.get("title") or ""
@@ -100,7 +99,7 @@ def read_corpus(path: Path) -> dict[str, str]:
 def read_queries(path: Path) -> dict[str, str]:
     """Read a BEIR ``queries.jsonl[.gz]``: query id → text."""
     queries: dict[str, str] = {}
-    for number, record in _read_jsonl(path):
+    for number, record in read_jsonl_records(path):
         query_id = _field(record, "_id", path, number)
         if query_id in queries:
             raise DataError(f"duplicate query id {query_id!r}", path=path, line=number)
@@ -180,19 +179,6 @@ def _load_hub(name: str, split: str) -> BeirDataset:
     queries = {q: all_queries[q] for q in qrels if q in all_queries}
     qrels = {q: qrels[q] for q in queries}
     return BeirDataset(corpus=corpus, queries=queries, qrels=qrels, name=repo.split("/")[-1], split=split)
-
-
-def _read_jsonl(path: Path):
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON: {exc.msg}", path=path, line=number) from None
-        if not isinstance(record, dict):
-            raise DataError(f"expected a JSON object, got {type(record).__name__}", path=path, line=number)
-        yield number, record
 
 
 def _field(record: dict, key: str, path: Path, line: int) -> str:

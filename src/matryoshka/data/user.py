@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from matryoshka.data.errors import DataError
-from matryoshka.data.local import read_lines
+from matryoshka.data.local import read_jsonl_records, read_lines
 
 Kind = Literal["pairs", "texts"]
 #: File suffixes read locally; ``.gz`` may follow ``.jsonl`` and ``.csv``.
@@ -56,21 +55,8 @@ def _suffix(path: Path) -> str:
 
 
 def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    records: list[tuple[int, dict[str, Any]]] = []
-    columns: list[str] = []
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON: {exc.msg}", path, number) from None
-        if not isinstance(record, dict):
-            raise DataError(f"expected a JSON object per line, got {type(record).__name__}", path, number)
-        for key in record:
-            if key not in columns:
-                columns.append(key)
-        records.append((number, record))
+    records = list(read_jsonl_records(path))
+    columns = list(dict.fromkeys(key for _, record in records for key in record))
     return columns, records
 
 
