@@ -118,3 +118,17 @@ def test_compare_refuses_weights_that_do_not_match_the_dims(tmp_path):
     result = invoke("compare", "--out", tmp_path, "--weights", "1,2")
     assert result.exit_code == 2 and "needs 6 non-negative numbers" in result.output
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_train_on_a_users_file_infers_the_objective(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"anchor": f"question {i} about cats", "positive": f"cats answer {i}"}) + "\n"
+                             for i in range(8)))
+    result = invoke("train", "--data", pairs, "--max-steps", 1, "--batch-size", 4, "--out", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    assert "retrieval model" in result.output and (tmp_path / "m" / "modules.json").is_file()
+    broken = tmp_path / "broken.csv"
+    broken.write_text("anchor,positive\nq,\n")
+    result = invoke("train", "--data", broken, "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "broken.csv, line 2: empty or missing value in column 'positive'" in result.output
