@@ -138,3 +138,29 @@ def test_saved_adapted_model_loads_in_plain_sentence_transformers(tmp_path: Path
                             text=True, check=True)
     plain = np.array(json.loads(result.stdout.strip().splitlines()[-1]), dtype=np.float32)
     np.testing.assert_allclose(plain, expected, atol=1e-5)
+
+
+def test_scored_pairs_teach_the_prefix_what_the_scores_rank() -> None:
+    # Both texts of a pair share a topic (high variance); how similar they are is graded along 8 low-variance
+    # axes, which an unsupervised 8-d prefix leaves out.
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    topic, shared = rng.normal(size=(400, 24)) * 3.0, rng.normal(size=(400, 8))
+    noise = rng.uniform(0, 1.5, size=(400, 1))
+    a = np.hstack([topic, shared]).astype(np.float32)
+    b = np.hstack([topic + 0.3 * rng.normal(size=(400, 24)), shared + noise * rng.normal(size=(400, 8))]).astype(np.float32)
+    scores = -noise[:, 0]
+    config = LearnedConfig(dims=(32, 8), steps=300, batch_size=64, pair_batch_size=64, top_k=5, learning_rate=1e-2,
+                           threads=1)
+
+    def spearman_at_8(adaptor: Adaptor) -> float:
+        x, y = truncate(adaptor.apply(a[300:]), 8), truncate(adaptor.apply(b[300:]), 8)
+        return float(spearmanr((x * y).sum(1), scores[300:]).statistic)
+
+    corpus = np.vstack([a, b])
+    unsupervised = fit_learned(corpus, config)
+    supervised = fit_learned(corpus, config, scored_pairs=(a[:300], b[:300], scores[:300]))
+    assert spearman_at_8(supervised) > spearman_at_8(unsupervised) + 0.5
+    with pytest.raises(AdaptError, match="scored_pairs"):
+        fit_learned(corpus, config, scored_pairs=(a[:10], b[:9], scores[:10]))

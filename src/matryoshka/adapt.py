@@ -237,6 +237,7 @@ def fit_learned(
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
     init: Adaptor | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    scored_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> Adaptor:
     """Train a linear adaptor at every prefix; unsupervised from corpus vectors, plus pairs if given.
 
@@ -247,6 +248,8 @@ def fit_learned(
             ranking term. The corpus batch of each step joins the in-batch negatives.
         init: the starting map; default the rotation of ``corpus_vectors``.
         progress: called as ``progress(step, steps, loss)`` after every step.
+        scored_pairs: ``(vectors_a, vectors_b, scores)`` of pairs with a graded similarity (e.g. STS
+            train); adds ``CoSENT``'s ranking of the pairs' cosines by their scores at every prefix.
     """
     import torch
     import torch.nn.functional as F
@@ -268,6 +271,11 @@ def fit_learned(
         queries, documents = (_unit_rows(pairs[0], "query vectors"), _unit_rows(pairs[1], "document vectors"))
         if queries.shape != documents.shape or queries.shape[1] != dim:
             raise AdaptError(f"pairs must be two ({dim}-d) arrays of equal shape, got {queries.shape} and {documents.shape}")
+    if scored_pairs is not None:
+        left, right = _unit_rows(scored_pairs[0], "pair vectors"), _unit_rows(scored_pairs[1], "pair vectors")
+        gold = np.asarray(scored_pairs[2], dtype=np.float32)
+        if left.shape != right.shape or left.shape[1] != dim or gold.shape != (len(left),):
+            raise AdaptError("scored_pairs must be two equal (n, dim) arrays and n scores")
     neighbours = nearest_neighbours(unit, config.top_k)
 
     previous_threads = torch.get_num_threads()
@@ -288,6 +296,7 @@ def fit_learned(
         optimizer = torch.optim.Adam([free], lr=config.learning_rate)
         q_all = torch.from_numpy(queries) if pairs is not None else None
         d_all = torch.from_numpy(documents) if pairs is not None else None
+        scored = (torch.from_numpy(left), torch.from_numpy(right), torch.from_numpy(gold)) if scored_pairs is not None else None
 
         def prefixes(x: torch.Tensor) -> list[torch.Tensor]:
             return [F.normalize(x[:, :d], dim=-1) for d in dims]
@@ -317,6 +326,16 @@ def fit_learned(
                 labels = torch.arange(len(chosen))
                 for w, qd, dd in zip(dim_weights, prefixes(q), prefixes(docs)):
                     loss = loss + w * config.rank_weight * F.cross_entropy(config.scale * qd @ dd.T, labels)
+            if scored is not None and config.rank_weight > 0:
+                chosen = torch.randint(0, len(scored[0]), (min(config.pair_batch_size, len(scored[0])),), generator=generator)
+                a_vec, b_vec, scores = scored[0][chosen] @ weight.T, scored[1][chosen] @ weight.T, scored[2][chosen]
+                # CoSENT: every pair scored higher than another should have the higher cosine.
+                worse = (scores[:, None] < scores[None, :]).float()
+                for w, ad, bd in zip(dim_weights, prefixes(a_vec), prefixes(b_vec)):
+                    cos = (ad * bd).sum(-1) * config.scale
+                    diff = (cos[:, None] - cos[None, :]) - (1.0 - worse) * 1e12
+                    loss = loss + w * config.rank_weight * torch.logsumexp(
+                        torch.cat([torch.zeros(1), diff.flatten()]), dim=0)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
