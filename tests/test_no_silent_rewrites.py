@@ -14,9 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import matryoshka.retrieval.stages as stages_module
 from matryoshka.embeddings import DimensionError, encode, quantize
 from matryoshka.retrieval import FunnelIndex, IndexCorruptError, parse_stages
-import matryoshka.retrieval.stages as stages_module
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 
 torch.set_num_threads(1)
