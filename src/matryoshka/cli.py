@@ -261,7 +261,7 @@ def evaluate(
 
 
 def print_results(results: object) -> None:
-    """Print one row per model, one column per dimension, and the retention at the smallest but one."""
+    """Print one row per model, one column per dimension, and the retention (ret) at the smallest but one."""
     from matryoshka.evaluation import Results
 
     assert isinstance(results, Results)
@@ -272,7 +272,7 @@ def print_results(results: object) -> None:
     table.add_column("model", no_wrap=True, min_width=min(24, max(len(n) for n in results.scores)))
     for d in dims:
         table.add_column(str(d), justify="right", no_wrap=True)
-    table.add_column(f"kept @{kept_at}", justify="right", no_wrap=True)
+    table.add_column(f"ret@{kept_at}", justify="right", no_wrap=True)
     for name, by_dim in results.scores.items():
         cells = [f"{100 * by_dim[d]:.2f}" if d in by_dim else "" for d in dims]
         kept = f"{100 * retention[name][kept_at]:.1f}%" if kept_at in by_dim else ""
