@@ -38,7 +38,7 @@ from matryoshka.data import load_sts
 from matryoshka.data.beir import load_beir
 from matryoshka.evaluation import Results
 from matryoshka.evaluation.retrieval import score_vectors
-from matryoshka.evaluation.sts import spearman_by_dim
+from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
 from matryoshka.files import write_atomic
 from matryoshka.models import load_model, quiet_loading
 from matryoshka.training import TrainConfig, train
@@ -83,10 +83,7 @@ def stage_score(models: Path, out: Path, cache: Path, sts_model: Path | None) ->
     sets = {name: load_beir(name, split="test") for name in ("scifact", "npl")}
     train_set = load_beir("scifact", split="train")
     sts = load_sts("test")
-    sentences = list(dict.fromkeys([p.sentence1 for p in sts] + [p.sentence2 for p in sts]))
-    where = {s: i for i, s in enumerate(sentences)}
-    left = [where[p.sentence1] for p in sts]
-    right = [where[p.sentence2] for p in sts]
+    sentences, left, right = sentence_rows(sts)
     gold = [p.score for p in sts]
 
     def encode_all(model: Any, name: str | Path | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 
 from matryoshka.adapt import Adaptor, LearnedConfig, fit_learned, fit_rotation
 from matryoshka.data import load_sts
-from matryoshka.evaluation.sts import spearman_by_dim
+from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
 from matryoshka.files import write_atomic
 from matryoshka.models import load_model
 from matryoshka.vector_cache import cached_encode
@@ -29,15 +29,11 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_model()
     train, dev = load_sts("train"), load_sts("dev")
-    texts = list(dict.fromkeys([p.sentence1 for p in train] + [p.sentence2 for p in train]))
+    texts, train_left, train_right = sentence_rows(train)
     vectors = cached_encode(model, texts, "runs/cache", None)
-    row = {t: i for i, t in enumerate(texts)}
-    scored = (vectors[[row[p.sentence1] for p in train]], vectors[[row[p.sentence2] for p in train]],
-              np.array([p.score for p in train], dtype=np.float32))
-    dev_texts = list(dict.fromkeys([p.sentence1 for p in dev] + [p.sentence2 for p in dev]))
+    scored = (vectors[train_left], vectors[train_right], np.array([p.score for p in train], dtype=np.float32))
+    dev_texts, left, right = sentence_rows(dev)
     dev_vectors = cached_encode(model, dev_texts, "runs/cache", None)
-    where = {t: i for i, t in enumerate(dev_texts)}
-    left, right = [where[p.sentence1] for p in dev], [where[p.sentence2] for p in dev]
     gold = [p.score for p in dev]
     identity = Adaptor(np.eye(vectors.shape[1], dtype=np.float32), method="identity")
     base = LearnedConfig(steps=300, threads=1)

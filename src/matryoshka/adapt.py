@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
+from matryoshka.embeddings import truncate
 from matryoshka.files import write_atomic
 
 if TYPE_CHECKING:
@@ -94,9 +95,7 @@ class Adaptor:
         unit = _unit_rows(vectors)
         if unit.shape[1] != self.dim:
             raise AdaptError(f"the adaptor maps {self.dim}-d vectors, these are {unit.shape[1]}-d")
-        mapped = unit @ self.weight.T
-        norms = np.linalg.norm(mapped, axis=1, keepdims=True)
-        return (mapped / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+        return truncate(unit @ self.weight.T)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the adaptor as one safetensors file (atomically); metadata holds method and info."""
@@ -311,9 +310,9 @@ def fit_learned(
             mapped_nbr = x_nbr @ weight.T
             target_pair = x @ x.T
             target_nbr = (x.unsqueeze(1) * x_nbr).sum(-1)
-            loss = config.keep_weight * F.mse_loss(F.normalize(mapped, dim=-1), x @ start_weight.T) * dim
-            if orthogonal:  # the keep term is zero by construction
-                loss = loss.detach()
+            # An orthogonal map keeps every full-size vector by construction, so it has no keep term.
+            loss = torch.zeros(()) if orthogonal else (
+                config.keep_weight * F.mse_loss(F.normalize(mapped, dim=-1), x @ start_weight.T) * dim)
             for w, d in zip(dim_weights, dims):
                 y = F.normalize(mapped[:, :d], dim=-1)
                 y_nbr = F.normalize(mapped_nbr[..., :d], dim=-1)
@@ -357,6 +356,20 @@ def fit_learned(
     with torch.no_grad():
         final = current().numpy().copy()
     return Adaptor(weight=final, method="learned", info=info)
+
+
+def load_vectors(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a 2-d numeric ``.npy`` file (never a pickle) as float32, with errors that name the file."""
+    source = Path(path)
+    if not source.is_file():
+        raise AdaptError(f"no such file: {source}")
+    try:
+        array = np.load(source, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise AdaptError(f"{source} is not a readable .npy array: {exc}") from None
+    if array.ndim != 2 or array.dtype.kind not in "fiu":
+        raise AdaptError(f"{source} must hold a 2-d numeric array, got {array.dtype} with shape {array.shape}")
+    return array.astype(np.float32)
 
 
 def adapted_model(model: SentenceTransformer, adaptor: Adaptor) -> SentenceTransformer:

@@ -388,6 +388,7 @@ def adapt(
         LearnedConfig,
         fit_learned,
         fit_rotation,
+        load_vectors,
     )
     from matryoshka.data.errors import DataError
     from matryoshka.models import ModelLoadError
@@ -444,7 +445,7 @@ def _adapt_model(
         task = bar.add_task("fitting", total=getattr(config, "steps", 1))
         result = fit_adaptor(
             loaded, texts, method=method, pairs=pair_rows, config=config,  # type: ignore[arg-type]
-            progress=lambda step, total, loss: bar.update(task, completed=step, description=f"loss {loss:.4f}"),
+            progress=_loss_updater(bar, task),
             show_progress_bar=True,
         )
     target = save_adapted_model(loaded, result.adaptor, out)
@@ -454,6 +455,11 @@ def _adapt_model(
         + f" to {target} (encoding {result.encode_seconds:.1f}s, fit {result.fit_seconds:.1f}s); "
         f"load it with SentenceTransformer({str(target)!r})", soft_wrap=True,
     )
+
+
+def _loss_updater(bar: object, task: int):  # type: ignore[no-untyped-def]
+    """A ``progress(step, total, loss)`` callback that moves ``task`` of a rich progress ``bar``."""
+    return lambda step, total, loss: bar.update(task, completed=step, description=f"loss {loss:.4f}")  # type: ignore[attr-defined]
 
 
 def _progress_bar():  # type: ignore[no-untyped-def]
@@ -473,24 +479,7 @@ def _fit_with_progress(fit: object, vectors: object, config: object, pairs: obje
     with _progress_bar() as bar:
         task = bar.add_task("fitting", total=getattr(config, "steps", 1))
         return fit(vectors, config, pairs,  # type: ignore[operator]
-                   progress=lambda step, total, loss: bar.update(task, completed=step, description=f"loss {loss:.4f}"))
-
-
-def load_vectors(path: Path) -> np.ndarray:  # type: ignore[name-defined]  # noqa: F821
-    """Read a 2-d float ``.npy`` file (no pickles) with errors that name the file."""
-    import numpy as np
-
-    from matryoshka.adapt import AdaptError
-
-    if not path.is_file():
-        raise AdaptError(f"no such file: {path}")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise AdaptError(f"{path} is not a readable .npy array: {exc}") from None
-    if array.ndim != 2 or array.dtype.kind not in "fiu":
-        raise AdaptError(f"{path} must hold a 2-d numeric array, got {array.dtype} with shape {array.shape}")
-    return array.astype(np.float32)
+                   progress=_loss_updater(bar, task))
 
 
 @adapt_app.command("apply")
@@ -506,7 +495,7 @@ def adapt_apply(
 
     import numpy as np
 
-    from matryoshka.adapt import AdaptError, Adaptor
+    from matryoshka.adapt import AdaptError, Adaptor, load_vectors
     from matryoshka.embeddings import DimensionError, truncate
     from matryoshka.files import write_atomic
 

@@ -41,7 +41,7 @@ from matryoshka.data.beir import BeirDataset, load_beir
 from matryoshka.data.nli import load_nli_triplets
 from matryoshka.evaluation import Results, evaluate_sts
 from matryoshka.evaluation.retrieval import score_vectors
-from matryoshka.evaluation.sts import spearman_by_dim
+from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
 from matryoshka.models import build_static_model, load_model, resolve_model_name
 from matryoshka.training import (
     DEFAULT_DIMS,
@@ -103,6 +103,23 @@ class CompareConfig:
     #: run's is scored from there instead of retrained, and with ``run_nli`` or ``run_static`` off those
     #: recipes' rows are carried over; so changing one recipe retrains only the models it changes.
     keep_previous: bool = False
+
+    def command(self) -> str:
+        """The ``matryoshka compare`` command line that runs this configuration's recipes (recorded in results)."""
+        import shlex
+
+        parts = ["matryoshka", "compare", *(["--quick"] if self.quick_mode else []), "--out", str(self.out)]
+        if self.base_model:
+            parts += ["--model", str(self.base_model)]
+        parts += [flag for flag, on in (("--no-nli", not self.run_nli), ("--no-static", not self.run_static),
+                                        ("--keep-previous", self.keep_previous)) if on]
+        if self.retrieval is None:
+            parts.append("--no-retrieval")
+        elif self.retrieval != "scifact":
+            parts += ["--retrieval", str(self.retrieval)]
+        if self.eval_limit is not None:
+            parts += ["--eval-limit", str(self.eval_limit)]
+        return shlex.join(parts)
 
     def cap(self, max_steps: int, max_examples: int) -> None:
         """Cap every recipe at ``max_steps`` steps over at most ``max_examples`` rows (smoke tests)."""
@@ -224,10 +241,9 @@ def _train_pair(
         threads = max(1, torch.get_num_threads() // compare.jobs)
         context = multiprocessing.get_context("spawn")
         with context.Manager() as manager, ProcessPoolExecutor(compare.jobs, mp_context=context) as pool:
-            queue = manager.Queue() if progress is not None else None
-            relay = None
-            if queue is not None and progress is not None:
-                report = progress
+            queue, relay = None, None
+            if progress is not None:
+                queue, report = manager.Queue(), progress
 
                 def forward() -> None:
                     for item in iter(queue.get, None):
@@ -237,7 +253,7 @@ def _train_pair(
                 relay.start()
             outcomes = list(pool.map(_train_variant, *zip(*jobs), [threads] * len(jobs), [queue] * len(jobs)))
             if queue is not None and relay is not None:
-                queue.put(None)
+                queue.put(None)  # ends the relay once every step report is through
                 relay.join()
     else:
         sink = _StepSink(progress) if progress is not None else None
@@ -356,24 +372,20 @@ def _sts_rows(
     from the train pairs' gold scores (CoSENT at every prefix), and the Matryoshka twin starts at the
     identity, because the rotation onto principal axes lowers STS-B at small sizes.
     """
-    sentences = list(dict.fromkeys([p.sentence1 for p in test] + [p.sentence2 for p in test]))
+    sentences, left, right = sentence_rows(test)
     vectors = cached_encode(base, sentences, config.cache_dir, config.base_model)
-    row = {text: i for i, text in enumerate(sentences)}
-    left, right = [p.sentence1 for p in test], [p.sentence2 for p in test]
     gold = [p.score for p in test]
     train = load_sts("train")[: config.adaptor_pairs]
-    fit_texts = list(dict.fromkeys([p.sentence1 for p in train] + [p.sentence2 for p in train]))
+    fit_texts, fit_left, fit_right = sentence_rows(train)
     started = time.perf_counter()
     fit_vectors = cached_encode(base, fit_texts, config.cache_dir, config.base_model)
-    where = {text: i for i, text in enumerate(fit_texts)}
-    scored = (fit_vectors[[where[p.sentence1] for p in train]], fit_vectors[[where[p.sentence2] for p in train]],
-              np.array([p.score for p in train], dtype=np.float32))
+    scored = (fit_vectors[fit_left], fit_vectors[fit_right], np.array([p.score for p in train], dtype=np.float32))
     encoded = time.perf_counter()
     adaptors = _fit_adaptors(fit_vectors, config.sts_adaptor, config.dims, None, scored, start_at_rotation=False)
-    scores = {"base": spearman_by_dim(vectors[[row[t] for t in left]], vectors[[row[t] for t in right]], gold, config.dims)}
+    scores = {"base": spearman_by_dim(vectors[left], vectors[right], gold, config.dims)}
     for label, adaptor in adaptors.items():
         mapped = adaptor.apply(vectors)
-        scores[label] = spearman_by_dim(mapped[[row[t] for t in left]], mapped[[row[t] for t in right]], gold, config.dims)
+        scores[label] = spearman_by_dim(mapped[left], mapped[right], gold, config.dims)
     log(f"STS-B adaptors fitted on {len(train):,} STS-B train pairs ({len(fit_texts):,} texts; "
         f"{encoded - started:.0f}s encoding, {time.perf_counter() - encoded:.0f}s fitting)")
     info = {"fit_pairs": len(train), "fit_texts": len(fit_texts),
@@ -486,6 +498,7 @@ def run_compare(
              "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"]
     scores = {k: scores[k] for k in order if k in scores}
     metadata = {
+        "command": config.command(),
         "base_model": base_name,
         "quick": config.quick_mode,
         "seed": config.seed,
@@ -511,7 +524,8 @@ def run_compare(
         task = f"{info['name']}-test" + ("-subcorpus" if info["sub_corpus"] else "")
         results.append(Results(task=task, metric="ndcg@10", scores=ndcg,
                                metrics={m: {k: v[k] for k in order_r} for m, v in metrics.items()},
-                               metadata={"base_model": base_name, "quick": config.quick_mode, "adaptors": info,
+                               metadata={"command": config.command(), "base_model": base_name,
+                                         "quick": config.quick_mode, "adaptors": info,
                                          "dims": list(config.dims)}))
     metadata["seconds"] = round(time.perf_counter() - started, 1)
     results[0].save(out)

@@ -100,6 +100,7 @@ class Results:
         lines = [
             f"**{self.task}**, {self.metric} per dimension (retention = score at d / score at full size)",
             "",
+            *([f"Command: `{self.metadata['command']}`", ""] if self.metadata.get("command") else []),
             "| dim | " + " | ".join(f"{n} | {n} retention" for n in names) + " |",
             "|---:|" + "---:|---:|" * len(names),
         ]

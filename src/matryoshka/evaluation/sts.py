@@ -53,11 +53,16 @@ def evaluate_sts(
     dims = [check_dim(d, full) for d in (dims or [full])]
     if not pairs:
         raise ValueError("no STS pairs to evaluate")
-    sentences = list(dict.fromkeys([p.sentence1 for p in pairs] + [p.sentence2 for p in pairs]))
+    sentences, left, right = sentence_rows(pairs)
     vectors = model.encode(
         sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=show_progress_bar
     )
+    return spearman_by_dim(vectors[left], vectors[right], [p.score for p in pairs], dims)
+
+
+def sentence_rows(pairs: Sequence[StsPair]) -> tuple[list[str], list[int], list[int]]:
+    """Each distinct sentence of ``pairs`` once, and the rows of every pair's first and second sentence,
+    so a pair set is encoded once per sentence and scored from any view of those vectors."""
+    sentences = list(dict.fromkeys([p.sentence1 for p in pairs] + [p.sentence2 for p in pairs]))
     row = {s: i for i, s in enumerate(sentences)}
-    a = vectors[[row[p.sentence1] for p in pairs]]
-    b = vectors[[row[p.sentence2] for p in pairs]]
-    return spearman_by_dim(a, b, [p.score for p in pairs], dims)
+    return sentences, [row[p.sentence1] for p in pairs], [row[p.sentence2] for p in pairs]
