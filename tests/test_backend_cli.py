@@ -57,10 +57,10 @@ def test_backend_kind_from_url():
 
 
 def test_encode_loads_a_corpus_into_a_backend_and_resumes(url, corpus_file, model):
-    first = runner.invoke(app, ["encode", "--corpus", str(corpus_file), "--backend", url, "--write-batch", "4"])
+    first = runner.invoke(app, ["encode", "--corpus", str(corpus_file), "--index", url, "--write-batch", "4"])
     assert first.exit_code == 0, first.output
     assert "wrote 6 of 6 documents (0 already stored)" in first.output
-    again = runner.invoke(app, ["encode", "--corpus", str(corpus_file), "--backend", url])
+    again = runner.invoke(app, ["encode", "--corpus", str(corpus_file), "--index", url])
     assert again.exit_code == 0, again.output
     assert "wrote 0 of 6 documents (6 already stored)" in again.output
 
@@ -85,8 +85,8 @@ def test_encode_loads_a_corpus_into_a_backend_and_resumes(url, corpus_file, mode
 
 def test_encode_refuses_half_a_load_command(corpus_file):
     result = runner.invoke(app, ["encode", "--corpus", str(corpus_file)])
-    assert result.exit_code == 1 and "--backend" in result.output
-    result = runner.invoke(app, ["encode", "--corpus", str(corpus_file), "--backend", "mysql://x/y"])
+    assert result.exit_code == 1 and "--index" in result.output
+    result = runner.invoke(app, ["encode", "--corpus", str(corpus_file), "--index", "mysql://x/y"])
     assert result.exit_code == 1 and "unknown backend scheme" in result.output
 
 

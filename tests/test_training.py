@@ -54,6 +54,24 @@ def test_tiny_training_runs_and_saves_a_loadable_model(tmp_path, objective, dist
     assert not list(tmp_path.glob(".out.*"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("matryoshka", [False, True])
+def test_layers_training_runs_with_matryoshka2d(tmp_path, matryoshka):
+    from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss, Matryoshka2dLoss
+
+    from matryoshka.training import build_loss
+
+    model = load_model(device="cpu")
+    config = TrainConfig(distill_loss="cosent", matryoshka=matryoshka, layers=True, batch_size=8, max_steps=3,
+                         learning_rate=1e-4, show_progress_bar=False)
+    loss = build_loss(model, config, None)
+    assert isinstance(loss, Matryoshka2dLoss if matryoshka else AdaptiveLayerLoss)
+    result = train(model, config, tmp_path / "out", rows=PAIRS)
+    assert result.steps == 3
+    cut = load_model(str(tmp_path / "out"), layers=2)
+    assert cut.encode(["A man is playing a guitar."], truncate_dim=32).shape == (1, 32)
+
+
 def test_static_model_trains_with_matryoshka(tmp_path, model):
     static = build_static_model(embedding_dim=64, seed=0)
     assert static.get_embedding_dimension() == 64

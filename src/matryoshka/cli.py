@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from matryoshka.cli_options import BackendOption, LayersOption, QuantizeOption
+
 app = typer.Typer(
     name="matryoshka",
     help="Train, encode, evaluate and search with Matryoshka embedding models.",
@@ -61,11 +63,14 @@ def encode(
     no_normalize: Annotated[bool, typer.Option("--no-normalize", help="Keep the truncated prefix as is.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write a .npy file instead of JSON lines.")] = None,
     model: ModelOption = None,
+    backend: BackendOption = "torch",
+    quantize: QuantizeOption = None,
+    layers: LayersOption = None,
     corpus: Annotated[str | None, typer.Option(
-        "--corpus", "-c", help="With --backend: a BEIR data set (scifact, npl, a directory) or a .txt/.jsonl file.")] = None,
-    backend: Annotated[str | None, typer.Option(
-        "--backend", "-b", help="Load the corpus into a backend: faiss://DIR, postgresql://..., qdrant://..., qdrant+local://DIR.")] = None,
-    ray: Annotated[bool, typer.Option("--ray", help="With --backend: encode on a Ray cluster ($RAY_ADDRESS, else local).")] = False,
+        "--corpus", "-c", help="With --index: a BEIR data set (scifact, npl, a directory) or a .txt/.jsonl file.")] = None,
+    index: Annotated[str | None, typer.Option(
+        "--index", help="Load the corpus into an index: faiss://DIR, postgresql://..., qdrant://..., qdrant+local://DIR.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="With --index: encode on a Ray cluster ($RAY_ADDRESS, else local).")] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="Ray encoding actors (default: the cluster's CPUs).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     write_batch: Annotated[int, typer.Option(min=1, help="Vectors per backend write.")] = 1024,
@@ -73,19 +78,22 @@ def encode(
 ) -> None:
     """Encode texts at any dimension; print one JSON array per line, or save a .npy file.
 
-    With --corpus and --backend, encode a whole corpus at full size into a vector backend instead
+    --backend onnx/openvino (and --quantize int8, --layers N) run the model faster on a CPU.
+    With --corpus and --index, encode a whole corpus at full size into a vector index instead
     (resumable: ids already stored are skipped); --ray spreads the encoding over a Ray cluster.
     """
     from matryoshka.embeddings import PRECISIONS, DimensionError
     from matryoshka.embeddings import encode as encode_texts
     from matryoshka.models import ModelLoadError, load_model
 
-    if backend is not None or corpus is not None or ray:
-        if backend is None or corpus is None:
-            fail("loading a corpus needs both --corpus and --backend")
+    if index is not None or corpus is not None or ray:
+        if index is None or corpus is None:
+            fail("loading a corpus needs both --corpus and --index")
         if texts or input is not None or output is not None or dim is not None:
-            fail("--corpus/--backend load full-size vectors; drop texts, --input, --output and --dim")
-        load_corpus(corpus, backend, model, ray, workers, batch_size, write_batch, not no_resume)
+            fail("--corpus/--index load full-size vectors; drop texts, --input, --output and --dim")
+        if backend != "torch" or quantize or layers:
+            fail("--corpus/--index encode with torch; --backend, --quantize and --layers apply to texts and --input")
+        load_corpus(corpus, index, model, ray, workers, batch_size, write_batch, not no_resume)
         return
     lines = list(texts or [])
     if input is not None:
@@ -97,8 +105,9 @@ def encode(
     if precision not in PRECISIONS:
         fail(f"precision must be one of {', '.join(PRECISIONS)}")
     try:
-        vectors = encode_texts(load_model(model), lines, dim=dim, precision=precision, normalize=not no_normalize)  # type: ignore[arg-type]
-    except (DimensionError, ModelLoadError) as exc:
+        loaded = load_model(model, backend=backend, quantize=quantize, layers=layers)
+        vectors = encode_texts(loaded, lines, dim=dim, precision=precision, normalize=not no_normalize)  # type: ignore[arg-type]
+    except (DimensionError, ModelLoadError, ValueError) as exc:
         fail(str(exc))
     if output is not None:
         import numpy as np
@@ -163,6 +172,8 @@ def train(
     pairs: Annotated[str, typer.Option(help="Pair sources for distill: stsb,snli,wordnet.")] = "stsb,snli",
     checkpoint_steps: Annotated[int | None, typer.Option(min=1, help="Save a checkpoint every N steps.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    layers: Annotated[bool, typer.Option("--layers", help="Also train every layer count (Matryoshka2dLoss), "
+                                          "so `--layers N` at encoding time is faster and still good.")] = False,
 ) -> None:
     """Fine-tune a model with MatryoshkaLoss (or the plain loss with --standard) and save it.
 
@@ -202,6 +213,7 @@ def train(
         pair_sources=tuple(p.strip() for p in pairs.split(",") if p.strip()),
         checkpoint_steps=checkpoint_steps,
         seed=seed,
+        layers=layers,
     )
     quiet_loading()
     try:
@@ -217,6 +229,26 @@ def train(
 
 
 @app.command()
+def cut(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the cut model.")],
+    layers: Annotated[int, typer.Option("--layers", min=1, help="Transformer layers to keep.")],
+    model: ModelOption = None,
+) -> None:
+    """Save a model cut to its first N layers: a plain sentence-transformers model every command takes.
+
+    Pair it with a model trained by `train --layers` (Matryoshka2dLoss), which keeps its quality there.
+    """
+    from matryoshka.models import ModelLoadError, load_model
+    from matryoshka.training import save_model_atomic
+
+    try:
+        saved = save_model_atomic(load_model(model, layers=layers), out)
+    except (ValueError, ModelLoadError) as exc:
+        fail(str(exc))
+    console.print(f"saved {model or 'all-MiniLM-L6-v2'} cut to {layers} layers to {saved}")
+
+
+@app.command()
 def evaluate(
     models: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model(s) to score; repeat the option.")] = None,
     task: Annotated[str, typer.Option(help="stsb, or a retrieval set: scifact, npl, or a BEIR directory.")] = "stsb",
@@ -224,37 +256,47 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for results.json/.md/.png.")] = Path("runs/evaluate"),
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
     limit: Annotated[int | None, typer.Option(min=10, help="STS only: score the first N pairs.")] = None,
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="A layers axis, e.g. 6,4,3,2: score each model cut to each depth, with texts/s "
+        "(writes layers-<model>.json/.md/.png).")] = None,
+    backend: BackendOption = "torch",
+    quantize: QuantizeOption = None,
 ) -> None:
-    """Score models at every dimension; write JSON, a Markdown table and a plot, with retention."""
+    """Score models at every dimension; write JSON, a Markdown table and a plot, with retention.
+
+    With --layers, also score every model cut to each number of layers and time its encoding: a grid
+    of (layers, dims) → score and texts/s, as a table and a plot per model.
+    """
     from matryoshka.evaluation import Results
+    from matryoshka.evaluation.layers import evaluate_layers, score_on_task
     from matryoshka.models import ModelLoadError, load_model
 
     dim_list = parse_ints(dims, "--dims")
     names = models or [None]
     scores: dict[str, dict[int, float]] = {}
     metrics: dict[str, dict[str, dict[int, float]]] = {}
+    metric = "spearman_cosine"
     try:
         for name in names:
             label = Path(name).name if name and Path(name).exists() else (name or "all-MiniLM-L6-v2")
-            loaded = load_model(name)
-            if task == "stsb":
-                from matryoshka.data import load_sts
-                from matryoshka.evaluation import evaluate_sts
-
-                scores[label] = evaluate_sts(loaded, load_sts(split)[:limit], dim_list, show_progress_bar=True)  # type: ignore[arg-type]
-            else:
-                from matryoshka.data.beir import load_beir
-                from matryoshka.evaluation.retrieval import evaluate_retrieval
-
-                per_metric = evaluate_retrieval(loaded, load_beir(task, split=split), dim_list)
-                for metric, by_dim in per_metric.items():
-                    metrics.setdefault(metric, {})[label] = by_dim
-                scores[label] = per_metric["ndcg@10"]
+            if layers:
+                grid = evaluate_layers(name, parse_ints(layers, "--layers"), dim_list, task, split, limit, backend,
+                                       quantize, label=label)
+                grid.metadata["command"] = " ".join(["matryoshka", *sys.argv[1:]])
+                written = grid.save(out, stem=f"layers-{label}")
+                console.print(grid.to_markdown(), markup=False, highlight=False)
+                console.print(f"wrote {', '.join(str(p) for p in written.values())}")
+            result = score_on_task(load_model(name, backend=backend, quantize=quantize), task, dim_list, split, limit,
+                                   show_progress_bar=True)
+            metric, scores[label] = result.metric, result.primary
+            if task != "stsb":
+                for key, by_dim in result.metrics.items():
+                    metrics.setdefault(key, {})[label] = by_dim
     except (ValueError, ModelLoadError) as exc:
         fail(str(exc))
-    metric = "spearman_cosine" if task == "stsb" else "ndcg@10"
     results = Results(task=f"{task}-{split}", metric=metric, scores=scores, metrics=metrics,
-                      metadata={"models": [n or "all-MiniLM-L6-v2" for n in names], "dims": dim_list})
+                      metadata={"models": [n or "all-MiniLM-L6-v2" for n in names], "dims": dim_list,
+                                "backend": backend, "quantize": quantize})
     paths = results.save(out)
     print_results(results)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")

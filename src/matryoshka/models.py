@@ -38,28 +38,47 @@ def resolve_model_name(name: str | os.PathLike[str] | None) -> str:
     return str(name)
 
 
-def load_model(name: str | os.PathLike[str] | None = None, device: str | None = None) -> SentenceTransformer:
+def load_model(
+    name: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    backend: str = "torch",
+    quantize: str | None = None,
+    layers: int | None = None,
+) -> SentenceTransformer:
     """Load a sentence-transformers model from a local directory, a hub name or the packaged default.
 
     Args:
         name: a directory saved by sentence-transformers, a hub name such as
             ``"nomic-ai/nomic-embed-text-v1.5"``, or ``None`` / ``"all-MiniLM-L6-v2"`` for the packaged default.
         device: ``"cpu"``, ``"cuda"``...; ``None`` lets sentence-transformers choose.
+        backend: ``"torch"``, ``"onnx"`` (ONNX Runtime) or ``"openvino"``: what runs the transformer
+            (see :mod:`matryoshka.runtime`; exports are made locally and cached beside the model).
+        quantize: ``"int8"`` for an int8 export (``onnx`` or ``openvino`` only).
+        layers: run only the first ``layers`` transformer layers (a model trained with
+            ``matryoshka train --layers`` keeps most of its quality there).
 
     Raises:
+        ValueError: unknown backend or quantization, or a layer count the model does not have.
         ModelLoadError: the name is neither a model directory nor a loadable hub model.
+        matryoshka.runtime.RuntimeBackendError: the backend's package is missing (names the pip extra).
     """
     from sentence_transformers import SentenceTransformer
 
+    from matryoshka.runtime import check_backend, cut_layers, use_backend
+
+    check_backend(backend, quantize)
     resolved = resolve_model_name(name)
     path = Path(resolved)
     if path.exists() and not (path / "modules.json").exists() and not (path / "config.json").exists():
         raise ModelLoadError(f"{path} exists but holds no sentence-transformers model (no modules.json)")
     try:
-        return SentenceTransformer(resolved, device=device)
+        model = SentenceTransformer(resolved, device=device)
     except Exception as exc:
         hint = " (no hub access: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
         raise ModelLoadError(f"could not load model {resolved!r}{hint}: {exc}") from exc
+    if layers is not None:
+        cut_layers(model, layers)
+    return use_backend(model, backend, quantize, source=resolved)  # type: ignore[arg-type]
 
 
 def model_dimension(model: SentenceTransformer) -> int:

@@ -17,7 +17,8 @@ the loss wrapper (same seed, data, order and hyper-parameters):
 Any recipe reads the user's own data with ``data=`` (a JSONL/CSV/Parquet file, a hub data set or a
 BEIR directory, see :mod:`matryoshka.data.user`); one text column self-distills with the in-batch loss.
 
-With ``matryoshka=True`` the base loss is wrapped in ``MatryoshkaLoss(dims, weights)``.
+With ``matryoshka=True`` the base loss is wrapped in ``MatryoshkaLoss(dims, weights)``; with
+``layers=True`` in ``Matryoshka2dLoss`` (layers × dims), so a model cut to its first layers still works.
 
 Example:
     >>> from matryoshka import load_model
@@ -47,8 +48,10 @@ from sentence_transformers import (
     SentenceTransformerTrainingArguments,
 )
 from sentence_transformers.sentence_transformer.losses import (
+    AdaptiveLayerLoss,
     CoSENTLoss,
     CosineSimilarityLoss,
+    Matryoshka2dLoss,
     MatryoshkaLoss,
     MultipleNegativesRankingLoss,
 )
@@ -92,6 +95,9 @@ class TrainConfig:
         distill_weight: for ``retrieval``: weight of the term that keeps the untouched model's
             full-size cosines between the batch's texts (0 turns it off).
         max_seq_length: cap on tokens per text (``None``: the model's own).
+        layers: also train every layer count (``Matryoshka2dLoss``, or ``AdaptiveLayerLoss`` for the
+            standard twin), so the first layers alone give usable embeddings and encoding with
+            ``load_model(..., layers=N)`` is faster.
     """
 
     objective: Objective = "distill"
@@ -113,6 +119,7 @@ class TrainConfig:
     data_split: str = "train"
     distill_weight: float = 0.0
     max_seq_length: int | None = None
+    layers: bool = False
 
     def validate(self, full_dim: int) -> None:
         """Raise ``ValueError`` for settings that cannot train ``full_dim``-dimensional models."""
@@ -287,9 +294,15 @@ def build_loss(model: SentenceTransformer, config: TrainConfig, teacher_table: t
         base = CoSENTLoss(model)
     else:
         base = CosineSimilarityLoss(model)
+    weights = list(config.weights) if config.weights else None
+    if config.layers:
+        # 2D Matryoshka: each step also scores a random shallower layer count (and one random dim).
+        if not config.matryoshka:
+            return AdaptiveLayerLoss(model, base)
+        return Matryoshka2dLoss(model, base, list(config.dims), weights)
     if not config.matryoshka:
         return base
-    return MatryoshkaLoss(model, base, list(config.dims), list(config.weights) if config.weights else None)
+    return MatryoshkaLoss(model, base, list(config.dims), weights)
 
 
 class _StepReporter(TrainerCallback):

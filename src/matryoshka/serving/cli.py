@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from matryoshka.cli_options import QuantizeOption
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -39,8 +41,10 @@ ResultsOption = Annotated[
     typer.Option("--results", help="Evaluation results JSON for the demo's quality chart; repeatable."),
 ]
 ThreadsOption = Annotated[
-    int | None, typer.Option(help="Torch CPU threads for the model (default: torch's choice).")
+    int | None, typer.Option(help="CPU threads for the model, on every backend (default: torch's choice).")
 ]
+ServeBackendOption = Annotated[str, typer.Option(
+    "--backend", help="auto (fastest that agrees with torch), torch, onnx or openvino.")]
 LogLevelOption = Annotated[str, typer.Option(help="debug, info, warning or error.")]
 
 
@@ -109,11 +113,17 @@ def serve_command(
     timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle kept-alive connection stays open.")] = 5.0,
     threads: ThreadsOption = None,
     log_level: LogLevelOption = "info",
+    backend: ServeBackendOption = "auto",
+    quantize: QuantizeOption = None,
 ) -> None:
-    """Serve an OpenAI-compatible embeddings API (with Matryoshka 'dimensions'), search and the demo page."""
+    """Serve an OpenAI-compatible embeddings API (with Matryoshka 'dimensions'), search and the demo page.
+
+    --backend auto (the default) serves each model on the fastest backend whose vectors agree with
+    torch's (cosine >= 0.99 on fixed texts): OpenVINO, then ONNX int8, ONNX, torch.
+    """
     from pydantic import ValidationError
 
-    from matryoshka.models import ModelLoadError, load_model
+    from matryoshka.models import ModelLoadError
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig
     from matryoshka.serving.startup import (
@@ -122,6 +132,7 @@ def serve_command(
         check_model_sources,
         index_model,
         load_results,
+        load_served_model,
         open_index,
         tune_malloc,
     )
@@ -157,7 +168,7 @@ def serve_command(
             index_model(getattr(loaded_index, "model_name", ""), config)
         quality = load_results(config)
         _set_threads(threads)
-        models = {name: load_model(source) for name, source in config.model_specs()}
+        models = {name: _served(source, backend, quantize) for name, source in config.model_specs()}
         app = create_app(config, models=models, index=loaded_index, quality=quality)
     except (StartupError, ModelLoadError, ValueError, OSError) as exc:
         if sock is not None:
@@ -165,6 +176,14 @@ def serve_command(
         _fail(str(exc))
     announce = f"serving {', '.join(n for n, _ in config.model_specs())} on http://{host}:{port}  (docs: /docs, demo: /)"
     _run(app, host, port, log_level, announce, sock)
+
+
+def _served(source: str | None, backend: str, quantize: str | None) -> SentenceTransformer:
+    from matryoshka.serving.startup import load_served_model
+
+    model, label = load_served_model(source, backend, quantize, log=lambda line: typer.echo(line, err=True))
+    typer.echo(f"model {source or 'default'}: backend {label}", err=True)
+    return model
 
 
 def _fail(message: str) -> None:
@@ -230,6 +249,8 @@ def demo_command(
     also: Annotated[list[str] | None, typer.Option(
         "--also", help="More models for the selector, e.g. a Matryoshka or adapted model directory (repeat).")] = None,
     no_rotation: Annotated[bool, typer.Option("--no-rotation", help="Leave the base+rotation choice out.")] = False,
+    backend: ServeBackendOption = "auto",
+    quantize: QuantizeOption = None,
 ) -> None:
     """Open the interactive demo: search WordNet glosses at any dimension next to full size.
 
@@ -240,7 +261,7 @@ def demo_command(
     Debian's wordnet-base (apt-get install wordnet-base) or $MATRYOSHKA_DATA, then serves http://HOST:PORT/.
     """
     from matryoshka.data.wordnet import WordNetNotFound
-    from matryoshka.models import DEFAULT_MODEL, ModelLoadError, load_model
+    from matryoshka.models import DEFAULT_MODEL, ModelLoadError
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig, served_name
     from matryoshka.serving.startup import (
@@ -260,7 +281,7 @@ def demo_command(
         )
         sock = bind_socket(host, port)  # a busy port is reported before the model loads and the index builds
         quality = load_results(config)
-        loaded = load_model(model)
+        loaded = _served(model, backend, quantize)
         index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild)
         if quality is None:  # the chart works out of the box: measured on this index, cached beside it
             from matryoshka.serving.quality import cached_lemma_recall
@@ -268,7 +289,7 @@ def demo_command(
             quality = cached_lemma_recall(loaded, index, name, demo_cache_path(cache_dir, name, limit or None))
         from matryoshka.serving.demo_models import demo_choices
 
-        others = [(served_name(source), load_model(source)) for source in also or []]
+        others = [(served_name(source), _served(source, backend, quantize)) for source in also or []]
         extra_models, extra_indexes = demo_choices(
             loaded, name, index, others, rotation=not no_rotation,
             build=lambda other, other_name: build_demo_index(other, other_name, limit or None, cache_dir, rebuild),

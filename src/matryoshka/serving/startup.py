@@ -134,3 +134,21 @@ def tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_ARENA_MAX, arenas)) and bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+
+
+def load_served_model(
+    source: str | None, backend: str = "auto", quantize: str | None = None, log: Any = None
+) -> tuple[Any, str]:
+    """Load a model to serve on ``backend``; ``auto`` takes the fastest backend that agrees with torch
+    (cosine >= 0.99 on fixed texts, :func:`matryoshka.runtime.load_fastest`). Returns ``(model, backend label)``."""
+    from matryoshka.models import load_model
+    from matryoshka.runtime import backend_label, check_backend, load_fastest
+
+    if backend == "auto":
+        if quantize is not None:
+            raise StartupError("--quantize needs an explicit --backend onnx or openvino (auto picks its own)")
+        model, label, _ = load_fastest(source, log=log)
+        return model, label
+    check_backend(backend, quantize)
+    model = load_model(source, backend=backend, quantize=quantize)
+    return model, backend_label(model)

@@ -1,0 +1,133 @@
+"""Inference backends (ONNX Runtime, OpenVINO, int8) and fewer layers, against the torch model itself."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+from typer.testing import CliRunner
+
+from matryoshka.cli import app
+from matryoshka.models import ModelLoadError, load_model
+from matryoshka.runtime import (
+    CHECK_TEXTS,
+    RuntimeBackendError,
+    agreement,
+    backend_label,
+    cut_layers,
+    export_root,
+    num_layers,
+)
+
+TEXTS = [*CHECK_TEXTS, "Two dogs run through a field of tall grass.", "What is the capital of France?"]
+runner = CliRunner()
+
+
+def _cosines(model, reference, texts=TEXTS):
+    a = model.encode(texts, normalize_embeddings=True)
+    b = reference.encode(texts, normalize_embeddings=True)
+    return np.sum(a * b, axis=1)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_backends_agree_with_torch(model, backend):
+    compiled = load_model(backend=backend)
+    assert backend_label(compiled) == backend
+    cosines = _cosines(compiled, model)
+    assert cosines.min() >= 0.99, cosines
+    assert compiled.encode(["a text"], truncate_dim=64).shape == (1, 64)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_int8_exports_agree_with_torch(model, backend):
+    compiled = load_model(backend=backend, quantize="int8")
+    assert backend_label(compiled) == f"{backend}-int8"
+    cosines = _cosines(compiled, model)
+    # onnxruntime's dynamic int8 moves one- and two-token texts most ("ok": about 0.97); the mean holds.
+    assert cosines.mean() >= 0.99 and cosines.min() >= 0.95, cosines
+
+
+def test_exports_are_cached_beside_the_model(model):
+    load_model(backend="onnx")
+    from matryoshka.models import resolve_model_name
+
+    folders = list((export_root(model, resolve_model_name(None))).glob("*/onnx/model.onnx"))
+    assert folders, "no cached export beside the packaged model"
+    stamp = folders[0].stat().st_mtime_ns
+    load_model(backend="onnx")
+    assert folders[0].stat().st_mtime_ns == stamp  # read from the cache, not exported again
+
+
+def test_missing_backend_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` sees when it is not installed
+    with pytest.raises(RuntimeBackendError, match=r"pip install 'matryoshka\[onnx\]'"):
+        load_model(backend="onnx")
+    assert issubclass(RuntimeBackendError, ModelLoadError)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"backend": "tensorrt"}, "unknown backend"),
+    ({"quantize": "int8"}, "needs --backend onnx or openvino"),
+    ({"backend": "onnx", "quantize": "int4"}, "unknown quantization"),
+    ({"layers": 0}, "layers must be in 1..6"),
+    ({"layers": 7}, "layers must be in 1..6"),
+])
+def test_bad_backend_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_model(**kwargs)
+
+
+def test_layer_cut_model_loads_with_plain_sentence_transformers(tmp_path, model):
+    cut = load_model(layers=3)
+    assert num_layers(cut) == 3
+    cut.save(str(tmp_path / "cut"))
+    plain = SentenceTransformer(str(tmp_path / "cut"), device="cpu")
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["num_hidden_layers"] == 3
+    np.testing.assert_allclose(plain.encode(TEXTS), cut.encode(TEXTS), atol=1e-5)
+    assert _cosines(cut, model).mean() < 0.99  # three layers are a different model until trained for it
+    with pytest.raises(ValueError, match="layers must be in 1..3"):
+        cut_layers(plain, 4)
+
+
+def test_layer_cut_runs_on_a_backend(model):
+    torch_cut, onnx_cut = load_model(layers=2), load_model(layers=2, backend="onnx")
+    assert _cosines(onnx_cut, torch_cut).min() >= 0.999
+
+
+def test_cli_encode_takes_backend_and_layers():
+    torch_row = runner.invoke(app, ["encode", "a cat", "--dim", "32"])
+    onnx_row = runner.invoke(app, ["encode", "a cat", "--dim", "32", "--backend", "onnx"])
+    assert torch_row.exit_code == 0 and onnx_row.exit_code == 0, onnx_row.output
+    a, b = np.array(json.loads(torch_row.stdout)), np.array(json.loads(onnx_row.stdout))
+    assert float(a @ b) >= 0.999
+    bad = runner.invoke(app, ["encode", "a cat", "--backend", "onnx", "--quantize", "int4"])
+    assert bad.exit_code == 1 and "unknown quantization" in bad.output
+    cut = runner.invoke(app, ["encode", "a cat", "--layers", "2", "--dim", "8"])
+    assert cut.exit_code == 0 and len(json.loads(cut.stdout)) == 8
+
+
+def test_serve_auto_picks_a_backend_that_agrees(model):
+    from matryoshka.serving.startup import load_served_model
+
+    lines: list[str] = []
+    served, label = load_served_model(None, "auto", log=lines.append)
+    assert label in {"openvino", "onnx-int8", "onnx", "torch"}
+    assert agreement(served, model) >= 0.99
+    assert any(label in line for line in lines)
+
+
+def test_cli_cut_and_evaluate_layers_grid(tmp_path):
+    cut = runner.invoke(app, ["cut", "--layers", "2", "--out", str(tmp_path / "cut2")])
+    assert cut.exit_code == 0, cut.output
+    assert num_layers(SentenceTransformer(str(tmp_path / "cut2"), device="cpu")) == 2
+    result = runner.invoke(app, ["evaluate", "--layers", "3,1", "--dims", "384,32", "--limit", "40",
+                                 "--split", "dev", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    grid = json.loads((tmp_path / "eval" / "layers-all-MiniLM-L6-v2.json").read_text())
+    assert set(grid["scores"]) == {"3", "1"} and set(grid["scores"]["3"]) == {"384", "32"}
+    assert all(v > 0 for v in grid["texts_per_second"].values())
+    assert (tmp_path / "eval" / "layers-all-MiniLM-L6-v2.png").stat().st_size > 1000
+    assert "| 3 |" in (tmp_path / "eval" / "layers-all-MiniLM-L6-v2.md").read_text()
