@@ -126,10 +126,11 @@ def test_training_moves_the_student_toward_the_teacher(tiny_teacher: Path, tmp_p
     assert error(tmp_path / "trained", 8) < error(tmp_path / "plain", 8)
 
 
-def test_dims_for_halves_to_16() -> None:
+def test_dims_for_is_powers_of_two_down_to_16() -> None:
     from matryoshka.static import StaticConfig
 
     assert StaticConfig.dims_for(256) == (256, 128, 64, 32, 16)
+    assert StaticConfig.dims_for(384) == (384, 256, 128, 64, 32, 16)
     assert StaticConfig.dims_for(16) == (16,)
 
 
@@ -200,3 +201,25 @@ def test_cli_bad_input_exits_with_a_message(tiny_teacher: Path, tmp_path: Path) 
                                  "--pca-dims", "64", "--no-train"])
     assert result.exit_code == 1
     assert "pca_dims must be in 2..32" in result.output
+
+
+def test_compare_static_rows_start_from_the_distillation(tiny_teacher: Path, tmp_path: Path, data_dir: Path) -> None:
+    """compare's static rows: the plain distillation, then both twins trained from it, on the same sizes."""
+    from dataclasses import replace
+
+    from matryoshka.compare import CompareConfig, _static_rows
+    from matryoshka.data import load_sts
+    from matryoshka.models import load_model
+    from matryoshka.static import StaticConfig
+
+    config = CompareConfig(base_model=str(tiny_teacher), out=tmp_path, dims=(32, 16, 8), jobs=1,
+                           cache_dir=tmp_path / "cache", static_build=StaticConfig(pca_dims=16))
+    config.cap(max_steps=2, max_examples=64)
+    config.static_build = replace(config.static_build, training=replace(config.static_build.training,
+                                                                        show_progress_bar=False))
+    teacher = load_model(str(tiny_teacher), device="cpu")
+    scores, runs = _static_rows(config, teacher, load_sts("test")[:40], lambda message: None, {}, None)
+    assert set(scores) == {"static-distill", "static-standard", "static-matryoshka"}
+    assert all(set(by_dim) == {16, 8} for by_dim in scores.values())
+    assert runs["static-matryoshka"]["steps"] == 2 and tuple(runs["static-matryoshka"]["config"]["dims"]) == (16, 8)
+    assert (tmp_path / "models" / "static-distill" / "modules.json").is_file()

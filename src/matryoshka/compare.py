@@ -17,7 +17,7 @@ The full run also fine-tunes models (``--quick`` skips this, which is what lets 
 - ``nli-standard`` / ``nli-matryoshka``: ``MultipleNegativesRankingLoss`` on NLI triplets, the
   Matryoshka article's experiment;
 - ``static-distill``: model2vec's distillation of the base into a ``StaticEmbedding`` model (PCA
-  to ``static_build.pca_dims``; no training), see :mod:`matryoshka.static`;
+  at the base's size by default, ``static_build.pca_dims``; no training), see :mod:`matryoshka.static`;
 - ``static-standard`` / ``static-matryoshka``: that distilled model trained further on local pairs
   to match the base's full-size similarities, with the plain loss or at every prefix.
 
@@ -49,7 +49,7 @@ from matryoshka.data.nli import load_nli_triplets
 from matryoshka.evaluation import Results, evaluate_sts
 from matryoshka.evaluation.retrieval import score_vectors
 from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
-from matryoshka.models import load_model, resolve_model_name
+from matryoshka.models import load_model, model_dimension, resolve_model_name
 from matryoshka.static import (
     StaticConfig,
     distill_static,
@@ -299,23 +299,27 @@ def _static_rows(
 ) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
     """Distil the base once with model2vec (``static-distill``), then train both twins from it."""
     build = config.static_build
-    dims = tuple(d for d in config.dims if d <= build.pca_dims)
-    if build.pca_dims not in dims:
-        dims = (build.pca_dims, *dims)
+    pca_dims = build.pca_dims or model_dimension(base)
+    dims = tuple(d for d in config.dims if d <= pca_dims)
+    if pca_dims not in dims:
+        dims = (pca_dims, *dims)
     started = time.perf_counter()
     start = config.out / "models" / "static-distill"
-    save_model_atomic(distill_static(base, build.pca_dims, build.sif_coefficient, build.vocabulary,
+    save_model_atomic(distill_static(base, pca_dims, build.sif_coefficient, build.vocabulary,
                                      source=resolve_model_name(config.base_model)), start)
     distilled = load_model(start, device="cpu")
     scores = {"static-distill": evaluate_sts(distilled, test, dims)}
     runs: dict[str, Any] = {"static-distill": {"seconds": round(time.perf_counter() - started, 1),
-                                               "pca_dims": build.pca_dims, "config": None}}
+                                               "pca_dims": pca_dims, "config": None}}
     log(f"static-distill: {json.dumps({d: round(v, 4) for d, v in scores['static-distill'].items()})} "
         f"({runs['static-distill']['seconds']:.0f}s)")
     rows = static_training_pairs(build.sources, build.training.seed, exclude=evaluation_sentences(),
                                  limit=build.max_pairs)
     table = teacher_table(rows, base, config.cache_dir, config.base_model)
-    recipe = replace(build.training, dims=dims, weights=_static_weights(build.training.weights, dims))
+    # The sources and cap ride along in the recorded recipe, so --keep-previous reuses a static model
+    # only when it was trained on the same pairs (dims carry pca_dims).
+    recipe = replace(build.training, dims=dims, weights=_static_weights(build.training.weights, dims),
+                     pair_sources=tuple(build.sources), max_examples=build.max_pairs)
     data = (pair_dataset(rows, table, recipe.distill_loss), table)
     s, r = _train_pair("static", "static", recipe, config, test, base, log, {}, reusable, progress,
                        start=str(start), data=data)
@@ -572,6 +576,8 @@ def run_compare(
         "seed": config.seed,
         "dims": list(config.dims),
         "recipes": {"distill": asdict(config.distill), "nli": asdict(config.nli), "static": asdict(config.static),
+                    "static_build": {k: v for k, v in asdict(config.static_build).items()
+                                     if k not in ("training", "cache_dir")},
                     "adaptor": asdict(config.adaptor), "sts_adaptor": asdict(config.sts_adaptor)},
         "adaptors": sts_adaptors,
         "runs": runs,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matryoshka.models import load_model, model_dimension, resolve_model_name
-from matryoshka.training import TrainConfig, pair_dataset, save_model_atomic, train
+from matryoshka.training import TrainConfig, TrainResult, pair_dataset, save_model_atomic, train
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,8 @@ class StaticConfig:
     """Settings of ``matryoshka static``: the distillation, then the optional training step.
 
     Attributes:
-        pca_dims: the static model's full size; model2vec's PCA keeps this many components.
+        pca_dims: the static model's full size, the components model2vec's PCA keeps (``None``: the
+            transformer's own size, a rotation onto the principal axes that drops nothing).
         sif_coefficient: model2vec's SIF down-weighting of frequent tokens (``None``: off).
         vocabulary: extra words for model2vec's tokenizer (``None``: the transformer's own subwords).
         train: run the training step after distillation.
@@ -73,7 +74,7 @@ class StaticConfig:
         cache_dir: where the teacher's embeddings of the training texts are kept between runs.
     """
 
-    pca_dims: int = 256
+    pca_dims: int | None = None
     sif_coefficient: float | None = 1e-4
     vocabulary: tuple[str, ...] | None = None
     train: bool = True
@@ -89,9 +90,11 @@ class StaticConfig:
 
     def validate(self, full_dim: int) -> None:
         """Raise :class:`StaticBuildError` for settings that cannot build from a ``full_dim`` model."""
-        if isinstance(self.pca_dims, bool) or not isinstance(self.pca_dims, int):
+        if self.pca_dims is None:
+            pass
+        elif isinstance(self.pca_dims, bool) or not isinstance(self.pca_dims, int):
             raise StaticBuildError(f"pca_dims must be an integer, got {self.pca_dims!r}")
-        if not 2 <= self.pca_dims <= full_dim:
+        elif not 2 <= self.pca_dims <= full_dim:
             raise StaticBuildError(f"pca_dims must be in 2..{full_dim} (the model's size), got {self.pca_dims}")
         if self.sif_coefficient is not None and not 0 < self.sif_coefficient < 1:
             raise StaticBuildError(f"sif_coefficient must be in (0, 1), got {self.sif_coefficient}")
@@ -102,11 +105,8 @@ class StaticConfig:
 
     @staticmethod
     def dims_for(full_dim: int) -> tuple[int, ...]:
-        """The Matryoshka sizes trained by default: the full size, then halving down to 16."""
-        dims = [full_dim]
-        while dims[-1] // 2 >= 16:
-            dims.append(dims[-1] // 2)
-        return tuple(dims)
+        """The Matryoshka sizes trained by default: the full size, then the powers of two below it down to 16."""
+        return (full_dim, *[2**k for k in range(12, 3, -1) if 2**k < full_dim])
 
 
 @dataclass
@@ -120,7 +120,7 @@ class StaticBuild:
 
 def distill_static(
     teacher: SentenceTransformer,
-    pca_dims: int = 256,
+    pca_dims: int | None = None,
     sif_coefficient: float | None = 1e-4,
     vocabulary: Sequence[str] | None = None,
     source: str | os.PathLike[str] | None = None,
@@ -128,7 +128,8 @@ def distill_static(
     """model2vec's distillation of ``teacher`` as a sentence-transformers ``StaticEmbedding`` model.
 
     The teacher's first module must be a transformer; its pooling (mean, CLS or last token) is the
-    pooling model2vec distills with. ``source`` is only recorded as the model's base.
+    pooling model2vec distills with. ``pca_dims=None`` keeps the teacher's size. ``source`` is only
+    recorded as the model's base.
 
     Raises:
         StaticBuildError: the teacher has no transformer module, or ``pca_dims`` is out of range.
@@ -139,6 +140,7 @@ def distill_static(
 
     full_dim = model_dimension(teacher)
     StaticConfig(pca_dims=pca_dims, sif_coefficient=sif_coefficient).validate(full_dim)
+    pca_dims = pca_dims or full_dim
     first = teacher[0]
     auto_model = getattr(first, "auto_model", None)
     tokenizer = getattr(first, "tokenizer", None)
@@ -250,12 +252,11 @@ def train_static(
     cache_dir: str | os.PathLike[str] | None = None,
     teacher_name: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int, float | None], None] | None = None,
-) -> Any:
+) -> TrainResult:
     """Self-distil ``teacher`` into the static ``student`` on ``rows`` with :func:`matryoshka.training.train`.
 
     ``config.dims`` empty means :meth:`StaticConfig.dims_for` the student's size. ``table`` (the
-    teacher's vectors of ``rows``) is computed, through the cache, when not given. Returns the
-    :class:`~matryoshka.training.TrainResult`.
+    teacher's vectors of ``rows``) is computed, through the cache, when not given.
     """
     full_dim = model_dimension(student)
     if not config.dims:
@@ -294,16 +295,18 @@ def build_static(
 
         raise ModelLoadError(f"no model directory at {model} (and HF_HUB_OFFLINE is set, so no hub download)")
     teacher = load_model(model, device="cpu")
-    config.validate(model_dimension(teacher))
+    full_dim = model_dimension(teacher)
+    config.validate(full_dim)
+    pca_dims = config.pca_dims or full_dim
     started = time.perf_counter()
-    student = distill_static(teacher, config.pca_dims, config.sif_coefficient, config.vocabulary,
+    student = distill_static(teacher, pca_dims, config.sif_coefficient, config.vocabulary,
                              source=resolve_model_name(model))
     distill_seconds = time.perf_counter() - started
     vocabulary = student[0].tokenizer.get_vocab_size()
-    log(f"distilled {vocabulary:,} tokens to {config.pca_dims} dims with model2vec ({distill_seconds:.0f}s)")
+    log(f"distilled {vocabulary:,} tokens to {pca_dims} dims with model2vec ({distill_seconds:.0f}s)")
     info: dict[str, Any] = {
         "base_model": resolve_model_name(model),
-        "pca_dims": config.pca_dims,
+        "pca_dims": pca_dims,
         "sif_coefficient": config.sif_coefficient,
         "vocabulary": vocabulary,
         "distill_seconds": round(distill_seconds, 1),

@@ -14,7 +14,8 @@ def static_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the static model.")] = Path(
         "runs/static/model"),
     model: ModelOption = None,
-    pca_dims: Annotated[int, typer.Option(help="Full size of the static model (model2vec's PCA components).")] = 256,
+    pca_dims: Annotated[int | None, typer.Option(
+        help="Full size of the static model (model2vec's PCA components); default: the model's own size.")] = None,
     no_train: Annotated[bool, typer.Option("--no-train", help="Stop after model2vec's distillation.")] = False,
     standard: Annotated[bool, typer.Option("--standard", help="Train without MatryoshkaLoss (the baseline).")] = False,
     loss: Annotated[str, typer.Option(help="Self-distillation loss: inbatch (all pairs of texts) or cosent.")] = "inbatch",
@@ -76,5 +77,5 @@ def static_command(
     except (StaticBuildError, ModelLoadError, DataError, ValueError) as exc:
         fail(str(exc))
     kind = "plain model2vec" if no_train else ("standard" if standard else "Matryoshka")
-    console.print(f"saved {kind} static model ({pca_dims} dims) to {built.output_dir}; "
+    console.print(f"saved {kind} static model ({built.info['pca_dims']} dims) to {built.output_dir}; "
                   f"load it with SentenceTransformer({str(built.output_dir)!r})", soft_wrap=True)
