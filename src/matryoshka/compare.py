@@ -17,14 +17,16 @@ The full run also fine-tunes models (``--quick`` skips this, which is what lets 
 - ``nli-standard`` / ``nli-matryoshka``: ``MultipleNegativesRankingLoss`` on NLI triplets, the
   Matryoshka article's experiment;
 - ``static-distill``: model2vec's distillation of the base into a ``StaticEmbedding`` model (PCA
-  at the base's size by default, ``static_build.pca_dims``; no training), see :mod:`matryoshka.static`;
+  to ``static_build.pca_dims``, 256 as chosen on STS-B dev; no training), see :mod:`matryoshka.static`;
 - ``static-standard`` / ``static-matryoshka``: that distilled model trained further on local pairs
   to match the base's full-size similarities, with the plain loss or at every prefix.
 
 The static rows start from model2vec's distillation and no longer from random weights. The
 from-scratch models scored below the plain distillation at every size (0.692 full, 81.8% kept at 32
 dims for ``static-matryoshka``), so they showed a weak model rather than what Matryoshka training
-adds to one worth using; :func:`matryoshka.models.build_static_model` still builds one.
+adds to one worth using; :func:`matryoshka.models.build_static_model` still builds one. What the
+static twins show now is that PCA has already nested the distilled model's dimensions: on STS-B the
+standard twin scores at or above the Matryoshka one at every size (``benchmarks/results/encode/static.md``).
 
 Each pair shares seed, data, order and hyper-parameters; only the loss (every prefix or full size) differs.
 """
@@ -89,7 +91,7 @@ class CompareConfig:
     )
     #: The static recipe: model2vec distillation, then training (``static_build.training``); chosen on
     #: STS-B dev by ``benchmarks/static_dev.py``.
-    static_build: StaticConfig = field(default_factory=StaticConfig)
+    static_build: StaticConfig = field(default_factory=lambda: StaticConfig(pca_dims=256))
     run_static: bool = True
     run_nli: bool = True
     #: Fine-tune the transformer recipes (distill, NLI, static); ``quick()`` turns it off.
