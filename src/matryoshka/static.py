@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matryoshka.models import load_model, model_dimension, resolve_model_name
-from matryoshka.training import TrainConfig, TrainResult, pair_dataset, save_model_atomic, train
+from matryoshka.training import (
+    TrainConfig,
+    TrainResult,
+    pair_dataset,
+    save_model_atomic,
+    train,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -147,8 +153,9 @@ def distill_static(
     if auto_model is None or tokenizer is None:
         raise StaticBuildError(f"model2vec distills a transformer; the model's first module is {type(first).__name__}")
     pooling = "mean"
-    if len(teacher) > 1 and hasattr(teacher[1], "get_config_dict"):
-        pooling = _POOLING.get(str(teacher[1].get_config_dict().get("pooling_mode", "mean")), "mean")
+    config_of = getattr(teacher[1], "get_config_dict", None) if len(teacher) > 1 else None
+    if callable(config_of):
+        pooling = _POOLING.get(str(config_of().get("pooling_mode", "mean")), "mean")
     distilled = distill_from_model(
         model=auto_model,
         tokenizer=tokenizer,
@@ -302,7 +309,11 @@ def build_static(
     student = distill_static(teacher, pca_dims, config.sif_coefficient, config.vocabulary,
                              source=resolve_model_name(model))
     distill_seconds = time.perf_counter() - started
-    vocabulary = student[0].tokenizer.get_vocab_size()
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+    static_module = student[0]
+    assert isinstance(static_module, StaticEmbedding)
+    vocabulary = static_module.tokenizer.get_vocab_size()
     log(f"distilled {vocabulary:,} tokens to {pca_dims} dims with model2vec ({distill_seconds:.0f}s)")
     info: dict[str, Any] = {
         "base_model": resolve_model_name(model),
