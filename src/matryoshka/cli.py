@@ -1,6 +1,7 @@
 """The ``matryoshka`` command line: a thin Typer layer over the Python API.
 
-Commands: ``encode``, ``train``, ``evaluate``, ``compare``, ``index``, ``advise``, ``serve``, ``demo``.
+Commands: ``encode``, ``train``, ``evaluate``, ``compare``, ``index``, ``advise``, ``serve``, ``demo``,
+``static``.
 """
 
 from __future__ import annotations
@@ -563,6 +564,9 @@ def _register_optional() -> None:
 
     app.command("serve")(serve_command)
     app.command("demo")(demo_command)
+    from matryoshka.static_cli import static_command
+
+    app.command("static")(static_command)
 
 
 _register_optional()

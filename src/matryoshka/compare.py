@@ -16,8 +16,17 @@ The full run also fine-tunes models (``--quick`` skips this, which is what lets 
   wrapped in ``MatryoshkaLoss`` (scored on both tables);
 - ``nli-standard`` / ``nli-matryoshka``: ``MultipleNegativesRankingLoss`` on NLI triplets, the
   Matryoshka article's experiment;
-- ``static-standard`` / ``static-matryoshka``: a ``StaticEmbedding`` model trained from random
-  weights on the base model's tokenizer, distilled from the base model.
+- ``static-distill``: model2vec's distillation of the base into a ``StaticEmbedding`` model (PCA
+  to ``static_build.pca_dims``, 256 as chosen on STS-B dev; no training), see :mod:`matryoshka.static`;
+- ``static-standard`` / ``static-matryoshka``: that distilled model trained further on local pairs
+  to match the base's full-size similarities, with the plain loss or at every prefix.
+
+The static rows start from model2vec's distillation and no longer from random weights. The
+from-scratch models scored below the plain distillation at every size (0.692 full, 81.8% kept at 32
+dims for ``static-matryoshka``), so they showed a weak model rather than what Matryoshka training
+adds to one worth using; :func:`matryoshka.models.build_static_model` still builds one. What the
+static twins show now is that PCA has already nested the distilled model's dimensions: on STS-B the
+standard twin scores at or above the Matryoshka one at every size (``benchmarks/results/encode/static.md``).
 
 Each pair shares seed, data, order and hyper-parameters; only the loss (every prefix or full size) differs.
 """
@@ -42,13 +51,21 @@ from matryoshka.data.nli import load_nli_triplets
 from matryoshka.evaluation import Results, evaluate_sts
 from matryoshka.evaluation.retrieval import score_vectors
 from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
-from matryoshka.models import build_static_model, load_model, resolve_model_name
+from matryoshka.models import load_model, model_dimension, resolve_model_name
+from matryoshka.static import (
+    StaticConfig,
+    distill_static,
+    evaluation_sentences,
+    static_training_pairs,
+    teacher_table,
+)
 from matryoshka.training import (
     DEFAULT_DIMS,
     TrainConfig,
     build_dataset,
     load_rows,
     pair_dataset,
+    save_model_atomic,
     teacher_embeddings,
     train,
 )
@@ -72,12 +89,9 @@ class CompareConfig:
     nli: TrainConfig = field(
         default_factory=lambda: TrainConfig(objective="nli", learning_rate=2e-5, batch_size=32)
     )
-    static: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            objective="distill", distill_loss="inbatch", learning_rate=0.05, batch_size=256, epochs=5,
-            weights=(1, 1, 1, 2, 4, 4),
-        )
-    )
+    #: The static recipe: model2vec distillation, then training (``static_build.training``); chosen on
+    #: STS-B dev by ``benchmarks/static_dev.py``.
+    static_build: StaticConfig = field(default_factory=lambda: StaticConfig(pca_dims=256))
     run_static: bool = True
     run_nli: bool = True
     #: Fine-tune the transformer recipes (distill, NLI, static); ``quick()`` turns it off.
@@ -123,13 +137,21 @@ class CompareConfig:
 
     def cap(self, max_steps: int, max_examples: int) -> None:
         """Cap every recipe at ``max_steps`` steps over at most ``max_examples`` rows (smoke tests)."""
-        for name in ("distill", "nli", "static"):
+        for name in ("distill", "nli"):
             recipe = getattr(self, name)
             batch = min(recipe.batch_size, max_examples)
             setattr(self, name, replace(recipe, max_steps=max_steps, max_examples=max_examples, batch_size=batch))
+        training = self.static_build.training
+        self.static_build = replace(self.static_build, max_pairs=max_examples, training=replace(
+            training, max_steps=max_steps, batch_size=min(training.batch_size, max_examples)))
         self.adaptor_pairs = min(self.adaptor_pairs, max_examples)
         self.adaptor = replace(self.adaptor, steps=min(self.adaptor.steps, 10 * max_steps))
         self.sts_adaptor = replace(self.sts_adaptor, steps=min(self.sts_adaptor.steps, 10 * max_steps))
+
+    @property
+    def static(self) -> TrainConfig:
+        """The static recipe's training settings (recorded under ``recipes.static``)."""
+        return self.static_build.training
 
     @classmethod
     def quick(cls, **overrides: Any) -> CompareConfig:
@@ -147,8 +169,7 @@ class CompareConfig:
 
 
 def _make_model(kind: str, base_model: str | None, dim: int, seed: int) -> Any:
-    if kind == "static":
-        return build_static_model(base_model, embedding_dim=dim, seed=seed)
+    """The model a recipe starts from; for ``static``, ``base_model`` is the saved distilled model."""
     return load_model(base_model, device="cpu" if not torch.cuda.is_available() else None)
 
 
@@ -204,8 +225,13 @@ def _train_pair(
     datasets: dict[tuple[Any, ...], Any],
     previous: dict[str, tuple[dict[int, float], dict[str, Any]]] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    start: str | None = None,
+    data: tuple[Any, Any] | None = None,
 ) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
     """Train the standard and Matryoshka variant of one recipe on one shared data set; score both.
+
+    ``start`` is the model both variants start from (default: the base) and ``data`` the prepared
+    (data set, teacher table) pair (default: built from the recipe).
 
     A variant found in ``previous`` with the same training settings keeps its scores and is not
     retrained. With ``compare.jobs == 2`` two variants train side by side in two processes of one
@@ -216,7 +242,8 @@ def _train_pair(
     variants = []
     for matryoshka in (False, True):
         label = (f"{name}-matryoshka" if matryoshka else f"{name}-standard").removeprefix("distill-")
-        variant = replace(config, matryoshka=matryoshka, dims=compare.dims)
+        dims = config.dims if start is not None else compare.dims
+        variant = replace(config, matryoshka=matryoshka, dims=dims)
         earlier = (previous or {}).get(label)
         if earlier and _same_training(earlier[1].get("config"), variant):
             scores[label], runs[label] = earlier
@@ -225,14 +252,14 @@ def _train_pair(
             variants.append((label, variant))
     if not variants:
         return scores, runs
-    dataset, table = _recipe_data(config, teacher, datasets)
+    dataset, table = data if data is not None else _recipe_data(config, teacher, datasets)
     side_by_side = compare.jobs > 1 and len(variants) > 1
     jobs = []
     for label, variant in variants:
         shown = variant.show_progress_bar and not side_by_side and progress is None
         variant = replace(variant, show_progress_bar=shown)
         log(f"training {label}: {config.objective}, {len(dataset)} rows, max_steps={config.max_steps}")
-        jobs.append((label, kind, compare.base_model, variant, compare.out, dataset, table, test))
+        jobs.append((label, kind, start or compare.base_model, variant, compare.out, dataset, table, test))
     if side_by_side:
         import multiprocessing
         import threading
@@ -264,6 +291,52 @@ def _train_pair(
     return scores, runs
 
 
+def _static_rows(
+    config: CompareConfig,
+    base: Any,
+    test: Any,
+    log: Callable[[str], None],
+    reusable: dict[str, tuple[dict[int, float], dict[str, Any]]],
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
+    """Distil the base once with model2vec (``static-distill``), then train both twins from it."""
+    build = config.static_build
+    pca_dims = build.pca_dims or model_dimension(base)
+    dims = tuple(d for d in config.dims if d <= pca_dims)
+    if pca_dims not in dims:
+        dims = (pca_dims, *dims)
+    started = time.perf_counter()
+    start = config.out / "models" / "static-distill"
+    save_model_atomic(distill_static(base, pca_dims, build.sif_coefficient, build.vocabulary,
+                                     source=resolve_model_name(config.base_model)), start)
+    distilled = load_model(start, device="cpu")
+    scores = {"static-distill": evaluate_sts(distilled, test, dims)}
+    runs: dict[str, Any] = {"static-distill": {"seconds": round(time.perf_counter() - started, 1),
+                                               "pca_dims": pca_dims, "config": None}}
+    log(f"static-distill: {json.dumps({d: round(v, 4) for d, v in scores['static-distill'].items()})} "
+        f"({runs['static-distill']['seconds']:.0f}s)")
+    rows = static_training_pairs(build.sources, build.training.seed, exclude=evaluation_sentences(),
+                                 limit=build.max_pairs)
+    table = teacher_table(rows, base, config.cache_dir, config.base_model)
+    # The sources and cap ride along in the recorded recipe, so --keep-previous reuses a static model
+    # only when it was trained on the same pairs (dims carry pca_dims).
+    recipe = replace(build.training, dims=dims, weights=_static_weights(build.training.weights, dims),
+                     pair_sources=tuple(build.sources), max_examples=build.max_pairs)
+    data = (pair_dataset(rows, table, recipe.distill_loss), table)
+    s, r = _train_pair("static", "static", recipe, config, test, base, log, {}, reusable, progress,
+                       start=str(start), data=data)
+    return {**scores, **s}, {**runs, **r}
+
+
+def _static_weights(weights: tuple[float, ...] | None, dims: tuple[int, ...]) -> tuple[float, ...] | None:
+    """The recipe's weights for its last ``len(dims)`` sizes (weights are given smallest size last)."""
+    if weights is None or len(weights) == len(dims):
+        return weights
+    if len(weights) > len(dims):
+        return weights[-len(dims):]
+    return (1.0,) * (len(dims) - len(weights)) + tuple(weights)
+
+
 def _recipe_data(config: TrainConfig, teacher: Any, datasets: dict[tuple[Any, ...], Any]) -> tuple[Any, Any]:
     """The training set of a recipe and, for distillation, the teacher's embeddings of its rows."""
     if config.objective == "nli":
@@ -281,7 +354,8 @@ def _recipe_data(config: TrainConfig, teacher: Any, datasets: dict[tuple[Any, ..
     return pair_dataset(rows, table, config.distill_loss), table
 
 
-_RECIPE_LABELS = {"nli": ("nli-standard", "nli-matryoshka"), "static": ("static-standard", "static-matryoshka")}
+_RECIPE_LABELS = {"nli": ("nli-standard", "nli-matryoshka"),
+                  "static": ("static-distill", "static-standard", "static-matryoshka")}
 
 
 def _used_fields(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -485,7 +559,7 @@ def run_compare(
         scores.update(s)
         runs.update(r)
     if config.run_static and config.run_finetune:
-        s, r = _train_pair("static", "static", config.static, config, test, base, log, datasets, reusable, progress)
+        s, r = _static_rows(config, base, test, log, reusable, progress)
         scores.update(s)
         runs.update(r)
 
@@ -495,7 +569,7 @@ def run_compare(
     # A reused model's run record is the previous run's own object; a retrained one has a new record.
     reused = [label for label, (_, run) in reusable.items() if runs.get(label) is run]
     order = ["base", "base+rotation", "adaptor-standard", "adaptor-matryoshka", "standard", "matryoshka",
-             "nli-standard", "nli-matryoshka", "static-standard", "static-matryoshka"]
+             "nli-standard", "nli-matryoshka", "static-distill", "static-standard", "static-matryoshka"]
     scores = {k: scores[k] for k in order if k in scores}
     metadata = {
         "command": config.command(),
@@ -504,6 +578,8 @@ def run_compare(
         "seed": config.seed,
         "dims": list(config.dims),
         "recipes": {"distill": asdict(config.distill), "nli": asdict(config.nli), "static": asdict(config.static),
+                    "static_build": {k: v for k, v in asdict(config.static_build).items()
+                                     if k not in ("training", "cache_dir")},
                     "adaptor": asdict(config.adaptor), "sts_adaptor": asdict(config.sts_adaptor)},
         "adaptors": sts_adaptors,
         "runs": runs,
