@@ -46,7 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
 
 import funnel  # noqa: E402
 
-from matryoshka.backends import open_backend  # noqa: E402
+from matryoshka.backends import open_index  # noqa: E402
 from matryoshka.retrieval import FunnelIndex, format_stages, parse_stages  # noqa: E402
 
 DEFAULT_CONFIGS = (
@@ -179,7 +179,7 @@ def bench_postgres(vectors, ids, queries, truth, configs, args) -> list[dict]:
         server.start()
         url = server.url
     table = f"bench_{uuid.uuid4().hex[:8]}"
-    store = open_backend(f"{url}{'&' if '?' in url else '?'}table={table}", dim=vectors.shape[1], model_name=args.model)
+    store = open_index(f"{url}{'&' if '?' in url else '?'}table={table}", dim=vectors.shape[1], model_name=args.model)
     try:
         start = time.perf_counter()
         for offset in range(0, len(ids), 10_000):
@@ -214,7 +214,7 @@ def bench_postgres(vectors, ids, queries, truth, configs, args) -> list[dict]:
 
 def bench_qdrant(vectors, ids, queries, truth, configs, args) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-qdrant-") as tmp:
-        store = open_backend(f"qdrant+local://{tmp}?collection=bench", dim=vectors.shape[1], model_name=args.model)
+        store = open_index(f"qdrant+local://{tmp}?collection=bench", dim=vectors.shape[1], model_name=args.model)
         try:
             start = time.perf_counter()
             for offset in range(0, len(ids), 2_000):

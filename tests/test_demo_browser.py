@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_serving_support import retrieval_module, wordnet_sample
+from test_serving_support import wordnet_sample
 
 from matryoshka.embeddings import encode
 from matryoshka.serving import ServeConfig, ServerThread, create_app
+from matryoshka.retrieval import FunnelIndex
 from matryoshka.serving.quality import lemma_recall
 
 torch.set_num_threads(1)
@@ -53,8 +54,8 @@ SCREENSHOT_QUERY = "a small knife whose blade folds into the handle"
 def demo_server(model):
     ids, texts = wordnet_sample(DOCS)
     vectors = encode(model, texts, batch_size=32)
-    with retrieval_module() as retrieval:
-        index = retrieval.FunnelIndex.from_vectors(vectors, ids, texts, model_name=NAME)
+    if True:
+        index = FunnelIndex.from_vectors(vectors, ids, texts, model_name=NAME)
         # the curve `matryoshka demo` measures at first start (each lemma finding its own gloss)
         quality = lemma_recall(model, index, NAME, sample=DOCS)
         assert list(next(iter(quality["models"][NAME].values()))) == [str(d) for d in DIMS]

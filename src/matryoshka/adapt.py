@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 
 from matryoshka.embeddings import truncate
+from matryoshka.errors import InputError
 from matryoshka.files import write_atomic
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 ADAPTOR_FILE = "adaptor.safetensors"
 
 
-class AdaptError(ValueError):
+class AdaptError(InputError):
     """Vectors, pairs or settings that cannot fit or apply an adaptor."""
 
 

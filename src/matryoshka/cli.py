@@ -14,7 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from matryoshka.cli_errors import HandledGroup
+
 app = typer.Typer(
+    cls=HandledGroup,
     name="matryoshka",
     help="Train, encode, evaluate and search with Matryoshka embedding models.",
     no_args_is_help=True,
@@ -78,6 +81,7 @@ def encode(
     """
     from matryoshka.embeddings import PRECISIONS, DimensionError
     from matryoshka.embeddings import encode as encode_texts
+    from matryoshka.model_identity import model_label, short_name
     from matryoshka.models import ModelLoadError, load_model
 
     if backend is not None or corpus is not None or ray:
@@ -118,18 +122,13 @@ def load_corpus(
     corpus: str, backend: str, model: str | None, ray: bool, workers: int | None, batch_size: int,
     write_batch: int, resume: bool,
 ) -> None:
-    """``matryoshka encode --corpus ... --backend ...``: a thin layer over :func:`encode_to_backend`."""
-    from matryoshka.backends import BackendError
-    from matryoshka.backends.ray_encoding import encode_to_backend
-    from matryoshka.models import ModelLoadError
+    """``matryoshka encode --corpus ... --backend ...``: a thin layer over :func:`matryoshka.ingest.encode_to_index`."""
+    from matryoshka.ingest import encode_to_index
 
-    try:
-        report = encode_to_backend(
-            corpus, backend, model, batch_size=batch_size, write_batch=write_batch, num_workers=workers,
-            resume=resume, use_ray=ray,
-        )
-    except (ValueError, TypeError, FileNotFoundError, ModelLoadError, BackendError, ImportError) as exc:
-        fail(str(exc))
+    report = encode_to_index(
+        corpus, backend, model, batch_size=batch_size, write_batch=write_batch, num_workers=workers,
+        resume=resume, use_ray=ray,
+    )
     console.print(
         f"{backend}: wrote {report.written:,} of {report.total:,} documents "
         f"({report.skipped_existing:,} already stored) in {report.seconds:.1f}s"
@@ -227,6 +226,7 @@ def evaluate(
 ) -> None:
     """Score models at every dimension; write JSON, a Markdown table and a plot, with retention."""
     from matryoshka.evaluation import Results
+    from matryoshka.model_identity import model_label, short_name
     from matryoshka.models import ModelLoadError, load_model
 
     dim_list = parse_ints(dims, "--dims")
@@ -235,7 +235,7 @@ def evaluate(
     metrics: dict[str, dict[str, dict[int, float]]] = {}
     try:
         for name in names:
-            label = Path(name).name if name and Path(name).exists() else (name or "all-MiniLM-L6-v2")
+            label = short_name(model_label(name))
             loaded = load_model(name)
             if task == "stsb":
                 from matryoshka.data import load_sts
@@ -347,6 +347,7 @@ def compare(
 
 
 adapt_app = typer.Typer(
+    cls=HandledGroup,
     help="Fit a rotation or a learned Matryoshka adaptor on a frozen model's vectors of a corpus.",
     invoke_without_command=True,
     no_args_is_help=False,

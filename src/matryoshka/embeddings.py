@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
+from matryoshka.errors import DimensionError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -19,8 +21,6 @@ Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
-class DimensionError(ValueError):
-    """A requested dimension is not a valid prefix length of the model's vectors."""
 
 
 def check_dim(dim: int | None, full_dim: int) -> int:

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from matryoshka.errors import IndexCorruptError
 from matryoshka.files import ordinary_mode
 from matryoshka.retrieval.filters import check_metadata
 from matryoshka.retrieval.stages import (
@@ -51,10 +52,6 @@ TEXTS = "texts.json"
 METADATA = "metadata.json"
 _STORAGES = ("float32", "float16")
 _HASH_CHUNK = 8 << 20
-
-
-class IndexCorruptError(RuntimeError):
-    """An index directory is incomplete, truncated, edited or inconsistent with its manifest."""
 
 
 @dataclass
