@@ -52,7 +52,7 @@ def test_backend_kind_from_url():
     assert backend_kind("postgresql://u@h/db") == "postgresql"
     assert backend_kind("qdrant://localhost:6333/docs") == "qdrant"
     assert backend_kind("qdrant+local:///tmp/q?collection=a") == "qdrant"
-    with pytest.raises(ValueError, match="unknown backend scheme"):
+    with pytest.raises(ValueError, match="unknown index scheme"):
         backend_kind("mysql://h/db")
 
 
@@ -87,7 +87,7 @@ def test_encode_refuses_half_a_load_command(corpus_file):
     result = runner.invoke(app, ["encode", "--corpus", str(corpus_file)])
     assert result.exit_code == 1 and "--backend" in result.output
     result = runner.invoke(app, ["encode", "--corpus", str(corpus_file), "--backend", "mysql://x/y"])
-    assert result.exit_code == 1 and "unknown backend scheme" in result.output
+    assert result.exit_code == 1 and "unknown index scheme" in result.output
 
 
 def test_search_api_on_a_database_backend(postgres_url, model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
+import typer
 from typer.core import TyperGroup
 
 from matryoshka.errors import MatryoshkaError
@@ -30,17 +30,17 @@ def one_line_error(exc: BaseException) -> str:
 
 def fail(message: str) -> None:
     """Print ``error: message`` on stderr and exit with status 1."""
-    click.echo(f"error: {message.splitlines()[0] if message else 'unknown error'}", err=True)
-    raise click.exceptions.Exit(1)
+    typer.echo(f"error: {message.splitlines()[0] if message else 'unknown error'}", err=True)
+    raise typer.Exit(1)
 
 
 class HandledGroup(TyperGroup):
     """A Typer command group whose commands' expected errors print one line and exit 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except EXPECTED as exc:
             fail(one_line_error(exc))

@@ -17,7 +17,7 @@ from matryoshka.retrieval.filters import Metadata, check_metadata
 from matryoshka.retrieval.stages import FULL, Stage, resolve_stages
 from matryoshka.retrieval.types import StageTiming, stage_timing
 
-__all__ = ["check_batch", "funnel_shape", "whole_funnel_timings"]
+__all__ = ["check_batch", "funnel_shape", "prefix_only", "whole_funnel_timings"]
 
 
 def check_batch(
@@ -53,6 +53,17 @@ def check_batch(
     if len(texts_out) != len(ids) or len(meta_out) != len(ids):
         raise ValueError("texts and metadata need one entry per id")
     return ids, np.ascontiguousarray(array / norms, dtype=np.float32), texts_out, meta_out
+
+
+def prefix_only(stages: Sequence[Stage], full_dim: int) -> Stage | None:
+    """The stage of a one-stage search that ranks by a prefix view alone (a shorter dim or a non-float
+    codec, as the demo's chosen side runs), else ``None``."""
+    if len(stages) != 1:
+        return None
+    stage = stages[0]
+    if stage.dim in (FULL, full_dim) and stage.codec in ("float32", "float16"):
+        return None
+    return stage
 
 
 def funnel_shape(stages: Sequence[Stage], full_dim: int) -> tuple[Stage | None, Stage]:

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from matryoshka.backends.base import check_batch, funnel_shape, whole_funnel_timings
+from matryoshka.backends.base import check_batch, funnel_shape, prefix_only, whole_funnel_timings
 from matryoshka.errors import BackendError
 from matryoshka.retrieval.filters import Filter, Metadata, check_filter
 from matryoshka.retrieval.protocol import VectorIndex
@@ -535,10 +535,21 @@ class QdrantIndex(VectorIndex):
             raise ValueError("a zero query has no direction to search")
         started = time.perf_counter()
         funnel = validate_stages(self._stages if stages is None else stages, self.dim)
-        shortlist, _ = funnel_shape(funnel, self.dim)
-        plan = None if shortlist is None else self._shortlist(shortlist, k)
         conditions = _conditions(check_filter(filter))
-        requests = [self._request(row, k, plan, conditions) for row in _unit(query)]
+        alone = prefix_only(funnel, self.dim)
+        if alone is not None:  # rank by a stored prefix vector alone, exactly
+            if alone.codec not in ("float32", "float16"):
+                raise ValueError(f"stage {alone}: this backend ranks by a prefix alone only with float codecs")
+            name, d, _, _ = self._shortlist(alone, k)
+            requests = [
+                models.QueryRequest(query=_unit(row[None, :d])[0].tolist(), using=name, limit=k, filter=conditions,
+                                    params=_EXACT, with_payload=_PAYLOAD_FIELDS)
+                for row in _unit(query)
+            ]
+        else:
+            shortlist, _ = funnel_shape(funnel, self.dim)
+            plan = None if shortlist is None else self._shortlist(shortlist, k)
+            requests = [self._request(row, k, plan, conditions) for row in _unit(query)]
         hits: list[list[Hit]] = []
         for start in range(0, len(requests), _QUERY_BATCH):
             with self._engine("query"):

@@ -240,7 +240,7 @@ def add(
         vectors = encode_with_progress(_load_model(name), new_texts, batch_size)
         index.upsert(filled, vectors, new_texts, metadata)
         count = len(index)
-    console.print(f"added {len(filled):,} texts to {index_url} (now {count:,})")
+    console.print(f"added {len(filled):,} texts to {index_url} (now {count:,})", soft_wrap=True, highlight=False)
 
 
 @index_app.command()
@@ -257,10 +257,12 @@ def delete(
         removed = index.delete(wanted)
         count = len(index)
     unknown = [doc_id for doc_id in wanted if doc_id not in present]
-    console.print(f"deleted {removed:,} of {len(wanted):,} ids from {index_url} (now {count:,})")
+    console.print(f"deleted {removed:,} of {len(wanted):,} ids from {index_url} (now {count:,})", soft_wrap=True,
+                  highlight=False)
     if unknown:
         console.print(
-            f"[yellow]not in the index:[/yellow] {', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''}"
+            f"[yellow]not in the index:[/yellow] {', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''}",
+            soft_wrap=True,
         )
 
 

@@ -297,7 +297,10 @@ def create_app(
             raise APIError(400, str(exc), "dim", "invalid_stages") from None
 
         def side(stage: Stage) -> CompareSide:
-            results, timings = index.search_with_timings(query, body.k, [stage])
+            try:
+                results, timings = index.search_with_timings(query, body.k, [stage])
+            except ValueError as exc:  # e.g. int8 on an engine that stores no int8 codes
+                raise APIError(400, f"This index cannot rank by {stage}: {exc}", "codec", "invalid_stages") from None
             stage_dim, codec = int(timings[0]["dim"]), str(timings[0]["codec"])
             per_vector = stage_bytes(stage_dim, codec)
             return CompareSide(

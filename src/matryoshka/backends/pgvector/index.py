@@ -13,9 +13,17 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from matryoshka.backends.base import check_batch, funnel_shape, whole_funnel_timings
+from matryoshka.backends.base import check_batch, funnel_shape, prefix_only, whole_funnel_timings
 from matryoshka.backends.pgvector.connection import connect, message, open_pool, parse_url
-from matryoshka.backends.pgvector.queries import Query, filter_sql, index_parts, query_rows, search_sql, shortlist_stages
+from matryoshka.backends.pgvector.queries import (
+    Query,
+    filter_sql,
+    index_parts,
+    prefix_sql,
+    query_rows,
+    search_sql,
+    shortlist_stages,
+)
 from matryoshka.backends.pgvector.schema import init_schema
 from matryoshka.errors import BackendError
 from matryoshka.retrieval.filters import Filter, Metadata, check_filter
@@ -265,7 +273,7 @@ class PgVectorIndex(VectorIndex):
                     conn.execute(setting)
             for row in rows:
                 found = conn.execute(query.statement(row), query.params(row)).fetchall()
-                results.append([Hit(doc_id, float(1.0 - distance), text) for doc_id, text, distance in found])
+                results.append([Hit(doc_id, query.score(distance), text) for doc_id, text, distance in found])
         return results, whole_funnel_timings(plan, self.dim, k, len(self), time.perf_counter() - started)
 
     def __len__(self) -> int:
@@ -368,6 +376,10 @@ class PgVectorIndex(VectorIndex):
         """The statements for one search; a funnel whose keep covers every matching row runs exactly."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        alone = prefix_only(stages, self.dim)
+        if alone is not None:  # ranked by a prefix view alone (the demo's chosen side): an exact scan
+            index_parts(self.table, alone, self.dim)  # rejects int8 and over-long prefixes
+            return prefix_sql(self.table, k, Stage(alone.dim or self.dim, alone.codec, k), check_filter(filter))
         shortlist, final = funnel_shape(stages, self.dim)
         if shortlist is not None:
             index_parts(self.table, shortlist, self.dim)  # rejects int8 and over-long prefixes

@@ -19,8 +19,8 @@ from psycopg import sql
 
 from matryoshka.retrieval.stages import Stage, validate_stages
 
-__all__ = ["HNSW_MAX_DIM", "Query", "filter_sql", "index_parts", "prefix_expression", "query_rows", "search_sql",
-           "shortlist_stages"]
+__all__ = ["HNSW_MAX_DIM", "Query", "filter_sql", "index_parts", "prefix_expression", "prefix_sql", "query_rows",
+           "search_sql", "shortlist_stages"]
 
 HNSW_MAX_DIM = {"vector": 2000, "halfvec": 4000, "bit": 64000}
 _MAX_EF_SEARCH = 1000
@@ -108,11 +108,11 @@ class Query:
     """One prepared search: the funnel statement, the exact one, its ``SET LOCAL`` settings, and how
     to bind a query row's parameters (the full vector, its prefix view, filter values)."""
 
-    __slots__ = ("exact", "filter_params", "final", "funnel", "settings", "shortlist")
+    __slots__ = ("exact", "filter_params", "final", "funnel", "hamming", "settings", "shortlist")
 
     def __init__(
         self, shortlist: Stage | None, final: Stage, filter_params: dict[str, str], exact: sql.Composed,
-        funnel: sql.Composed, settings: list[sql.Composable],
+        funnel: sql.Composed, settings: list[sql.Composable], hamming: int = 0,
     ) -> None:
         self.shortlist = shortlist
         self.final = final
@@ -120,6 +120,14 @@ class Query:
         self.exact = exact
         self.funnel = funnel
         self.settings = settings
+        self.hamming = hamming  # > 0: distances are Hamming counts over this many bits
+
+    def score(self, distance: float) -> float:
+        """Cosine similarity from the statement's distance (a binary view's Hamming count maps to
+        ``cos(pi * h / d)``, as in the embedded index)."""
+        if self.hamming:
+            return float(np.cos(np.pi * distance / self.hamming))
+        return float(1.0 - distance)
 
     def statement(self, row: np.ndarray) -> sql.Composed:
         """The funnel, or exact search for a query whose float prefix is all zeros (no direction to shortlist by)."""
@@ -170,6 +178,20 @@ def search_sql(
         # keeps scanning the graph until `keep` rows pass the filter (order is restored by the re-rank)
         settings.append(sql.SQL("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     return Query(shortlist, final, filter_params, exact, funnel, settings)
+
+
+def prefix_sql(table: str, k: int, stage: Stage, wanted: dict[str, list[Any]] | None) -> Query:
+    """An exact scan ranked by one prefix view alone (``stage.dim`` values in ``stage.codec``)."""
+    where, filter_params = filter_sql(wanted)
+    d = stage.dim
+    op = sql.SQL("<~>" if stage.codec == "binary" else "<=>")
+    statement = sql.SQL(
+        "SELECT id, text, {prefix} {op} {query} AS distance FROM {table} WHERE {where} ORDER BY distance, seq LIMIT {k}"
+    ).format(prefix=prefix_expression(stage.codec, d), op=op, query=_prefix_query(stage.codec, d),
+             table=sql.Identifier(table), where=where, k=sql.Literal(k))
+    settings: list[sql.Composable] = [sql.SQL("SET LOCAL enable_indexscan = off")]
+    return Query(stage, stage, filter_params, statement, statement, settings,
+                 hamming=d if stage.codec == "binary" else 0)
 
 
 def query_rows(queries: np.ndarray, dim: int) -> np.ndarray:
