@@ -269,8 +269,7 @@ class PgVectorIndex(VectorIndex):
         with self._transaction() as conn:
             query = self._prepare(conn, k, plan, filter)
             if len(rows):
-                for setting in query.settings:
-                    conn.execute(setting)
+                conn.execute(sql.SQL("; ").join(query.settings))  # one round trip
             for row in rows:
                 found = conn.execute(query.statement(row), query.params(row)).fetchall()
                 results.append([Hit(doc_id, query.score(distance), text) for doc_id, text, distance in found])
