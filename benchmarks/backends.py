@@ -45,7 +45,6 @@ ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
 
 import funnel  # noqa: E402
-
 from matryoshka.backends import open_index  # noqa: E402
 from matryoshka.retrieval import FunnelIndex, format_stages, parse_stages  # noqa: E402
 

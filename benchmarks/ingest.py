@@ -101,7 +101,8 @@ def qps(url: str, clients: list[int], seconds: float) -> list[dict]:
                 errors: list[str] = []
                 stop = time.perf_counter() + seconds
 
-                def client(slot: int) -> None:
+                def client(slot: int, n: int = n, stop: float = stop, done: list[int] = done,
+                           errors: list[str] = errors) -> None:
                     with httpx.Client(base_url=server.url, timeout=60) as http:
                         i = slot
                         while time.perf_counter() < stop:

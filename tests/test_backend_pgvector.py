@@ -9,13 +9,15 @@ import threading
 import numpy as np
 import psycopg
 import pytest
-from postgres_server import EmbeddedPostgres, postgres_url  # noqa: F401  (postgres_url is a fixture)
 
 from matryoshka.backends.pgvector import META_TABLE, SCHEMA_VERSION, PgVectorIndex
 from matryoshka.backends.pgvector.connection import parse_url as _parse_url
 from matryoshka.errors import BackendError
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import FULL, Stage, parse_stages
+from postgres_server import EmbeddedPostgres, postgres_url  # noqa: F401  (postgres_url is a fixture)
+
+pytestmark = pytest.mark.postgres
 
 DIM = 32
 COUNT = 300

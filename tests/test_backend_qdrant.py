@@ -12,14 +12,14 @@ pytest.importorskip("qdrant_client")
 
 from qdrant_client import QdrantClient, models
 
-from matryoshka.errors import BackendError
-from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.backends.qdrant import (
     DEFAULT_COLLECTION,
     QdrantIndex,
     parse_url,
     point_id,
 )
+from matryoshka.errors import BackendError
+from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import FULL, Stage, parse_stages
 
 DIM = 32

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_serving_support import wordnet_sample
 
 from matryoshka.embeddings import encode
-from matryoshka.serving import ServeConfig, ServerThread, create_app
 from matryoshka.retrieval import FunnelIndex
+from matryoshka.serving import ServeConfig, ServerThread, create_app
 from matryoshka.serving.quality import lemma_recall
+from test_serving_support import wordnet_sample
 
 torch.set_num_threads(1)
 

@@ -19,9 +19,9 @@ import torch
 from typer.testing import CliRunner
 
 from matryoshka.backends import open_index
+from matryoshka.retrieval.cli import index_app
 from matryoshka.retrieval.index import FunnelIndex
 from matryoshka.retrieval.protocol import VectorIndex
-from matryoshka.retrieval.cli import index_app
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 
 torch.set_num_threads(1)
@@ -76,7 +76,6 @@ def ids_and_scores(rows: list[dict]) -> list[list[tuple[str, float]]]:
     return [[(h["id"], round(h["score"], 4)) for h in row["hits"]] for row in rows]
 
 
-@pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_same_sequence_on_every_engine(engine, tmp_path, request, corpus_file, model) -> None:
@@ -144,6 +143,8 @@ def test_the_same_sequence_on_every_engine(engine, tmp_path, request, corpus_fil
     SEEN[engine] = seen
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_every_engine_gave_the_same_answers() -> None:
     if set(SEEN) != set(ENGINES):
         pytest.skip(f"needs the run on every engine; have {sorted(SEEN)}")

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
 
 from matryoshka import ingest
 from matryoshka.ingest import encode_to_index
 from matryoshka.retrieval.index import FunnelIndex
+
+pytestmark = pytest.mark.ray
 
 torch.set_num_threads(1)
 N_DOCS = 40

@@ -9,12 +9,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from test_serving_support import wordnet_sample
 
 from matryoshka.embeddings import encode
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 from matryoshka.serving.app import STATIC_DIR
 from matryoshka.serving.quality import clean_quality, demo_dimensions, load_quality
+from test_serving_support import wordnet_sample
 
 torch.set_num_threads(1)
 

@@ -121,7 +121,7 @@ class Adaptor:
         try:
             with safe_open(str(source), framework="numpy") as handle:
                 metadata = handle.metadata() or {}
-                if "weight" not in handle.keys():
+                if "weight" not in handle.keys():  # noqa: SIM118 - safetensors handles have keys(), no __contains__
                     raise AdaptError(f"{source} holds no 'weight' tensor")
                 weight = handle.get_tensor("weight")
         except (SafetensorError, OSError) as exc:

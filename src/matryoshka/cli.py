@@ -81,7 +81,6 @@ def encode(
     """
     from matryoshka.embeddings import PRECISIONS, DimensionError
     from matryoshka.embeddings import encode as encode_texts
-    from matryoshka.model_identity import model_label, short_name
     from matryoshka.models import ModelLoadError, load_model
 
     if backend is not None or corpus is not None or ray:

@@ -25,13 +25,11 @@ and so on); a remote cluster's workers use the cluster's own.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np

@@ -61,4 +61,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'matryoshka.retrieval' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "CODECS", "FULL", "PRESETS", "STORAGES", "AdviceReport", "AdviceRow", "Codec", "FunnelIndex", "Hit",
+    "IndexCorruptError", "IndexInfo", "Stage", "StageTiming", "Storage", "VectorIndex", "advise", "bytes_per_vector",
+    "format_stages", "parse_stages", "read_manifest", "resolve_stages", "validate_stages",
+]

@@ -33,7 +33,7 @@ MAX_SAFE_INT = 2**53
 
 def _scalar_problem(value: Any) -> str | None:
     """Why ``value`` cannot be a metadata or filter value (``None`` when it can)."""
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return None
     if isinstance(value, int):
         return None if abs(value) <= MAX_SAFE_INT else f"integer {value} is larger than 2**53"

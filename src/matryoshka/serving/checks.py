@@ -72,8 +72,7 @@ def request_stages(body: SearchRequest, index: VectorIndex) -> list[Stage] | Non
     A funnel that cannot give ``k`` hits as written (a shortlist keeping fewer than ``k``, keeps that
     grow) is refused with a 400 rather than having its keeps raised behind the caller's back.
     """
-    from matryoshka.retrieval.stages import FULL, PRESETS
-    from matryoshka.retrieval.stages import check_keeps
+    from matryoshka.retrieval.stages import FULL, PRESETS, check_keeps
 
     if body.stages is not None and body.preset is not None:
         raise APIError(400, "Give either stages or preset, not both.", "stages", "invalid_request")

@@ -18,7 +18,7 @@ from psycopg import sql
 from matryoshka.backends.pgvector.connection import version_tuple
 from matryoshka.errors import BackendError
 
-__all__ = ["META_TABLE", "MIN_PGVECTOR", "SCHEMA_VERSION", "Schema", "init_schema", "write_stages"]
+__all__ = ["META_TABLE", "MIN_PGVECTOR", "SCHEMA_VERSION", "Schema", "init_schema"]
 
 META_TABLE = "matryoshka_meta"
 #: Version of the table layout; step ``v`` of :func:`_migrations` brings a table from ``v - 1`` to ``v``.
