@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -49,7 +49,7 @@ def parse_floats(value: str, name: str) -> list[float]:
         raise typer.BadParameter(f"{name} must be comma-separated numbers, got {value!r}") from None
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``message`` as an error and exit with status 1."""
     console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(1)
@@ -229,7 +229,7 @@ def evaluate(
     from matryoshka.models import ModelLoadError, load_model
 
     dim_list = parse_ints(dims, "--dims")
-    names = models or [None]
+    names: list[str | None] = [*models] if models else [None]
     scores: dict[str, dict[int, float]] = {}
     metrics: dict[str, dict[str, dict[int, float]]] = {}
     try:
@@ -309,7 +309,7 @@ def compare(
 
     from matryoshka.compare import CompareConfig, run_compare
 
-    kwargs = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
+    kwargs: dict[str, Any] = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
                   eval_limit=eval_limit, jobs=jobs, keep_previous=keep_previous, cache_dir=cache)
     config = CompareConfig.quick(**kwargs) if quick else CompareConfig(**kwargs)
     if weights is not None:
@@ -462,7 +462,7 @@ def _loss_updater(bar: object, task: int):  # type: ignore[no-untyped-def]
     return lambda step, total, loss: bar.update(task, completed=step, description=f"loss {loss:.4f}")  # type: ignore[attr-defined]
 
 
-def _progress_bar():  # type: ignore[no-untyped-def]
+def _progress_bar() -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -475,10 +475,10 @@ def _progress_bar():  # type: ignore[no-untyped-def]
                     console=console, transient=True)
 
 
-def _fit_with_progress(fit: object, vectors: object, config: object, pairs: object) -> object:
+def _fit_with_progress(fit: Any, vectors: object, config: object, pairs: object) -> Any:
     with _progress_bar() as bar:
         task = bar.add_task("fitting", total=getattr(config, "steps", 1))
-        return fit(vectors, config, pairs,  # type: ignore[operator]
+        return fit(vectors, config, pairs,
                    progress=_loss_updater(bar, task))
 
 

@@ -7,7 +7,7 @@ from any command is reported without a traceback. Anything else is a bug and kee
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -28,7 +28,7 @@ def one_line_error(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``error: message`` on stderr and exit with status 1."""
     typer.echo(f"error: {message.splitlines()[0] if message else 'unknown error'}", err=True)
     raise typer.Exit(1)

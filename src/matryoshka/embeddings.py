@@ -62,7 +62,7 @@ def truncate(vectors: np.ndarray, dim: int | None = None, normalize: bool = True
     if array.ndim != 2:
         raise ValueError(f"expected a 2-d array of vectors, got shape {array.shape}")
     dim = check_dim(dim, array.shape[1])
-    prefix = np.ascontiguousarray(array[:, :dim])
+    prefix: np.ndarray = np.ascontiguousarray(array[:, :dim])
     if normalize:
         norms = np.linalg.norm(prefix, axis=1, keepdims=True)
         prefix = prefix / np.where(norms == 0, 1.0, norms)
@@ -88,7 +88,7 @@ def quantize(
     check_binary_dim(int(np.shape(vectors)[-1]), precision)
     from sentence_transformers.util.quantization import quantize_embeddings
 
-    return quantize_embeddings(vectors, precision=precision, calibration_embeddings=calibration)
+    return np.asarray(quantize_embeddings(vectors, precision=precision, calibration_embeddings=calibration))
 
 
 def encode(

@@ -48,8 +48,10 @@ def check_batch(
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError("a zero vector has no direction to store")
-    texts_out = [None] * len(ids) if texts is None else list(texts)
-    meta_out = [None] * len(ids) if metadata is None else [check_metadata(m) for m in metadata]
+    texts_out: list[str | None] = [None] * len(ids) if texts is None else list(texts)
+    meta_out: list[dict[str, Any] | None] = (
+        [None] * len(ids) if metadata is None else [check_metadata(m) for m in metadata]
+    )
     if len(texts_out) != len(ids) or len(meta_out) != len(ids):
         raise ValueError("texts and metadata need one entry per id")
     return ids, np.ascontiguousarray(array / norms, dtype=np.float32), texts_out, meta_out

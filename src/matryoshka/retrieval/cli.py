@@ -13,6 +13,7 @@ matryoshka advise --dataset scifact --target 0.99
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -141,7 +142,8 @@ def search(
         raise typer.BadParameter(f"--format must be auto, table, tsv or json, got {output!r}", param_hint="--format")
     out = _out_console()
     fmt = "json" if as_json else output if output != "auto" else ("table" if out.is_terminal else "tsv")
-    funnel = _parse_stages(stages or preset) if (stages or preset) else None
+    spec = stages or preset
+    funnel = _parse_stages(spec) if spec else None
     wanted = _parse_filter(filter)
     with open_index(index_url, create=False) as index:
         name = model or index.model_name
@@ -336,7 +338,7 @@ def encode_with_progress(model: SentenceTransformer, texts: list[str], batch_siz
         return encode_chunks(model, texts, batch_size, on_progress=advance)
 
 
-def timings_table(timings: list[dict[str, Any]], queries: int) -> Table:
+def timings_table(timings: Sequence[Mapping[str, Any]], queries: int) -> Table:
     """Per-stage timings of one search call as a rich table."""
     table = Table(title=f"stages ({queries} {'query' if queries == 1 else 'queries'})", title_justify="left")
     for column in ("stage", "dim", "codec", "candidates", "keep", "ms"):

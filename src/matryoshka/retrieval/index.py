@@ -64,14 +64,14 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 CHECKPOINT_SECONDS = 60.0
 #: A time checkpoint waits at least this many times as long as the last save took.
 _SAVE_SHARE = 4.0
-_GROWTH = 1.5  # capacity factor when the vector buffer grows
+_GROWTH = 2.0  # capacity factor when the vector buffer grows
 
 
 class _Snapshot(NamedTuple):
     vectors: np.ndarray
     ids: list[str]
     texts: list[str | None] | None
-    views: dict[tuple[str, int], Any]
+    views: dict[Any, Any]
 
 
 class FunnelIndex(VectorIndex):
@@ -318,8 +318,8 @@ class FunnelIndex(VectorIndex):
     ) -> None:
         """Append vectors under new ids; cached views are extended, nothing is rebuilt.
 
-        The stored vectors live in a buffer that grows by half when full, so ``n`` vectors added in
-        any number of calls cost ``O(n)`` copies in all.
+        The stored vectors live in a buffer that doubles when full, so ``n`` vectors added in any
+        number of calls cost ``O(n)`` copies in all.
 
         Raises:
             ValueError: an id is already in the index or repeats, or shapes do not match.
@@ -479,7 +479,8 @@ class FunnelIndex(VectorIndex):
 
         stored = read_index(path, mmap=mmap, verify=verify)
         return cls(
-            stored.vectors, stored.ids, stored.texts, stored.model_name, stored.stages, stored.storage, stored.metadata
+            stored.vectors, stored.ids, stored.texts, stored.model_name, stored.stages, stored.storage,  # type: ignore[arg-type]
+            stored.metadata,
         )
 
     def memory_bytes(self) -> int:
@@ -521,9 +522,8 @@ class FunnelIndex(VectorIndex):
         """A consistent view of the data and the search plan for it, building missing views."""
         with self._lock:
             plan = resolve_stages(stages, self.dim, k, max(len(self._ids), 1))
-            needed = {_view_key(plan[0], self.dim, self.storage)}
-            needed |= {("int8", s.dim) for s in plan[1:] if s.codec == "int8"}
-            needed.discard(None)
+            first = _view_key(plan[0], self.dim, self.storage)
+            needed = {("int8", s.dim) for s in plan[1:] if s.codec == "int8"} | ({first} if first else set())
             for key in needed:
                 view = self._views.pop(key) if key in self._views else _build_view(key, self._vectors)
                 self._views[key] = view  # most recently used last
@@ -628,7 +628,7 @@ def _check_ids(ids: Sequence[str], count: int) -> list[str]:
         raise ValueError(f"ids must be non-empty strings, got {bad[0]!r}")
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
-        duplicate = next(doc_id for doc_id in ids if doc_id in seen or seen.add(doc_id))
+        duplicate = next(doc_id for doc_id in ids if doc_id in seen or seen.add(doc_id))  # type: ignore[func-returns-value]
         raise ValueError(f"id {duplicate!r} appears more than once")
     return ids
 
@@ -729,10 +729,11 @@ def _prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
 def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
     codec, dim = key
     if codec == "float32":
-        view = np.empty((len(vectors), dim), dtype=np.float32)
+        prefixes = np.empty((len(vectors), dim), dtype=np.float32)
         for i, block in enumerate(_prefix_blocks(vectors, dim)):
-            view[i * _BLOCK_ROWS : i * _BLOCK_ROWS + len(block)] = block
-        return view
+            prefixes[i * _BLOCK_ROWS : i * _BLOCK_ROWS + len(block)] = block
+        return prefixes
+    view: Any
     if codec == "binary":
         view = faiss.IndexBinaryFlat(dim)
     else:
@@ -752,7 +753,7 @@ def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: in
     prefix = np.concatenate(list(_prefix_blocks(rows, dim))) if len(rows) else np.zeros((0, dim), np.float32)
     if codec == "float32":
         return np.concatenate([view, prefix])
-    extended = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)
+    extended: Any = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)  # type: ignore[attr-defined]
     extended.add(np.packbits(prefix > 0, axis=1) if codec == "binary" else prefix)
     return extended
 

@@ -129,7 +129,7 @@ def remove_stale_staging(target: str | os.PathLike[str]) -> list[Path]:
     that completed, so they go too.
     """
     target = Path(target).expanduser().absolute()
-    removed = []
+    removed: list[Path] = []
     try:
         siblings = list(target.parent.iterdir())
     except OSError:
@@ -322,7 +322,7 @@ class _HashingWriter:
         return self.handle.write(data)
 
 
-def _write_file(path: Path, write) -> dict[str, Any]:
+def _write_file(path: Path, write: Any) -> dict[str, Any]:
     with open(path, "wb") as handle:
         writer = _HashingWriter(handle)
         write(writer)

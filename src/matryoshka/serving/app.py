@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,7 +87,7 @@ def create_app(
     models: dict[str, SentenceTransformer] | None = None,
     index: VectorIndex | None = None,
     quality: dict[str, Any] | None = None,
-    demo_indexes: dict[str, VectorIndex] | None = None,
+    demo_indexes: Mapping[str, VectorIndex] | None = None,
 ) -> FastAPI:
     """Build the server.
 

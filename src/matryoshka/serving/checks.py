@@ -76,6 +76,7 @@ def request_stages(body: SearchRequest, index: VectorIndex) -> list[Stage] | Non
 
     if body.stages is not None and body.preset is not None:
         raise APIError(400, "Give either stages or preset, not both.", "stages", "invalid_request")
+    stages: list[Stage] | None
     try:
         if body.stages is not None:
             stages = [Stage(dim=FULL if s.dim == "full" else s.dim, codec=s.codec, keep=s.keep) for s in body.stages]
@@ -84,11 +85,12 @@ def request_stages(body: SearchRequest, index: VectorIndex) -> list[Stage] | Non
                 message = f"Unknown preset {body.preset!r}; choose one of {', '.join(PRESETS)}."
                 raise APIError(400, message, "preset", "invalid_preset")
             stages = list(PRESETS[body.preset])
-        else:
+        else:  # the index's own funnel; with dimensions it is the base the first stage is cut from
             stages = index.stages if body.dimensions is not None else None
         if body.dimensions is not None:
             check_dimensions(body.dimensions, index.dim)
-            stages = [dataclasses.replace(stages[0], dim=body.dimensions), *stages[1:]]  # type: ignore[index]
+            base = stages if stages is not None else index.stages
+            stages = [dataclasses.replace(base[0], dim=body.dimensions), *base[1:]]
     except ValueError as exc:  # Stage() refuses e.g. a binary stage whose dim is not a multiple of 8
         raise APIError(400, f"Invalid stages: {exc}", "stages", "invalid_stages") from None
     for i, stage in enumerate(stages or []):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -44,7 +45,7 @@ def _run(app: object, host: str, port: int, log_level: str, announce: str, sock:
     from matryoshka.serving.runner import uvicorn_config
 
     class AnnouncingServer(uvicorn.Server):
-        async def startup(self, sockets=None) -> None:
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started and not self.should_exit:
                 typer.echo(announce, err=True)

@@ -47,8 +47,8 @@ def lemma_recall(
 
     ids = index.ids
     rows = np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(int) if ids else np.array([], dtype=int)
-    pairs = [(int(r), lemma_of(ids[r])) for r in dict.fromkeys(rows.tolist())]
-    pairs = [(r, lemma) for r, lemma in pairs if lemma]
+    found = [(int(r), lemma_of(ids[r])) for r in dict.fromkeys(rows.tolist())]
+    pairs = [(r, lemma) for r, lemma in found if lemma]
     if len(pairs) < 10:
         return None
     queries = encode(model, [lemma for _, lemma in pairs], show_progress_bar=False)
@@ -57,8 +57,8 @@ def lemma_recall(
     curve = {}
     for dim in dims:
         hits = index.search(queries, k=min(k, len(ids)), stages=[Stage(dim, "float32", k)])
-        found = [ids[r] in {h.id for h in row} for (r, _), row in zip(pairs, hits)]
-        curve[str(dim)] = round(float(np.mean(found)), 4)
+        recalled = [ids[r] in {h.id for h in row} for (r, _), row in zip(pairs, hits)]
+        curve[str(dim)] = round(float(np.mean(recalled)), 4)
     task = f"WordNet lemma → own gloss, recall@{k} ({len(pairs)} of {len(ids):,} glosses)"
     return {"models": {model_name: {task: curve}}}
 

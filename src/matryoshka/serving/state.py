@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ async def submit_while_connected(request: Request, batcher: MicroBatcher, texts:
 
 def count_tokens(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
     """Tokens the model reads per text: its own tokenizer, special tokens included, cut at ``max_seq_length``."""
-    tokenizer = getattr(model, "tokenizer", None)
+    tokenizer: Any = getattr(model, "tokenizer", None)
     limit = getattr(model, "max_seq_length", None)
     try:
         if hasattr(tokenizer, "encode_batch"):  # a bare `tokenizers.Tokenizer`, as static models have
@@ -90,7 +90,9 @@ class ServedModel:
         )
 
 
-def make_batch_function(model: SentenceTransformer, batch_size: int):
+def make_batch_function(
+    model: SentenceTransformer, batch_size: int
+) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
     """Full-size float32 vectors (not re-normalized: each request truncates and normalizes its own) and token counts."""
 
     def run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +143,7 @@ class ServerState:
         models: dict[str, SentenceTransformer],
         index: VectorIndex | None,
         quality: dict[str, Any] | None,
-        demo_indexes: dict[str, VectorIndex] | None = None,
+        demo_indexes: Mapping[str, VectorIndex] | None = None,
     ) -> None:
         self.config = config
         created = int(time.time())

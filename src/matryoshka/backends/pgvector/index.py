@@ -343,8 +343,7 @@ class PgVectorIndex(VectorIndex):
         plan = validate_stages(self._stages if stages is None else stages, self.dim)
         with self._transaction() as conn:
             prepared = self._prepare(conn, k, plan, filter)
-            for setting in prepared.settings:
-                conn.execute(setting)
+            conn.execute(sql.SQL("; ").join(prepared.settings))
             options = sql.SQL("(ANALYZE, BUFFERS) " if analyze else "")
             result = conn.execute(sql.SQL("EXPLAIN {}{}").format(options, prepared.statement(rows[0])),
                                   prepared.params(rows[0]))

@@ -36,7 +36,7 @@ class Schema:
     pgvector_version: tuple[int, ...]
 
 
-def _migrations(table: str, dim: int) -> dict[int, list[sql.Composable]]:
+def _migrations(table: str, dim: int) -> dict[int, list[sql.Composed]]:
     """Schema steps in order; a new table runs them all, an older one only those after its version."""
     t = sql.Identifier(table)
     return {
