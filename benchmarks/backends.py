@@ -190,9 +190,9 @@ def bench_postgres(vectors, ids, queries, truth, configs, args) -> list[dict]:
             key = f"index {stages[0].dim}:{stages[0].codec}"
             if len(stages) > 1 and key not in build:
                 start = time.perf_counter()
-                name = store.ensure_index(stages[0])
+                store.prepare(stages)  # the HNSW expression index of the shortlist prefix
                 build[key] = round(time.perf_counter() - start, 2)
-                log(f"postgresql: index {name} in {build[key]:.1f}s")
+                log(f"postgresql: {key} in {build[key]:.1f}s")
         build["total"] = round(sum(v for v in build.values()), 2)
         out = []
         for stages in configs:

@@ -332,7 +332,16 @@ class FunnelIndex(VectorIndex):
         new_ids = _check_ids(ids, len(array))
         new_texts = _check_texts(texts, len(array))
         new_meta = _check_metadata_list(metadata, len(array))
-        rows = _unit_rows(array, self.storage)
+        self._append(_unit_rows(array, self.storage), new_ids, new_texts, new_meta)
+
+    def _append(
+        self,
+        rows: np.ndarray,
+        new_ids: list[str],
+        new_texts: list[str | None] | None,
+        new_meta: list[dict[str, Any] | None] | None,
+    ) -> None:
+        """Append validated unit rows (dtype ``storage``) under new ids."""
         with self._lock:
             taken = [doc_id for doc_id in new_ids if doc_id in self._rows]
             if taken:
@@ -387,7 +396,7 @@ class FunnelIndex(VectorIndex):
             return
         with self._lock:
             self._delete(ids, save=False)
-            self.add(rows, ids, texts, meta)
+            self._append(rows.astype(self.storage, copy=False), ids, texts, meta)
 
     def existing(self, ids: Iterable[str]) -> set[str]:
         """The subset of ``ids`` that is stored."""
