@@ -156,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--repeats", type=int, default=2, help="loads per size; the fastest is reported")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server's model")
+    parser.add_argument("--render", action="store_true", help="only rewrite ingest.md from --out's ingest.json")
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads((args.out / "ingest.json").read_text())
+        saved["verdict"] = verdict(saved)
+        (args.out / "ingest.json").write_text(json.dumps(saved, indent=2) + "\n")
+        (args.out / "ingest.md").write_text(markdown(saved))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     clients = [int(c) for c in args.clients.split(",")]
     started = time.time()
@@ -224,7 +231,8 @@ def verdict(report: dict) -> dict:
     for engine, rows in report["load"].items():
         if rows:
             ratio = rows[-1]["us_per_vector"] / rows[0]["us_per_vector"]
-            out[engine] = {"ratio": round(ratio, 2), "linear": ratio <= LINEAR_LIMIT}
+            upserts = rows[-1]["upsert_us_per_vector"] / rows[0]["upsert_us_per_vector"]
+            out[engine] = {"ratio": round(ratio, 2), "linear": ratio <= LINEAR_LIMIT, "upsert_ratio": round(upserts, 2)}
     rows = report.get("search", {}).get("rows", [])
     if len(rows) > 1:
         base = rows[0]["qps"]
@@ -264,7 +272,15 @@ def markdown(report: dict) -> str:
         if engine in v:
             status = "met" if v[engine]["linear"] else "**missed**"
             lines.append(f"- {engine}: per-vector time at the largest size is {v[engine]['ratio']}x the smallest "
-                         f"(target <= {LINEAR_LIMIT}x): {status}.")
+                         f"(target <= {LINEAR_LIMIT}x): {status}. The upsert calls alone: "
+                         f"{v[engine]['upsert_ratio']}x.")
+    lines += ["", "For `faiss://` the close is the final save: the whole directory written to a new folder, "
+              "SHA-256 checksummed, fsync'd and swapped in (1.5 GB of vectors at 1M). Its cost per vector grows "
+              "with size because the disk writes larger files more slowly: on the machine of the committed "
+              "run, `dd if=/dev/zero bs=16M conv=fsync` wrote 168 MB at 659 MB/s and 1.5 GB at 245 MB/s "
+              "(measured separately, by hand), and SHA-256 runs at about 700 MB/s. The in-memory appends "
+              "stay flat. "
+              "PostgreSQL commits each upsert call, so its close only returns the pool's connections."]
     search = report.get("search")
     if search:
         lines += [

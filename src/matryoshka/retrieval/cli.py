@@ -61,8 +61,8 @@ def build(
     ],
     out: Annotated[
         str,
-        typer.Option("--out", "-o", help="Index URL or directory to write; what is there is replaced (a directory "
-                     "atomically)."),
+        typer.Option("--out", "-o", help="Index URL or directory to write; its documents are replaced (a directory "
+                     "atomically); an index of another model or dimension is refused."),
     ],
     model: ModelOption = None,
     stages: Annotated[
