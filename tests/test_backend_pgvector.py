@@ -209,7 +209,7 @@ def test_bad_input_is_refused(loaded: PgVectorIndex, corpus) -> None:
         {"k": 0},
         {"stages": parse_stages("16:int8:50,full:float32:10")},
         {"stages": parse_stages("16:float32:100,8:float32:50,full:float32:10")},
-        {"stages": [Stage(16, "float32", 10)]},  # the last stage must re-rank at full size
+        {"stages": [Stage(16, "int8", 10)]},  # a prefix alone ranks only in float or binary codes
         {"filter": {"group": {"nested": 1}}},
     ):
         with pytest.raises(ValueError):
@@ -381,3 +381,16 @@ def test_load_resumes_after_the_server_is_killed(tmp_path) -> None:
         hit = backend.search(vectors[12345], k=1)[0][0]
         assert hit.id == "k12345" and hit.score == pytest.approx(1.0, abs=1e-5)
         backend.close()
+
+
+def test_a_prefix_alone_ranks_exactly_by_the_prefix(loaded: PgVectorIndex, corpus) -> None:
+    """One stage on a prefix (the demo's "at this dimension" side): the exact top k by the prefix's cosine."""
+    ids, vectors, _, _ = corpus
+    query = vectors[5]
+    prefix = _unit(vectors[:, :16])
+    expected = [ids[i] for i in np.argsort(-(prefix @ (query[:16] / np.linalg.norm(query[:16]))), kind="stable")[:10]]
+    hits = loaded.search(query, k=10, stages=[Stage(16, "float32", 10)])[0]
+    assert [h.id for h in hits][:3] == expected[:3]
+    assert hits[0].score == pytest.approx(float(prefix[ids.index(hits[0].id)] @ prefix[5]), abs=1e-5)
+    binary = loaded.search(query, k=10, stages=[Stage(16, "binary", 10)])[0]
+    assert binary[0].id == ids[5] and binary[0].score == pytest.approx(1.0)  # all 16 sign bits agree

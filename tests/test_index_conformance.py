@@ -183,3 +183,15 @@ def test_filters_refuse_nan_and_oversized_filters(tmp_path) -> None:
     with pytest.raises(ValueError, match="not a finite number"):
         index.upsert(["nan"], np.ones((1, 4), np.float32), metadata=[{"x": float("nan")}])
     assert len(index) == 3  # the refused write stored nothing
+
+
+def test_an_unreachable_database_answers_503_not_500(postgres_url, model) -> None:
+    import numpy as np
+
+    index = open_index(f"{postgres_url}?table=conf_down_{uuid.uuid4().hex[:6]}", dim=384, model_name=NAME)
+    index.upsert(["a"], np.ones((1, 384), np.float32))
+    index.close()  # every later call fails as a lost server would: BackendError
+    app = create_app(ServeConfig(models=[NAME], log_requests=False), models={NAME: model}, index=index)
+    with ServerThread(app) as server:
+        answer = httpx.post(server.url + "/v1/search", json={"query": "a", "k": 1}, timeout=60)
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "index_unavailable", answer.text

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from matryoshka.embeddings import truncate
+from matryoshka.errors import IndexStoreError
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import CODECS, Stage
 from matryoshka.serving.api_errors import APIError, ClientGone
@@ -159,6 +160,11 @@ def create_app(
     @app.exception_handler(BatcherClosed)
     async def _closing(_: Request, exc: BatcherClosed) -> JSONResponse:
         return APIError(503, "The server is shutting down.", None, "shutting_down", "server_error").response()
+
+    @app.exception_handler(IndexStoreError)
+    async def _index_down(request: Request, exc: IndexStoreError) -> JSONResponse:
+        logger.error("index error", extra={"event": "index_error", "path": request.url.path, "error": str(exc)})
+        return APIError(503, f"The index is unavailable: {exc}", None, "index_unavailable", "server_error").response()
 
     @app.exception_handler(ClientGone)
     async def _client_gone(_: Request, exc: ClientGone) -> Response:
