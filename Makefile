@@ -8,7 +8,7 @@ export MATRYOSHKA_DATA
 export TOKENIZERS_PARALLELISM := false
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test compare bench clean
+.PHONY: install system-deps run test test-fast lint compare bench clean
 
 # torch is pinned in the same pip command as sentence-transformers, so pip never pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -37,6 +37,14 @@ compare: install
 
 test: install system-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# Minutes, not ten: leaves out what starts PostgreSQL, Ray or Chromium, and what trains or encodes for long.
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not postgres and not ray and not browser and not slow"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_overhead.py

@@ -103,7 +103,7 @@ def stage_score(models: Path, out: Path, cache: Path, sts_model: Path | None) ->
     sci_ids, sci_docs = base_vectors["scifact"][0], base_vectors["scifact"][1]
     row = {d: i for i, d in enumerate(sci_ids)}
     pair_q, pair_d = [], []
-    for i, (q, judged) in enumerate(train_set.qrels.items()):
+    for i, (_q, judged) in enumerate(train_set.qrels.items()):
         for d, r in judged.items():
             if r > 0 and d in row:
                 pair_q.append(train_queries[i])

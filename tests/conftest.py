@@ -35,7 +35,17 @@ def model():
     return load_model(device="cpu")
 
 
-from postgres_server import postgres_url  # noqa: F401  (a real throw-away PostgreSQL server, one per session)
+from postgres_server import postgres_url  # noqa: F401, E402  (a real throw-away PostgreSQL server, one per session)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts or uses the PostgreSQL server ``postgres`` (a parameter named
+    ``postgresql`` counts: the engine-parametrized suites ask for the server only for that one)."""
+    for item in items:
+        callspec = item.callspec if isinstance(item, pytest.Function) and hasattr(item, "callspec") else None
+        values = {str(v) for v in callspec.params.values()} if callspec is not None else set()
+        if "postgres_url" in getattr(item, "fixturenames", ()) or "postgresql" in values:
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")

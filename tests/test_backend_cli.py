@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from matryoshka.backends import backend_kind, open_backend
+from matryoshka.backends import backend_kind, open_index
 from matryoshka.cli import app
 from matryoshka.embeddings import encode
 from matryoshka.serving import ServeConfig, ServerThread, create_app
@@ -52,7 +52,7 @@ def test_backend_kind_from_url():
     assert backend_kind("postgresql://u@h/db") == "postgresql"
     assert backend_kind("qdrant://localhost:6333/docs") == "qdrant"
     assert backend_kind("qdrant+local:///tmp/q?collection=a") == "qdrant"
-    with pytest.raises(ValueError, match="unknown backend scheme"):
+    with pytest.raises(ValueError, match="unknown index scheme"):
         backend_kind("mysql://h/db")
 
 
@@ -64,7 +64,7 @@ def test_encode_loads_a_corpus_into_a_backend_and_resumes(url, corpus_file, mode
     assert again.exit_code == 0, again.output
     assert "wrote 0 of 6 documents (6 already stored)" in again.output
 
-    store = open_backend(url, create=False)
+    store = open_index(url, create=False)
     try:
         assert len(store) == 6 and store.model_name == NAME
         query = encode(model, ["interest rates and inflation"])
@@ -87,12 +87,12 @@ def test_encode_refuses_half_a_load_command(corpus_file):
     result = runner.invoke(app, ["encode", "--corpus", str(corpus_file)])
     assert result.exit_code == 1 and "--index" in result.output
     result = runner.invoke(app, ["encode", "--corpus", str(corpus_file), "--index", "mysql://x/y"])
-    assert result.exit_code == 1 and "unknown backend scheme" in result.output
+    assert result.exit_code == 1 and "unknown index scheme" in result.output
 
 
 def test_search_api_on_a_database_backend(postgres_url, model):
     url = f"{postgres_url}{'&' if '?' in postgres_url else '?'}table=api_{uuid.uuid4().hex[:8]}"
-    store = open_backend(url, dim=384, model_name=NAME)
+    store = open_index(url, dim=384, model_name=NAME)
     texts = [t for _, t, _ in DOCS]
     store.upsert([i for i, _, _ in DOCS], encode(model, texts), texts, [{"topic": t} for _, _, t in DOCS])
     store.close()

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import pytest
 
-from matryoshka.backends import open_backend
+from matryoshka.backends import open_index
 from matryoshka.retrieval import Stage, parse_stages
 
 CORPUS_SIZE = 400
@@ -52,7 +52,7 @@ def opened(request, tmp_path, corpus):
         url = f"{base}{sep}table=conf_{uuid.uuid4().hex[:8]}"
     else:
         url = f"qdrant+local://{tmp_path / 'qdrant'}?collection=conformance"
-    store = open_backend(url, dim=vectors.shape[1], model_name="all-MiniLM-L6-v2")
+    store = open_index(url, dim=vectors.shape[1], model_name="all-MiniLM-L6-v2")
     store.upsert(ids, vectors, texts, metadata)
     yield store, url
     store.close()
@@ -165,13 +165,13 @@ def test_reopen_reads_back_the_same_data(opened, corpus):
     _, _, vectors, _, queries = corpus
     before = hit_ids(backend.search(queries[:5], k=K))
     backend.close()
-    again = open_backend(url)
+    again = open_index(url)
     try:
         assert again.dim == vectors.shape[1]
         assert again.model_name == "all-MiniLM-L6-v2"
         assert len(again) == CORPUS_SIZE
         assert_same_ranking(hit_ids(again.search(queries[:5], k=K)), before, corpus)
         with pytest.raises(ValueError, match="384|dim"):
-            open_backend(url, dim=128)
+            open_index(url, dim=128)
     finally:
         again.close()

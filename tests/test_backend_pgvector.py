@@ -9,16 +9,15 @@ import threading
 import numpy as np
 import psycopg
 import pytest
+
+from matryoshka.backends.pgvector import META_TABLE, SCHEMA_VERSION, PgVectorIndex
+from matryoshka.backends.pgvector.connection import parse_url as _parse_url
+from matryoshka.errors import BackendError
+from matryoshka.retrieval.protocol import VectorIndex
+from matryoshka.retrieval.stages import FULL, Stage, parse_stages
 from postgres_server import EmbeddedPostgres, postgres_url  # noqa: F401  (postgres_url is a fixture)
 
-from matryoshka.backends.base import BackendError, VectorBackend
-from matryoshka.backends.pgvector import (
-    META_TABLE,
-    SCHEMA_VERSION,
-    PgVectorBackend,
-    _parse_url,
-)
-from matryoshka.retrieval.stages import FULL, Stage, parse_stages
+pytestmark = pytest.mark.postgres
 
 DIM = 32
 COUNT = 300
@@ -51,9 +50,9 @@ def url(postgres_url: str, request: pytest.FixtureRequest) -> str:  # noqa: F811
 
 
 @pytest.fixture
-def loaded(url: str, corpus) -> PgVectorBackend:
+def loaded(url: str, corpus) -> PgVectorIndex:
     ids, vectors, texts, metadata = corpus
-    backend = PgVectorBackend.open(url, dim=DIM, model_name="test-model")
+    backend = PgVectorIndex.open(url, dim=DIM, model_name="test-model")
     backend.upsert(ids, vectors, texts, metadata)
     yield backend
     backend.close()
@@ -87,59 +86,59 @@ def test_url_parsing_takes_out_table_and_masks_password() -> None:
 
 
 def test_create_reopen_and_mismatch(url: str) -> None:
-    with PgVectorBackend.open(url, dim=DIM, model_name="m1") as backend:
-        assert isinstance(backend, VectorBackend)
+    with PgVectorIndex.open(url, dim=DIM, model_name="m1") as backend:
+        assert isinstance(backend, VectorIndex)
         assert (backend.dim, backend.model_name, len(backend)) == (DIM, "m1", 0)
         assert backend.pgvector_version >= (0, 7, 0)
-    with PgVectorBackend.open(url) as backend:  # dim and model read back from the meta table
+    with PgVectorIndex.open(url) as backend:  # dim and model read back from the meta table
         assert (backend.dim, backend.model_name) == (DIM, "m1")
-    with PgVectorBackend.open(url, dim=DIM, model_name="m1", create=False) as backend:
+    with PgVectorIndex.open(url, dim=DIM, model_name="m1", create=False) as backend:
         assert backend.dim == DIM
     with pytest.raises(ValueError, match="32-dim"):
-        PgVectorBackend.open(url, dim=16)
+        PgVectorIndex.open(url, dim=16)
     with pytest.raises(ValueError, match="m1"):
-        PgVectorBackend.open(url, model_name="other-model")
+        PgVectorIndex.open(url, model_name="other-model")
     missing = url.replace("?table=t_", "?table=m_")
     with pytest.raises(ValueError, match="dim"):
-        PgVectorBackend.open(missing)
+        PgVectorIndex.open(missing)
     with pytest.raises(BackendError, match="create=True"):
-        PgVectorBackend.open(missing, dim=DIM, create=False)
+        PgVectorIndex.open(missing, dim=DIM, create=False)
 
 
 def test_foreign_table_is_refused(postgres_url: str) -> None:  # noqa: F811
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE not_ours (id int)")
     with pytest.raises(BackendError, match="not created by matryoshka"):
-        PgVectorBackend.open(f"{postgres_url}?table=not_ours", dim=DIM)
+        PgVectorIndex.open(f"{postgres_url}?table=not_ours", dim=DIM)
 
 
 def test_schema_migrates_older_and_refuses_newer(url: str, postgres_url: str) -> None:  # noqa: F811
     table = _parse_url(url)[2]
-    PgVectorBackend.open(url, dim=DIM).close()
+    PgVectorIndex.open(url, dim=DIM).close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"DROP INDEX {table}_metadata_gin")
         conn.execute(f"UPDATE {META_TABLE} SET schema_version = 1 WHERE table_name = %s", [table])
         with pytest.raises(BackendError, match="migrate"):
-            PgVectorBackend.open(url, create=False)
-        PgVectorBackend.open(url).close()
+            PgVectorIndex.open(url, create=False)
+        PgVectorIndex.open(url).close()
         version = conn.execute(f"SELECT schema_version FROM {META_TABLE} WHERE table_name = %s", [table]).fetchone()
         assert version == (SCHEMA_VERSION,)
         assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{table}_metadata_gin"]).fetchone() == (True,)
         conn.execute(f"UPDATE {META_TABLE} SET schema_version = 99 WHERE table_name = %s", [table])
         with pytest.raises(BackendError, match="newer"):
-            PgVectorBackend.open(url)
+            PgVectorIndex.open(url)
 
 
 def test_connection_failure_names_server_not_password() -> None:
     with pytest.raises(BackendError) as info:
-        PgVectorBackend.open("postgresql://app:hunter2@127.0.0.1:1/db?connect_timeout=3", dim=DIM)
+        PgVectorIndex.open("postgresql://app:hunter2@127.0.0.1:1/db?connect_timeout=3", dim=DIM)
     assert "127.0.0.1:1" in str(info.value) and "hunter2" not in str(info.value)
 
 
 # -- writes --------------------------------------------------------------------------------------
 
 
-def test_upsert_replaces_delete_and_existing(loaded: PgVectorBackend, corpus) -> None:
+def test_upsert_replaces_delete_and_existing(loaded: PgVectorIndex, corpus) -> None:
     ids, vectors, _, _ = corpus
     assert len(loaded) == len(ids)
     assert loaded.existing(["doc1", "nope", "e0"]) == {"doc1", "e0"}
@@ -155,16 +154,16 @@ def test_upsert_replaces_delete_and_existing(loaded: PgVectorBackend, corpus) ->
     assert loaded.existing([]) == set() and loaded.delete([]) == 0
 
 
-def test_direct_copy_falls_back_to_merge_on_a_racing_id(loaded: PgVectorBackend, corpus, monkeypatch) -> None:
+def test_direct_copy_falls_back_to_merge_on_a_racing_id(loaded: PgVectorIndex, corpus, monkeypatch) -> None:
     """A batch of 'new' ids that another writer stored meanwhile is merged, not refused."""
     ids, vectors, _, _ = corpus
-    monkeypatch.setattr(PgVectorBackend, "_any_stored", lambda self, conn, batch: False)
+    monkeypatch.setattr(PgVectorIndex, "_any_stored", lambda self, conn, batch: False)
     loaded.upsert(["fresh", "doc7"], vectors[[8, 9]], ["fresh text", "doc7 again"])
     assert len(loaded) == len(ids) + 1
     assert [h.text for h in loaded.search(vectors[9], k=2)[0]] == ["text of doc9", "doc7 again"]  # tie: older first
 
 
-def test_ties_break_by_insertion_order(loaded: PgVectorBackend, corpus) -> None:
+def test_ties_break_by_insertion_order(loaded: PgVectorIndex, corpus) -> None:
     _, vectors, _, _ = corpus
     twin = vectors[-1]
     assert [hit.id for hit in loaded.search(twin, k=2)[0]] == ["twin-a", "twin-b"]
@@ -179,7 +178,7 @@ def test_bulk_copy_round_trips_exactly(url: str) -> None:
     ids = [f"bulk-{i}" for i in range(count)]
     texts = [None if i % 5 == 0 else f"tab\there\nnewline \\ backslash ünïcødé {i}" for i in range(count)]
     metadata = [None if i % 4 == 0 else {"i": i, "ok": i % 2 == 0, "s": "x\ty"} for i in range(count)]
-    with PgVectorBackend.open(url, dim=DIM) as backend:
+    with PgVectorIndex.open(url, dim=DIM) as backend:
         backend.upsert(ids, vectors, texts, metadata)
         assert len(backend) == count
         with psycopg.connect(backend._conninfo) as conn:
@@ -192,7 +191,7 @@ def test_bulk_copy_round_trips_exactly(url: str) -> None:
     assert [r[3] for r in rows] == metadata
 
 
-def test_bad_input_is_refused(loaded: PgVectorBackend, corpus) -> None:
+def test_bad_input_is_refused(loaded: PgVectorIndex, corpus) -> None:
     _, vectors, _, _ = corpus
     with pytest.raises(ValueError):
         loaded.upsert(["a"], np.ones((1, DIM + 1), dtype=np.float32))
@@ -210,7 +209,7 @@ def test_bad_input_is_refused(loaded: PgVectorBackend, corpus) -> None:
         {"k": 0},
         {"stages": parse_stages("16:int8:50,full:float32:10")},
         {"stages": parse_stages("16:float32:100,8:float32:50,full:float32:10")},
-        {"stages": [Stage(16, "float32", 10)]},  # the last stage must re-rank at full size
+        {"stages": [Stage(16, "int8", 10)]},  # a prefix alone ranks only in float or binary codes
         {"filter": {"group": {"nested": 1}}},
     ):
         with pytest.raises(ValueError):
@@ -227,7 +226,7 @@ def test_bad_input_is_refused(loaded: PgVectorBackend, corpus) -> None:
 # -- search --------------------------------------------------------------------------------------
 
 
-def test_exact_search_equals_brute_force(loaded: PgVectorBackend, corpus) -> None:
+def test_exact_search_equals_brute_force(loaded: PgVectorIndex, corpus) -> None:
     ids, vectors, texts, _ = corpus
     queries = np.concatenate([_queries(), vectors[:2] + 0.01])
     hits = loaded.search(queries, k=10)
@@ -241,7 +240,7 @@ def test_exact_search_equals_brute_force(loaded: PgVectorBackend, corpus) -> Non
     assert loaded.search(np.empty((0, DIM), dtype=np.float32)) == []
 
 
-def test_funnel_with_keep_covering_the_corpus_is_exact(loaded: PgVectorBackend, corpus) -> None:
+def test_funnel_with_keep_covering_the_corpus_is_exact(loaded: PgVectorIndex, corpus) -> None:
     ids = corpus[0]
     loaded.ensure_index(Stage(8, "float32", 10))
     queries = _queries()
@@ -251,7 +250,7 @@ def test_funnel_with_keep_covering_the_corpus_is_exact(loaded: PgVectorBackend, 
         assert [[h.id for h in row] for row in funnel] == [[h.id for h in row] for row in exact], spec
 
 
-def test_funnel_with_small_keep_has_good_recall(loaded: PgVectorBackend, corpus) -> None:
+def test_funnel_with_small_keep_has_good_recall(loaded: PgVectorIndex, corpus) -> None:
     ids, vectors, _, _ = corpus
     queries = _queries(20)
     truth = [{ids[i] for i in row} for row in _brute_force(vectors, queries, 10)]
@@ -265,7 +264,7 @@ def test_funnel_with_small_keep_has_good_recall(loaded: PgVectorBackend, corpus)
             assert len(row) == 10 and all(a.score >= b.score for a, b in itertools.pairwise(row))
 
 
-def test_query_with_a_zero_prefix_is_answered_exactly(loaded: PgVectorBackend, corpus) -> None:
+def test_query_with_a_zero_prefix_is_answered_exactly(loaded: PgVectorIndex, corpus) -> None:
     """A query whose prefix is all zeros gives the prefix nothing to rank by; it gets the exact answer."""
     stages = parse_stages("8:float32:50,full:float32:3")
     loaded.ensure_index(stages[0])
@@ -273,7 +272,7 @@ def test_query_with_a_zero_prefix_is_answered_exactly(loaded: PgVectorBackend, c
     assert loaded.search(query, k=3, stages=stages) == loaded.search(query, k=3)
 
 
-def test_binary_stage(loaded: PgVectorBackend, corpus) -> None:
+def test_binary_stage(loaded: PgVectorIndex, corpus) -> None:
     ids, vectors, _, _ = corpus
     name = loaded.ensure_index(Stage(FULL, "binary", 50))
     assert name == f"{loaded.table}_p{DIM}_bin_hnsw"
@@ -285,7 +284,7 @@ def test_binary_stage(loaded: PgVectorBackend, corpus) -> None:
     assert all(h.score == pytest.approx(expected[h.id], abs=1e-5) for h in hits)
 
 
-def test_filter_restricts_results(loaded: PgVectorBackend, corpus) -> None:
+def test_filter_restricts_results(loaded: PgVectorIndex, corpus) -> None:
     ids, vectors, _, metadata = corpus
     queries = _queries(4)
     wanted = [i for i, m in enumerate(metadata) if m["group"] in ("red", "blue") and m["n"] == 3]
@@ -303,9 +302,9 @@ def test_funnel_is_one_statement_on_the_expression_index(url: str, postgres_url:
     rng = np.random.default_rng(5)
     vectors = rng.standard_normal((3000, DIM)).astype(np.float32)
     metadata = [{"g": i % 10} for i in range(len(vectors))]
-    with PgVectorBackend.open(url, dim=DIM) as backend:
+    with PgVectorIndex.open(url, dim=DIM) as backend:
         backend.upsert([str(i) for i in range(len(vectors))], vectors, metadata=metadata)
-        reopened = PgVectorBackend.open(url, index_stages="16:float32:40,full:float32:10")  # builds after the load
+        reopened = PgVectorIndex.open(url, index_stages="16:float32:40,full:float32:10")  # builds after the load
         reopened.close()
         binary = backend.ensure_index(Stage(16, "binary", 40), m=8, ef_construction=32)
         with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -321,12 +320,12 @@ def test_funnel_is_one_statement_on_the_expression_index(url: str, postgres_url:
         assert "Index" not in plan and "Seq Scan" in plan, plan  # exact search never goes through an index
 
         # With a filter that 1 row in 10 passes, the index scan still fills the shortlist (iterative scan).
-        conn = backend._connection()
-        with conn.transaction():
-            statement, settings, params = backend._prepare(conn, 10, funnel, {"g": 3})
-            for setting in [*settings, "SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off"]:
+        with backend._transaction() as conn:
+            params = backend._prepare(conn, 10, funnel, {"g": 3})
+            for setting in [*params.settings, "SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off"]:
                 conn.execute(setting)
             unit = query / np.linalg.norm(query)
+            statement = params.statement(unit)
             plan = "\n".join(r[0] for r in conn.execute(b"EXPLAIN " + statement.as_bytes(conn), params.params(unit)))
             assert f"Index Scan using {backend.table}_p16_f32_hnsw" in plan and "Filter" in plan, plan
             shortlist = statement.as_string(conn).replace("LIMIT 10", "LIMIT 1000")  # the re-rank keeps all
@@ -345,7 +344,7 @@ def test_load_resumes_after_the_server_is_killed(tmp_path) -> None:
     ids = [f"k{i}" for i in range(total)]
     with EmbeddedPostgres() as server:
         url = f"{server.url}?table=kill_test"
-        backend = PgVectorBackend.open(url, dim=DIM)
+        backend = PgVectorIndex.open(url, dim=DIM)
         committed = threading.Semaphore(0)
         failure: list[BaseException] = []
 
@@ -366,7 +365,7 @@ def test_load_resumes_after_the_server_is_killed(tmp_path) -> None:
         assert failure and isinstance(failure[0], BackendError), failure
 
         server.start()
-        stored = len(backend)  # the same backend reconnects
+        stored = backend.refresh_count()  # the same index reconnects (its pool replaces broken connections)
         assert 3 * batch <= stored < total and stored % batch == 0  # whole batches only
         done = backend.existing(ids)
         todo = [i for i, doc_id in enumerate(ids) if doc_id not in done]
@@ -382,3 +381,16 @@ def test_load_resumes_after_the_server_is_killed(tmp_path) -> None:
         hit = backend.search(vectors[12345], k=1)[0][0]
         assert hit.id == "k12345" and hit.score == pytest.approx(1.0, abs=1e-5)
         backend.close()
+
+
+def test_a_prefix_alone_ranks_exactly_by_the_prefix(loaded: PgVectorIndex, corpus) -> None:
+    """One stage on a prefix (the demo's "at this dimension" side): the exact top k by the prefix's cosine."""
+    ids, vectors, _, _ = corpus
+    query = vectors[5]
+    prefix = _unit(vectors[:, :16])
+    expected = [ids[i] for i in np.argsort(-(prefix @ (query[:16] / np.linalg.norm(query[:16]))), kind="stable")[:10]]
+    hits = loaded.search(query, k=10, stages=[Stage(16, "float32", 10)])[0]
+    assert [h.id for h in hits][:3] == expected[:3]
+    assert hits[0].score == pytest.approx(float(prefix[ids.index(hits[0].id)] @ prefix[5]), abs=1e-5)
+    binary = loaded.search(query, k=10, stages=[Stage(16, "binary", 10)])[0]
+    assert binary[0].id == ids[5] and binary[0].score == pytest.approx(1.0)  # all 16 sign bits agree

@@ -12,13 +12,14 @@ pytest.importorskip("qdrant_client")
 
 from qdrant_client import QdrantClient, models
 
-from matryoshka.backends.base import BackendError, VectorBackend
 from matryoshka.backends.qdrant import (
     DEFAULT_COLLECTION,
-    QdrantBackend,
+    QdrantIndex,
     parse_url,
     point_id,
 )
+from matryoshka.errors import BackendError
+from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import FULL, Stage, parse_stages
 
 DIM = 32
@@ -51,7 +52,7 @@ def _meta(i: int) -> dict:
 @pytest.fixture
 def loaded(tmp_path: Path, data):
     ids, vectors, _ = data
-    backend = QdrantBackend.open(
+    backend = QdrantIndex.open(
         f"qdrant+local://{tmp_path}/q?collection=docs", dim=DIM, model_name="test-model", prefix_dims=(8, 16)
     )
     backend.upsert(ids, vectors, texts=[f"text {i}" for i in range(COUNT)], metadata=[_meta(i) for i in range(COUNT)])
@@ -61,8 +62,8 @@ def loaded(tmp_path: Path, data):
 
 def test_create_and_reopen_reads_layout(tmp_path: Path) -> None:
     url = f"qdrant+local://{tmp_path}/store?collection=c1"
-    backend = QdrantBackend.open(url, dim=DIM, model_name="m1", prefix_dims=(16, 8, 16, 64))
-    assert isinstance(backend, VectorBackend)
+    backend = QdrantIndex.open(url, dim=DIM, model_name="m1", prefix_dims=(16, 8, 16, 64))
+    assert isinstance(backend, VectorIndex)
     assert (backend.dim, backend.model_name, backend.prefix_dims, backend.binary) == (DIM, "m1", (8, 16), True)
     assert backend.url == url and len(backend) == 0
     vectors = backend.client.get_collection("c1").config.params.vectors
@@ -70,33 +71,33 @@ def test_create_and_reopen_reads_layout(tmp_path: Path) -> None:
     assert isinstance(vectors["prefix_8"].quantization_config, models.BinaryQuantization)
     backend.close()
 
-    again = QdrantBackend.open(url)  # no dim: read back, with the model name and prefixes
+    again = QdrantIndex.open(url)  # no dim: read back, with the model name and prefixes
     assert (again.dim, again.model_name, again.prefix_dims, again.binary) == (DIM, "m1", (8, 16), True)
     again.close()
     with pytest.raises(ValueError, match="32-dim"):
-        QdrantBackend.open(url, dim=DIM * 2)
+        QdrantIndex.open(url, dim=DIM * 2)
     with pytest.raises(ValueError, match="m1"):
-        QdrantBackend.open(url, model_name="other")
-    same = QdrantBackend.open(url, dim=DIM, model_name="m1")
+        QdrantIndex.open(url, model_name="other")
+    same = QdrantIndex.open(url, dim=DIM, model_name="m1")
     same.close()
 
 
 def test_missing_collection(tmp_path: Path) -> None:
     url = f"qdrant+local://{tmp_path}/store"
     with pytest.raises(ValueError, match="pass dim"):
-        QdrantBackend.open(url)
+        QdrantIndex.open(url)
     with pytest.raises(BackendError, match="create=True"):
-        QdrantBackend.open(url, dim=DIM, create=False)
-    backend = QdrantBackend.open(url, dim=DIM, binary=False)
+        QdrantIndex.open(url, dim=DIM, create=False)
+    backend = QdrantIndex.open(url, dim=DIM, binary=False)
     assert backend.collection == DEFAULT_COLLECTION and backend.prefix_dims == () and not backend.binary
     backend.close()
 
 
 def test_model_name_recorded_when_first_known(tmp_path: Path) -> None:
     url = f"qdrant+local://{tmp_path}/store"
-    QdrantBackend.open(url, dim=DIM).close()
-    QdrantBackend.open(url, model_name="late").close()
-    backend = QdrantBackend.open(url)
+    QdrantIndex.open(url, dim=DIM).close()
+    QdrantIndex.open(url, model_name="late").close()
+    backend = QdrantIndex.open(url)
     assert backend.model_name == "late"
     backend.close()
 
@@ -106,22 +107,22 @@ def test_foreign_collection_refused(tmp_path: Path) -> None:
     client.create_collection("plain", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
     client.close()
     with pytest.raises(ValueError, match="not a matryoshka collection"):
-        QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=plain")
+        QdrantIndex.open(f"qdrant+local://{tmp_path}/store?collection=plain")
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")  # qdrant-client leaves its lock file open when locking fails
 def test_directory_held_elsewhere_is_a_backend_error(tmp_path: Path) -> None:
     other = QdrantClient(path=str(tmp_path / "store"))  # stands in for another process
     with pytest.raises(BackendError, match="already accessed"):
-        QdrantBackend.open(f"qdrant+local://{tmp_path}/store", dim=DIM)
+        QdrantIndex.open(f"qdrant+local://{tmp_path}/store", dim=DIM)
     other.close()
-    QdrantBackend.open(f"qdrant+local://{tmp_path}/store", dim=DIM).close()
+    QdrantIndex.open(f"qdrant+local://{tmp_path}/store", dim=DIM).close()
 
 
 def test_backends_in_one_process_share_a_directory(tmp_path: Path) -> None:
-    first = QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=a", dim=16, prefix_dims=(8,))
-    second = QdrantBackend.open(f"qdrant+local:{tmp_path}/./store?collection=b", dim=8, prefix_dims=())
-    same = QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=a")
+    first = QdrantIndex.open(f"qdrant+local://{tmp_path}/store?collection=a", dim=16, prefix_dims=(8,))
+    second = QdrantIndex.open(f"qdrant+local:{tmp_path}/./store?collection=b", dim=8, prefix_dims=())
+    same = QdrantIndex.open(f"qdrant+local://{tmp_path}/store?collection=a")
     assert first.client is second.client is same.client
     first.upsert(["x"], np.ones((1, 16)))
     second.upsert(["y", "z"], np.eye(8)[:2])
@@ -131,15 +132,15 @@ def test_backends_in_one_process_share_a_directory(tmp_path: Path) -> None:
         len(first)
     assert (len(same), len(second)) == (1, 2)  # the shared client stays open for the others
     with pytest.raises(ValueError, match="16-dim"):
-        QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=a", dim=32)
+        QdrantIndex.open(f"qdrant+local://{tmp_path}/store?collection=a", dim=32)
     same.close()
     second.close()
-    again = QdrantBackend.open(f"qdrant+local://{tmp_path}/store?collection=b")
+    again = QdrantIndex.open(f"qdrant+local://{tmp_path}/store?collection=b")
     assert again.client is not first.client and len(again) == 2
     again.close()
 
 
-def test_upsert_existing_delete(loaded: QdrantBackend, data) -> None:
+def test_upsert_existing_delete(loaded: QdrantIndex, data) -> None:
     _, vectors, _ = data
     assert len(loaded) == COUNT
     assert loaded.existing(["doc-1", "doc-2", "nope", "doc-1"]) == {"doc-1", "doc-2"}
@@ -150,7 +151,7 @@ def test_upsert_existing_delete(loaded: QdrantBackend, data) -> None:
     assert "doc-1" not in [h.id for h in hits]
 
 
-def test_upsert_replaces(loaded: QdrantBackend, data) -> None:
+def test_upsert_replaces(loaded: QdrantIndex, data) -> None:
     _, vectors, _ = data
     # doc-5 takes doc-9's vector (at any norm), a new text and new metadata; the count stays
     loaded.upsert(["doc-5"], 3 * vectors[9:10], texts=["replaced"], metadata=[{"lang": "fr"}])
@@ -165,7 +166,7 @@ def test_upsert_replaces(loaded: QdrantBackend, data) -> None:
     assert [h.text for h in loaded.search(vectors[9:10], k=2)[0] if h.id == "doc-5"] == [None]
 
 
-def test_exact_search_equals_brute_force(loaded: QdrantBackend, data) -> None:
+def test_exact_search_equals_brute_force(loaded: QdrantIndex, data) -> None:
     ids, vectors, queries = data
     hits = loaded.search(queries, k=10)
     expected = _brute_force(vectors, queries, 10)
@@ -176,7 +177,7 @@ def test_exact_search_equals_brute_force(loaded: QdrantBackend, data) -> None:
         assert [h.text for h in row] == [f"text {h.id[4:]}" for h in row]
 
 
-def test_funnel_keep_all_equals_exact(loaded: QdrantBackend, data) -> None:
+def test_funnel_keep_all_equals_exact(loaded: QdrantIndex, data) -> None:
     _, _, queries = data
     exact = [[h.id for h in row] for row in loaded.search(queries, k=10)]
     for spec in ("8:float32:300", "16:binary:300", "full:binary:300", "16:float16:1000"):
@@ -184,7 +185,7 @@ def test_funnel_keep_all_equals_exact(loaded: QdrantBackend, data) -> None:
         assert [[h.id for h in row] for row in loaded.search(queries, k=10, stages=stages)] == exact, spec
 
 
-def test_small_keep_recall(loaded: QdrantBackend, data) -> None:
+def test_small_keep_recall(loaded: QdrantIndex, data) -> None:
     _, _, queries = data
     exact = loaded.search(queries, k=10)
     funnel = loaded.search(queries, k=10, stages=parse_stages("16:float32:100,full:float32:10"))
@@ -195,7 +196,7 @@ def test_small_keep_recall(loaded: QdrantBackend, data) -> None:
         assert scores == sorted(scores, reverse=True) and len(row) == 10
 
 
-def test_one_request_with_prefetch(loaded: QdrantBackend, data, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_request_with_prefetch(loaded: QdrantIndex, data, monkeypatch: pytest.MonkeyPatch) -> None:
     _, _, queries = data
     calls: list[list[models.QueryRequest]] = []
     real = loaded.client.query_batch_points
@@ -227,7 +228,7 @@ def test_one_request_with_prefetch(loaded: QdrantBackend, data, monkeypatch: pyt
     assert calls[0][0].prefetch is None and calls[0][0].params.exact is True
 
 
-def test_filters(loaded: QdrantBackend, data) -> None:
+def test_filters(loaded: QdrantIndex, data) -> None:
     ids, vectors, queries = data
     meta = [_meta(i) for i in range(COUNT)]
     cases = [
@@ -256,10 +257,10 @@ def test_filters(loaded: QdrantBackend, data) -> None:
 def test_persists_across_reopen(tmp_path: Path, data) -> None:
     ids, vectors, queries = data
     url = f"qdrant+local:{tmp_path}/p"
-    with QdrantBackend.open(url, dim=DIM, prefix_dims=(8,)) as backend:
+    with QdrantIndex.open(url, dim=DIM, prefix_dims=(8,)) as backend:
         backend.upsert(ids, vectors, texts=ids)
         before = backend.search(queries, k=10, stages=parse_stages("8:binary:50,full:float32:10"))
-    with QdrantBackend.open(url, dim=DIM) as backend:
+    with QdrantIndex.open(url, dim=DIM) as backend:
         assert len(backend) == COUNT
         after = backend.search(queries, k=10, stages=parse_stages("8:binary:50,full:float32:10"))
     # same ids, texts and order; local mode re-normalizes on load, so scores may move in the 8th digit
@@ -269,20 +270,20 @@ def test_persists_across_reopen(tmp_path: Path, data) -> None:
 
 def test_relative_local_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with QdrantBackend.open("qdrant+local:rel/dir?collection=r", dim=8, prefix_dims=(4,)) as backend:
+    with QdrantIndex.open("qdrant+local:rel/dir?collection=r", dim=8, prefix_dims=(4,)) as backend:
         backend.upsert(["a"], np.ones((1, 8)))
     assert (tmp_path / "rel" / "dir").is_dir()
 
 
 def test_empty_collection_and_one_row_query(tmp_path: Path) -> None:
-    with QdrantBackend.open(f"qdrant+local:{tmp_path}/e", dim=16, prefix_dims=(8,)) as backend:
+    with QdrantIndex.open(f"qdrant+local:{tmp_path}/e", dim=16, prefix_dims=(8,)) as backend:
         assert backend.search(np.ones((2, 16)), k=3) == [[], []]
         backend.upsert(["a", "b"], np.eye(16)[:2])
         hits = backend.search(np.eye(16)[0], k=5, stages=parse_stages("8:binary:10,full:float32:5"))
         assert [h.id for h in hits[0]] == ["a", "b"] and hits[0][0].score == pytest.approx(1.0)
 
 
-def test_bad_input(loaded: QdrantBackend, data) -> None:
+def test_bad_input(loaded: QdrantIndex, data) -> None:
     _, vectors, queries = data
     with pytest.raises(ValueError, match="shape"):
         loaded.upsert(["x"], np.ones((1, DIM + 1)))
@@ -309,14 +310,14 @@ def test_bad_input(loaded: QdrantBackend, data) -> None:
     with pytest.raises(ValueError, match="filter"):
         loaded.search(queries, filter={"lang": []})
     with pytest.raises(ValueError, match="dim must"):
-        QdrantBackend.open("qdrant+local:/tmp/unused", dim=0)
+        QdrantIndex.open("qdrant+local:/tmp/unused", dim=0)
     with pytest.raises(ValueError, match="prefix_dims"):
-        QdrantBackend.open("qdrant+local:/tmp/unused", dim=8, prefix_dims=(0,))
+        QdrantIndex.open("qdrant+local:/tmp/unused", dim=8, prefix_dims=(0,))
 
 
 def test_binary_stage_needs_binary_collection(tmp_path: Path, data) -> None:
     ids, vectors, queries = data
-    with QdrantBackend.open(f"qdrant+local:{tmp_path}/f", dim=DIM, prefix_dims=(16,), binary=False) as backend:
+    with QdrantIndex.open(f"qdrant+local:{tmp_path}/f", dim=DIM, prefix_dims=(16,), binary=False) as backend:
         backend.upsert(ids, vectors)
         assert backend.client.get_collection(DEFAULT_COLLECTION).config.params.vectors["prefix_16"].quantization_config is None
         with pytest.raises(ValueError, match="without binary"):
@@ -389,4 +390,4 @@ def test_unreachable_server_names_the_url() -> None:
         port = sock.getsockname()[1]
     url = f"qdrant://127.0.0.1:{port}/docs?timeout=2"
     with pytest.raises(BackendError, match=f"127.0.0.1:{port}"):
-        QdrantBackend.open(url, dim=DIM)
+        QdrantIndex.open(url, dim=DIM)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_serving_support import retrieval_module, wordnet_sample
 
 from matryoshka.embeddings import encode
+from matryoshka.retrieval import FunnelIndex
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 from matryoshka.serving.quality import lemma_recall
+from test_serving_support import wordnet_sample
 
 torch.set_num_threads(1)
 
@@ -28,7 +29,8 @@ CHROMIUM = next(
     ),
     None,
 )
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary: apt-get install -y chromium")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary: apt-get install -y chromium")]
 
 NAME = "all-MiniLM-L6-v2"
 DIMS = [16, 32, 64, 128, 256, 384]
@@ -53,21 +55,20 @@ SCREENSHOT_QUERY = "a small knife whose blade folds into the handle"
 def demo_server(model):
     ids, texts = wordnet_sample(DOCS)
     vectors = encode(model, texts, batch_size=32)
-    with retrieval_module() as retrieval:
-        index = retrieval.FunnelIndex.from_vectors(vectors, ids, texts, model_name=NAME)
-        # the curve `matryoshka demo` measures at first start (each lemma finding its own gloss)
-        quality = lemma_recall(model, index, NAME, sample=DOCS)
-        assert list(next(iter(quality["models"][NAME].values()))) == [str(d) for d in DIMS]
-        from matryoshka.serving.demo_models import demo_choices
+    index = FunnelIndex.from_vectors(vectors, ids, texts, model_name=NAME)
+    # the curve `matryoshka demo` measures at first start (each lemma finding its own gloss)
+    quality = lemma_recall(model, index, NAME, sample=DOCS)
+    assert list(next(iter(quality["models"][NAME].values()))) == [str(d) for d in DIMS]
+    from matryoshka.serving.demo_models import demo_choices
 
-        extra_models, extra_indexes = demo_choices(model, NAME, index)
-        models = {NAME: model, **extra_models}
-        app = create_app(
-            ServeConfig(models=list(models), log_requests=False), models=models, index=index, quality=quality,
-            demo_indexes=extra_indexes,
-        )
-        with ServerThread(app) as running:
-            yield running
+    extra_models, extra_indexes = demo_choices(model, NAME, index)
+    models = {NAME: model, **extra_models}
+    app = create_app(
+        ServeConfig(models=list(models), log_requests=False), models=models, index=index, quality=quality,
+        demo_indexes=extra_indexes,
+    )
+    with ServerThread(app) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +235,59 @@ def test_layout_holds_at_390_px(demo_server, browser, tmp_path):
             shutil.copy(shot, ROOT / "docs" / "demo-390.png")
     finally:
         context.close()
+
+
+# -- the same page served from a PostgreSQL index ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_demo_server(model, postgres_url):
+    """The demo over the same glosses stored in PostgreSQL (the demo's compare call on a database engine)."""
+    from matryoshka.backends import open_index
+
+    ids, texts = wordnet_sample(DOCS)
+    vectors = encode(model, texts, batch_size=32)
+    index = open_index(f"{postgres_url}?table=demo_browser", dim=vectors.shape[1], model_name=NAME, create=True)
+    index.clear()
+    index.upsert(ids, vectors, texts)
+    app = create_app(ServeConfig(models=[NAME], log_requests=False), models={NAME: model}, index=index)
+    try:
+        with ServerThread(app) as running:
+            yield running
+    finally:
+        index.close()
+
+
+@pytest.mark.postgres
+def test_the_demo_on_a_postgresql_index(pg_demo_server, demo_server, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    try:
+        tab.goto(pg_demo_server.url + "/")
+        tab.wait_for_selector("body[data-state=idle]", timeout=30_000)
+        tab.locator("#query").fill(QUERY)
+        wait_ready(tab, 64)
+        chosen_64 = texts_of(tab, "#chosen li .title")
+        full = texts_of(tab, "#full li .title")
+        assert len(chosen_64) == len(full) == 10
+        tab.locator("#dim").focus()
+        tab.keyboard.press("End")
+        wait_ready(tab, 384)
+        assert tab.locator("#overlap").inner_text() == "10/10"
+        tab.select_option("#codec", "binary")
+        wait_ready(tab, 384, "binary")
+        assert len(texts_of(tab, "#chosen li .title")) == 10
+        assert not errors, errors
+    finally:
+        context.close()
+    # the same full-size answer as the embedded index over the same vectors
+    import httpx
+
+    body = {"query": QUERY, "dim": 64, "codec": "float32", "k": 10}
+    pg = httpx.post(pg_demo_server.url + "/demo/api/compare", json=body, timeout=60).json()
+    embedded = httpx.post(demo_server.url + "/demo/api/compare", json=body, timeout=60).json()
+    for side in ("chosen", "full"):
+        assert [h["id"] for h in pg[side]["hits"]] == [h["id"] for h in embedded[side]["hits"]], side

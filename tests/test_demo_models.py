@@ -6,13 +6,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from test_serving_support import wordnet_sample
 
 from matryoshka.adapt import fit_rotation
 from matryoshka.embeddings import encode, truncate
 from matryoshka.retrieval import FunnelIndex
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 from matryoshka.serving.demo_models import ROTATION_SUFFIX, demo_choices
+from test_serving_support import wordnet_sample
 
 torch.set_num_threads(1)
 NAME = "all-MiniLM-L6-v2"

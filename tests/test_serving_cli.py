@@ -6,16 +6,12 @@ import json
 
 import pytest
 import typer
-from test_serving_support import real_retrieval_available, wordnet_sample
 from typer.testing import CliRunner
 
-from matryoshka.serving.cli import (
-    build_demo_index,
-    demo_cache_path,
-    demo_command,
-    serve_command,
-)
+from matryoshka.serving.cli import demo_command, serve_command
 from matryoshka.serving.config import ServeConfig, parse_model_specs
+from matryoshka.serving.demo_index import build_demo_index, demo_cache_path
+from test_serving_support import wordnet_sample
 
 
 def make_app() -> typer.Typer:
@@ -70,7 +66,6 @@ def test_cache_path_depends_on_model_and_limit(tmp_path):
     assert a != demo_cache_path(tmp_path, "/models/other", 20_000)
 
 
-@pytest.mark.skipif(not real_retrieval_available(), reason="the real matryoshka.retrieval is not importable")
 def test_demo_index_is_built_once_then_loaded(model, tmp_path, data_dir):
     messages: list[str] = []
     source = data_dir / "wordnet-glosses" / "wordnet30_glosses.jsonl.gz"
@@ -92,11 +87,9 @@ def test_demo_index_is_built_once_then_loaded(model, tmp_path, data_dir):
     assert "rebuilding" in " ".join(messages) and len(again) == 40
 
 
-@pytest.mark.skipif(not real_retrieval_available(), reason="the real matryoshka.retrieval is not importable")
 def test_demo_quality_curve_out_of_the_box(model, tmp_path, data_dir):
     """``matryoshka demo`` measures its chart's curve on its own index at first start and caches it."""
-    from matryoshka.serving.app import clean_quality
-    from matryoshka.serving.quality import CACHE_SUFFIX, cached_lemma_recall, lemma_of
+    from matryoshka.serving.quality import CACHE_SUFFIX, cached_lemma_recall, clean_quality, lemma_of
 
     assert lemma_of("bank, depository financial institution (n08420278)") == "bank"
     assert lemma_of("plain-id-7") is None

@@ -9,20 +9,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from test_serving_support import (
-    real_retrieval_available,
-    retrieval_module,
-    wordnet_sample,
-)
 
 from matryoshka.embeddings import encode
 from matryoshka.serving import ServeConfig, ServerThread, create_app
-from matryoshka.serving.app import (
-    STATIC_DIR,
-    clean_quality,
-    demo_dimensions,
-    load_quality,
-)
+from matryoshka.serving.app import STATIC_DIR
+from matryoshka.serving.quality import clean_quality, demo_dimensions, load_quality
+from test_serving_support import wordnet_sample
 
 torch.set_num_threads(1)
 
@@ -39,8 +31,9 @@ def corpus(model):
 
 @pytest.fixture(scope="module")
 def retrieval():
-    with retrieval_module() as module:
-        yield module
+    import matryoshka.retrieval as module
+
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +145,6 @@ def test_no_index_is_404(model):
         assert httpx.get(f"{running.url}/demo/api/info").status_code == 404
 
 
-@pytest.mark.skipif(not real_retrieval_available(), reason="the real matryoshka.retrieval is not importable")
 def test_index_path_in_config(model, index, tmp_path):
     index.save(tmp_path / "idx")
     app = create_app(

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 
 from matryoshka.embeddings import truncate
+from matryoshka.errors import InputError
 from matryoshka.files import write_atomic
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 ADAPTOR_FILE = "adaptor.safetensors"
 
 
-class AdaptError(ValueError):
+class AdaptError(InputError):
     """Vectors, pairs or settings that cannot fit or apply an adaptor."""
 
 
@@ -120,7 +121,7 @@ class Adaptor:
         try:
             with safe_open(str(source), framework="numpy") as handle:
                 metadata = handle.metadata() or {}
-                if "weight" not in handle.keys():
+                if "weight" not in handle.keys():  # noqa: SIM118 - safetensors handles have keys(), no __contains__
                     raise AdaptError(f"{source} holds no 'weight' tensor")
                 weight = handle.get_tensor("weight")
         except (SafetensorError, OSError) as exc:

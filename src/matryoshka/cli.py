@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from matryoshka.cli_errors import HandledGroup
 from matryoshka.cli_options import BackendOption, LayersOption, QuantizeOption
 
 app = typer.Typer(
+    cls=HandledGroup,
     name="matryoshka",
     help="Train, encode, evaluate and search with Matryoshka embedding models.",
     no_args_is_help=True,
@@ -49,7 +51,7 @@ def parse_floats(value: str, name: str) -> list[float]:
         raise typer.BadParameter(f"{name} must be comma-separated numbers, got {value!r}") from None
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``message`` as an error and exit with status 1."""
     console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(1)
@@ -125,23 +127,18 @@ def encode(
 
 
 def load_corpus(
-    corpus: str, backend: str, model: str | None, ray: bool, workers: int | None, batch_size: int,
+    corpus: str, index: str, model: str | None, ray: bool, workers: int | None, batch_size: int,
     write_batch: int, resume: bool,
 ) -> None:
-    """``matryoshka encode --corpus ... --backend ...``: a thin layer over :func:`encode_to_backend`."""
-    from matryoshka.backends import BackendError
-    from matryoshka.backends.ray_encoding import encode_to_backend
-    from matryoshka.models import ModelLoadError
+    """``matryoshka encode --corpus ... --index ...``: a thin layer over :func:`matryoshka.ingest.encode_to_index`."""
+    from matryoshka.ingest import encode_to_index
 
-    try:
-        report = encode_to_backend(
-            corpus, backend, model, batch_size=batch_size, write_batch=write_batch, num_workers=workers,
-            resume=resume, use_ray=ray,
-        )
-    except (ValueError, TypeError, FileNotFoundError, ModelLoadError, BackendError, ImportError) as exc:
-        fail(str(exc))
+    report = encode_to_index(
+        corpus, index, model, batch_size=batch_size, write_batch=write_batch, num_workers=workers,
+        resume=resume, use_ray=ray,
+    )
     console.print(
-        f"{backend}: wrote {report.written:,} of {report.total:,} documents "
+        f"{index}: wrote {report.written:,} of {report.total:,} documents "
         f"({report.skipped_existing:,} already stored) in {report.seconds:.1f}s"
         + (f" on {report.workers} Ray workers" if ray else ""),
         soft_wrap=True,
@@ -270,16 +267,17 @@ def evaluate(
     """
     from matryoshka.evaluation import Results
     from matryoshka.evaluation.layers import evaluate_layers, score_on_task
+    from matryoshka.model_identity import model_label, short_name
     from matryoshka.models import ModelLoadError, load_model
 
     dim_list = parse_ints(dims, "--dims")
-    names = models or [None]
+    names: list[str | None] = [*models] if models else [None]
     scores: dict[str, dict[int, float]] = {}
     metrics: dict[str, dict[str, dict[int, float]]] = {}
     metric = "spearman_cosine"
     try:
         for name in names:
-            label = Path(name).name if name and Path(name).exists() else (name or "all-MiniLM-L6-v2")
+            label = short_name(model_label(name))
             if layers:
                 grid = evaluate_layers(name, parse_ints(layers, "--layers"), dim_list, task, split, limit, backend,
                                        quantize, label=label)
@@ -353,7 +351,7 @@ def compare(
 
     from matryoshka.compare import CompareConfig, run_compare
 
-    kwargs = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
+    kwargs: dict[str, Any] = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
                   eval_limit=eval_limit, jobs=jobs, keep_previous=keep_previous, cache_dir=cache)
     config = CompareConfig.quick(**kwargs) if quick else CompareConfig(**kwargs)
     if weights is not None:
@@ -390,6 +388,7 @@ def compare(
 
 
 adapt_app = typer.Typer(
+    cls=HandledGroup,
     help="Fit a rotation or a learned Matryoshka adaptor on a frozen model's vectors of a corpus.",
     invoke_without_command=True,
     no_args_is_help=False,
@@ -505,7 +504,7 @@ def _loss_updater(bar: object, task: int):  # type: ignore[no-untyped-def]
     return lambda step, total, loss: bar.update(task, completed=step, description=f"loss {loss:.4f}")  # type: ignore[attr-defined]
 
 
-def _progress_bar():  # type: ignore[no-untyped-def]
+def _progress_bar() -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -518,10 +517,10 @@ def _progress_bar():  # type: ignore[no-untyped-def]
                     console=console, transient=True)
 
 
-def _fit_with_progress(fit: object, vectors: object, config: object, pairs: object) -> object:
+def _fit_with_progress(fit: Any, vectors: object, config: object, pairs: object) -> Any:
     with _progress_bar() as bar:
         task = bar.add_task("fitting", total=getattr(config, "steps", 1))
-        return fit(vectors, config, pairs,  # type: ignore[operator]
+        return fit(vectors, config, pairs,
                    progress=_loss_updater(bar, task))
 
 

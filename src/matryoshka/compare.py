@@ -592,7 +592,7 @@ def run_compare(
     }
     results = [Results(task="stsb-test", metric="spearman_cosine", scores=scores, metadata=metadata)]
     if config.retrieval is not None:
-        finetuned = {label: out / "models" / label for label in ("standard", "matryoshka")
+        finetuned: dict[str, Path] = {label: out / "models" / label for label in ("standard", "matryoshka")
                      if label in scores and (out / "models" / label / "modules.json").is_file()}
         metrics, info = _retrieval_rows(config, base, finetuned, log)
         order_r = [k for k in order if k in metrics["ndcg@10"]]

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
+from matryoshka.errors import DimensionError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -19,8 +21,6 @@ Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
-class DimensionError(ValueError):
-    """A requested dimension is not a valid prefix length of the model's vectors."""
 
 
 def check_dim(dim: int | None, full_dim: int) -> int:
@@ -62,7 +62,7 @@ def truncate(vectors: np.ndarray, dim: int | None = None, normalize: bool = True
     if array.ndim != 2:
         raise ValueError(f"expected a 2-d array of vectors, got shape {array.shape}")
     dim = check_dim(dim, array.shape[1])
-    prefix = np.ascontiguousarray(array[:, :dim])
+    prefix: np.ndarray = np.ascontiguousarray(array[:, :dim])
     if normalize:
         norms = np.linalg.norm(prefix, axis=1, keepdims=True)
         prefix = prefix / np.where(norms == 0, 1.0, norms)
@@ -88,7 +88,7 @@ def quantize(
     check_binary_dim(int(np.shape(vectors)[-1]), precision)
     from sentence_transformers.util.quantization import quantize_embeddings
 
-    return quantize_embeddings(vectors, precision=precision, calibration_embeddings=calibration)
+    return np.asarray(quantize_embeddings(vectors, precision=precision, calibration_embeddings=calibration))
 
 
 def encode(

@@ -42,6 +42,8 @@ class InBatchSimilarityDistillationLoss(nn.Module):
         >>> loss = MatryoshkaLoss(student, base, [384, 256, 128, 64, 32, 16])  # doctest: +SKIP
     """
 
+    teacher_embeddings: Tensor  # a registered buffer
+
     def __init__(self, model: SentenceTransformer, teacher_embeddings: Tensor, scale: float = 100.0) -> None:
         super().__init__()
         if teacher_embeddings.ndim != 3:
@@ -93,6 +95,8 @@ class RankingDistillationLoss(nn.Module):
         distill_weight: weight of the distillation term (the ranking term has weight 1).
         scale: MNRL's inverse temperature.
     """
+
+    teacher_embeddings: Tensor  # a registered buffer
 
     def __init__(
         self, model: SentenceTransformer, teacher_embeddings: Tensor | None, distill_weight: float = 0.0,

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from matryoshka.errors import ModelError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -18,7 +20,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2", "default"}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ModelError):
     """A model could not be found or loaded."""
 
 

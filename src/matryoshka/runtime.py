@@ -100,9 +100,17 @@ def _require(module: str, backend: str) -> Any:
         ) from exc
 
 
+def encoder(model: SentenceTransformer) -> torch.nn.Module:
+    """The Hugging Face model inside ``model``'s first (``Transformer``) module."""
+    inner = model[0].model
+    if not isinstance(inner, torch.nn.Module):
+        raise RuntimeBackendError(f"{type(model[0]).__name__} holds no transformer model")
+    return inner
+
+
 def layer_list(model: SentenceTransformer) -> torch.nn.ModuleList:
     """The transformer blocks of ``model`` (BERT-style ``encoder.layer`` or ``layers``)."""
-    inner = model[0].model
+    inner = encoder(model)
     for path in (("encoder", "layer"), ("layers",), ("transformer", "layer"), ("encoder", "layers")):
         node: Any = inner
         for part in path:
@@ -132,7 +140,7 @@ def cut_layers(model: SentenceTransformer, layers: int) -> SentenceTransformer:
     if layers == len(blocks):
         return model
     del blocks[layers:]
-    config = model[0].model.config
+    config = encoder(model).config
     for name in ("num_hidden_layers", "n_layers", "num_layers"):
         if hasattr(config, name):  # HF configs name the layer count differently per architecture
             setattr(config, name, layers)
@@ -183,8 +191,9 @@ def _source_files(model_dir: Path) -> list[Path]:
 def _fingerprint(model: SentenceTransformer, layers: int) -> str:
     """Identifies the weights an export was made from: the tensors' bytes (cheap next to an export)."""
     digest = hashlib.sha256()
-    digest.update(f"{type(model[0].model).__name__}:{layers}:{torch.__version__}".encode())
-    for name, tensor in model[0].model.state_dict().items():
+    inner = encoder(model)
+    digest.update(f"{type(inner).__name__}:{layers}:{torch.__version__}".encode())
+    for name, tensor in inner.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -226,7 +235,7 @@ def export_onnx(model: SentenceTransformer, folder: Path) -> Path:
     inputs = _model_inputs(model)
     sample = model.tokenize(["a short text", "and a second, longer text to export with"])
     args = tuple(sample[name] for name in inputs)
-    wrapper = _Exportable(model[0].model, inputs).eval()
+    wrapper = _Exportable(encoder(model), inputs).eval()
 
     def write(tmp: Path) -> None:
         axes = {name: {0: "batch", 1: "sequence"} for name in (*inputs, "last_hidden_state")}

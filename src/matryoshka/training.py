@@ -261,7 +261,7 @@ def build_dataset(
         if columns < 2:
             raise ValueError(f"the {config.objective} objective needs rows of at least (anchor, positive)")
         names = ["anchor", "positive"] + [f"negative_{i}" if i > 1 else "negative" for i in range(1, columns - 1)]
-        data = {name: [row[i] for row in loaded] for i, name in enumerate(names)}
+        data: dict[str, list[Any]] = {name: [row[i] for row in loaded] for i, name in enumerate(names)}
         if config.objective == "nli":
             return Dataset.from_dict(data), None
         data["label"] = list(range(len(loaded)))
@@ -424,7 +424,7 @@ def train(
     trainer.train()
     seconds = time.perf_counter() - started
     save_model_atomic(model, output_dir)
-    checkpoints = Path(args.output_dir)
+    checkpoints = Path(str(args.output_dir))
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
     return TrainResult(

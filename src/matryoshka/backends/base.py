@@ -1,79 +1,23 @@
-"""What every vector backend offers: the funnel search of :mod:`matryoshka.retrieval` on some engine.
+"""Helpers the database backends share: write-batch validation, the two-pass funnel shape, timings.
 
-A backend stores, per document, an id (string), the full unit-length vector, an optional text and
-optional flat metadata (a JSON object of strings, numbers and booleans), and answers funnel
-searches with the same :class:`~matryoshka.retrieval.Stage` lists as the embedded index. The
-same data and the same exact configuration give the same ids in the same order on every backend
-(``tests/test_backend_conformance.py`` checks it).
-
-A metadata filter is a mapping ``{key: value}``; a document matches when every key equals the value
-(a list value matches any of its items). Filters restrict both the shortlist and the final ranking.
+The interface itself is :class:`~matryoshka.retrieval.protocol.VectorIndex`; the same data and the same
+exact configuration give the same ids in the same order on every engine
+(``tests/test_backend_conformance.py`` checks it). Metadata filters follow
+:mod:`matryoshka.retrieval.filters` everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from matryoshka.retrieval.filters import (
-    Filter,
-    Metadata,
-    check_filter,
-    check_metadata,
-    matches,
-)
-from matryoshka.retrieval.index import Hit
-from matryoshka.retrieval.stages import FULL, Stage
+from matryoshka.retrieval.filters import Metadata, check_metadata
+from matryoshka.retrieval.stages import FULL, Stage, resolve_stages
+from matryoshka.retrieval.types import StageTiming, stage_timing
 
-__all__ = ["BackendError", "Filter", "Hit", "Metadata", "VectorBackend", "check_batch", "check_filter", "check_metadata",
-           "funnel_shape", "matches", "timed_search"]
-
-
-class BackendError(RuntimeError):
-    """The engine behind a backend refused or failed an operation (with the engine's own message)."""
-
-
-@runtime_checkable
-class VectorBackend(Protocol):
-    """A store of unit vectors searched through a funnel.
-
-    Attributes:
-        dim: full vector dimension.
-        model_name: the model that produced the vectors ("" when unknown).
-        url: the backend URL it was opened with (secrets masked).
-    """
-
-    dim: int
-    model_name: str
-    url: str
-
-    def upsert(
-        self,
-        ids: Sequence[str],
-        vectors: np.ndarray,
-        texts: Sequence[str | None] | None = None,
-        metadata: Sequence[Metadata | None] | None = None,
-    ) -> None:
-        """Insert or replace documents by id; vectors of any norm are stored at unit length."""
-
-    def delete(self, ids: Iterable[str]) -> int:
-        """Remove documents by id; returns how many existed."""
-
-    def existing(self, ids: Iterable[str]) -> set[str]:
-        """The subset of ``ids`` that is stored (what a resumed load skips)."""
-
-    def search(
-        self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None, filter: Filter | None = None
-    ) -> list[list[Hit]]:
-        """Top ``k`` hits per query row (full-size query vectors) through ``stages`` (default: exact)."""
-
-    def __len__(self) -> int:
-        """Number of stored documents."""
-
-    def close(self) -> None:
-        """Release connections and files; the data stays."""
+__all__ = ["check_batch", "funnel_shape", "prefix_only", "whole_funnel_timings"]
 
 
 def check_batch(
@@ -104,11 +48,24 @@ def check_batch(
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError("a zero vector has no direction to store")
-    texts_out = [None] * len(ids) if texts is None else list(texts)
-    meta_out = [None] * len(ids) if metadata is None else [check_metadata(m) for m in metadata]
+    texts_out: list[str | None] = [None] * len(ids) if texts is None else list(texts)
+    meta_out: list[dict[str, Any] | None] = (
+        [None] * len(ids) if metadata is None else [check_metadata(m) for m in metadata]
+    )
     if len(texts_out) != len(ids) or len(meta_out) != len(ids):
         raise ValueError("texts and metadata need one entry per id")
     return ids, np.ascontiguousarray(array / norms, dtype=np.float32), texts_out, meta_out
+
+
+def prefix_only(stages: Sequence[Stage], full_dim: int) -> Stage | None:
+    """The stage of a one-stage search that ranks by a prefix view alone (a shorter dim or a non-float
+    codec, as the demo's chosen side runs), else ``None``."""
+    if len(stages) != 1:
+        return None
+    stage = stages[0]
+    if stage.dim in (FULL, full_dim) and stage.codec in ("float32", "float16"):
+        return None
+    return stage
 
 
 def funnel_shape(stages: Sequence[Stage], full_dim: int) -> tuple[Stage | None, Stage]:
@@ -131,27 +88,10 @@ def funnel_shape(stages: Sequence[Stage], full_dim: int) -> tuple[Stage | None, 
     return stages[0], last
 
 
-def timed_search(
-    index: Any, queries: np.ndarray, k: int, stages: Sequence[Stage] | None, filter: Filter | None = None
-) -> tuple[list[list[Hit]], list[dict[str, Any]]]:
-    """Search a :class:`~matryoshka.retrieval.FunnelIndex` or a backend; hits and one timing per stage.
-
-    The embedded index times each stage. A database backend runs the whole funnel as one request, so
-    its time is reported on the last stage and earlier stages show 0 seconds.
-    """
-    import time
-
-    from matryoshka.retrieval.stages import resolve_stages
-
-    if hasattr(index, "search_with_timings"):
-        return index.search_with_timings(queries, k=k, stages=stages, filter=filter)
-    started = time.perf_counter()
-    hits = index.search(queries, k=k, stages=stages, filter=filter)
-    seconds = time.perf_counter() - started
-    plan = resolve_stages(stages or [Stage(FULL, "float32", k)], index.dim, k, max(len(index), 1))
-    timings = [
-        {"dim": s.dim or index.dim, "codec": s.codec, "keep": s.keep, "candidates": len(index) if i == 0 else plan[i - 1].keep,
-         "seconds": seconds if i == len(plan) - 1 else 0.0}
+def whole_funnel_timings(stages: Sequence[Stage], dim: int, k: int, count: int, seconds: float) -> list[StageTiming]:
+    """Timings of a funnel an engine ran as one request: ``seconds`` on the last stage, 0 on earlier ones."""
+    plan = resolve_stages(stages, dim, k, max(count, 1))
+    return [
+        stage_timing(s, count if i == 0 else plan[i - 1].keep, seconds if i == len(plan) - 1 else 0.0, dim)
         for i, s in enumerate(plan)
     ]
-    return hits, timings

@@ -37,6 +37,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,16 +47,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from matryoshka.backends.base import (
-    BackendError,
-    Filter,
-    Hit,
-    Metadata,
-    check_batch,
-    check_filter,
-    funnel_shape,
-)
-from matryoshka.retrieval.stages import Stage, validate_stages
+from matryoshka.backends.base import check_batch, funnel_shape, prefix_only, whole_funnel_timings
+from matryoshka.errors import BackendError
+from matryoshka.retrieval.filters import Filter, Metadata, check_filter
+from matryoshka.retrieval.protocol import VectorIndex
+from matryoshka.retrieval.stages import PRESETS, Stage, format_stages, parse_stages, validate_stages
+from matryoshka.retrieval.types import Hit, StageTiming
 
 try:
     from qdrant_client import QdrantClient, models
@@ -64,7 +61,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the Qdrant backend needs qdrant-client: pip install 'matryoshka[qdrant]'") from exc
 
-__all__ = ["API_KEY_ENV", "DEFAULT_COLLECTION", "DEFAULT_PREFIX_DIMS", "QdrantBackend", "QdrantTarget", "parse_url", "point_id"]
+__all__ = ["API_KEY_ENV", "DEFAULT_COLLECTION", "DEFAULT_PREFIX_DIMS", "QdrantIndex", "QdrantTarget", "parse_url", "point_id"]
 
 FORMAT = "matryoshka-qdrant"
 FORMAT_VERSION = 1
@@ -278,8 +275,8 @@ def point_id(doc_id: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, doc_id))
 
 
-class QdrantBackend:
-    """A :class:`~matryoshka.backends.base.VectorBackend` on one Qdrant collection.
+class QdrantIndex(VectorIndex):
+    """A :class:`~matryoshka.retrieval.protocol.VectorIndex` on one Qdrant collection.
 
     Open it with :meth:`open`. Attributes: ``dim``, ``model_name``, ``url`` (as given; it holds no
     secrets), ``collection``, ``prefix_dims`` (the ``prefix_{d}`` vectors stored), ``binary``
@@ -296,6 +293,7 @@ class QdrantBackend:
         model_name: str,
         prefix_dims: Sequence[int],
         binary: bool,
+        stages: Sequence[Stage] | None = None,
     ) -> None:
         """Wrap an open connection and an existing collection; use :meth:`open` rather than this."""
         self.client = connection.client
@@ -308,6 +306,7 @@ class QdrantBackend:
         self.model_name = model_name
         self.prefix_dims = tuple(sorted(prefix_dims))
         self.binary = binary
+        self._stages = validate_stages(stages, dim) if stages else list(PRESETS["exact"])
 
     @classmethod
     def open(
@@ -318,10 +317,12 @@ class QdrantBackend:
         create: bool = True,
         prefix_dims: Sequence[int] = DEFAULT_PREFIX_DIMS,
         binary: bool = True,
-    ) -> QdrantBackend:
+        stages: Sequence[Stage] | str | None = None,
+    ) -> QdrantIndex:
         """Open the collection at ``url``, creating it (with ``dim``) when missing and ``create`` is set.
 
-        ``prefix_dims`` and ``binary`` shape a new collection; prefix dims not shorter than ``dim``
+        ``stages`` is the default funnel to record (needs ``create``). ``prefix_dims`` and ``binary``
+        shape a new collection; prefix dims not shorter than ``dim``
         are skipped (the ``full`` vector serves them). On reopening, the collection's own layout
         and stored model name win, and a different ``dim`` or ``model_name`` is refused.
 
@@ -337,6 +338,9 @@ class QdrantBackend:
         if not isinstance(model_name, str):
             raise ValueError(f"model_name must be a string, got {model_name!r}")
         wanted_prefixes = _prefix_dims(prefix_dims, dim) if dim is not None else None
+        plan = parse_stages(stages) if isinstance(stages, str) else (list(stages) if stages is not None else None)
+        if plan is not None and not create:
+            raise ValueError("stages needs create=True (recording the default funnel writes)")
         connection = _connect(target, url)
         client = connection.client
         try:
@@ -345,12 +349,16 @@ class QdrantBackend:
                 info = client.get_collection(target.collection) if exists else None
             if info is not None:
                 backend = cls._existing(connection, target, url, info, dim, model_name)
+                if plan is not None and validate_stages(plan, backend.dim) != backend._stages:
+                    backend._stages = validate_stages(plan, backend.dim)
+                    with backend._engine("record the default funnel"):
+                        client.update_collection(target.collection, metadata=backend._metadata())
             elif not create:
                 raise BackendError(f"no collection {target.collection!r} at {url} (open with create=True to make it)")
             elif dim is None or wanted_prefixes is None:
                 raise ValueError(f"collection {target.collection!r} does not exist yet; pass dim to create it")
             else:
-                backend = cls(connection, target, url, dim, model_name, wanted_prefixes, bool(binary))
+                backend = cls(connection, target, url, dim, model_name, wanted_prefixes, bool(binary), plan)
                 backend._create()
         except BaseException:
             connection.release()
@@ -360,7 +368,7 @@ class QdrantBackend:
     @classmethod
     def _existing(
         cls, connection: _Connection, target: QdrantTarget, url: str, info: Any, dim: int | None, model_name: str
-    ) -> QdrantBackend:
+    ) -> QdrantIndex:
         """Read an existing collection's layout and metadata; refuse foreign collections and mismatches."""
         vectors = info.config.params.vectors
         if not isinstance(vectors, Mapping) or FULL_VECTOR not in vectors:
@@ -380,7 +388,9 @@ class QdrantBackend:
             raise ValueError(
                 f"collection {target.collection!r} at {url} holds vectors of model {stored_model!r}, not {model_name!r}"
             )
-        backend = cls(connection, target, url, stored_dim, stored_model or model_name, prefixes, binary)
+        recorded = meta.get("stages") or ""
+        stages = parse_stages(recorded) if recorded else None
+        backend = cls(connection, target, url, stored_dim, stored_model or model_name, prefixes, binary, stages)
         if model_name and not stored_model:
             with backend._engine("record the model name"):
                 connection.client.update_collection(target.collection, metadata=backend._metadata())
@@ -395,7 +405,23 @@ class QdrantBackend:
             "model_name": self.model_name,
             "prefix_dims": list(self.prefix_dims),
             "binary": self.binary,
+            "stages": format_stages(self._stages),
         }
+
+    @property
+    def stages(self) -> list[Stage]:
+        """The default funnel recorded in the collection metadata (exact search when none was)."""
+        return list(self._stages)
+
+    def details(self) -> dict[str, object]:
+        """Collection, stored prefix vectors, binary quantization, local mode."""
+        return {"collection": self.collection, "prefix_dims": list(self.prefix_dims), "binary": self.binary,
+                "local": self.local}
+
+    def clear(self) -> None:
+        """Delete every point (the collection and its layout stay)."""
+        with self._engine("clear"):
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=models.Filter()), wait=True)
 
     def _create(self) -> None:
         """Create the collection: ``full`` without an HNSW graph, one ``prefix_{d}`` per prefix dim."""
@@ -481,12 +507,12 @@ class QdrantBackend:
         with self._engine("count"):
             return int(self.client.count(self.collection, exact=True).count)
 
-    def search(
+    def search_with_timings(
         self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None, filter: Filter | None = None
-    ) -> list[list[Hit]]:
+    ) -> tuple[list[list[Hit]], list[StageTiming]]:
         """Top ``k`` hits per query row, by cosine of the full vectors; one Query API request per query.
 
-        ``stages=None`` scans ``full`` exactly. A funnel is one shortlist stage (a stored prefix
+        ``stages=None`` runs the recorded funnel (exact: a scan of ``full``). A funnel is one shortlist stage (a stored prefix
         dim or the full dim; ``float32``/``float16`` read floats, ``binary`` reads the quantized
         sign bits) and a full float re-rank: a ``prefetch`` of ``max(keep, k)`` candidates
         re-scored with ``full``. ``filter`` restricts both. Queries go in batches of
@@ -507,19 +533,30 @@ class QdrantBackend:
             raise ValueError("queries hold NaN or inf")
         if (np.linalg.norm(query, axis=1) == 0).any():
             raise ValueError("a zero query has no direction to search")
-        shortlist = None
-        if stages is not None:
-            shortlist, _ = funnel_shape(validate_stages(stages, self.dim), self.dim)
-        plan = None if shortlist is None else self._shortlist(shortlist, k)
+        started = time.perf_counter()
+        funnel = validate_stages(self._stages if stages is None else stages, self.dim)
         conditions = _conditions(check_filter(filter))
-        requests = [self._request(row, k, plan, conditions) for row in _unit(query)]
+        alone = prefix_only(funnel, self.dim)
+        if alone is not None:  # rank by a stored prefix vector alone, exactly
+            if alone.codec not in ("float32", "float16"):
+                raise ValueError(f"stage {alone}: this backend ranks by a prefix alone only with float codecs")
+            name, d, _, _ = self._shortlist(alone, k)
+            requests = [
+                models.QueryRequest(query=_unit(row[None, :d])[0].tolist(), using=name, limit=k, filter=conditions,
+                                    params=_EXACT, with_payload=_PAYLOAD_FIELDS)
+                for row in _unit(query)
+            ]
+        else:
+            shortlist, _ = funnel_shape(funnel, self.dim)
+            plan = None if shortlist is None else self._shortlist(shortlist, k)
+            requests = [self._request(row, k, plan, conditions) for row in _unit(query)]
         hits: list[list[Hit]] = []
         for start in range(0, len(requests), _QUERY_BATCH):
             with self._engine("query"):
                 responses = self.client.query_batch_points(self.collection, requests=requests[start : start + _QUERY_BATCH])
             for response in responses:
                 hits.append([_hit(p) for p in response.points])
-        return hits
+        return hits, whole_funnel_timings(funnel, self.dim, k, len(self), time.perf_counter() - started)
 
     def _shortlist(self, stage: Stage, k: int) -> tuple[str, int, int, models.SearchParams]:
         """(vector name, prefix dim, limit, search params) of a shortlist stage; refuse what is not stored."""
@@ -568,14 +605,14 @@ class QdrantBackend:
             self._closed = True
             self._connection.release()
 
-    def __enter__(self) -> QdrantBackend:
+    def __enter__(self) -> QdrantIndex:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"QdrantBackend({self.url!r}, dim={self.dim}, model_name={self.model_name!r}, prefix_dims={self.prefix_dims})"
+        return f"QdrantIndex({self.url!r}, dim={self.dim}, model_name={self.model_name!r}, prefix_dims={self.prefix_dims})"
 
 
 @contextlib.contextmanager
@@ -642,13 +679,14 @@ def _key_condition(field: str, values: list[Any]) -> models.FieldCondition | mod
     """One key's condition: equal to the value, or to any of several values."""
     if len(values) == 1:
         return _equals(field, values[0])
-    if all(isinstance(v, str) for v in values) or all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if all(isinstance(v, str) for v in values):
         return models.FieldCondition(key=field, match=models.MatchAny(any=values))
     return models.Filter(should=[_equals(field, v) for v in values])
 
 
 def _equals(field: str, value: Any) -> models.FieldCondition:
-    """Equality on one value: ``MatchValue`` for strings, integers and booleans, a closed range for floats."""
-    if isinstance(value, float):
+    """Equality on one value: ``MatchValue`` for strings and booleans (a boolean never matches a number);
+    a closed range for numbers, so ``1`` matches a stored ``1.0`` as it does on the other engines."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return models.FieldCondition(key=field, range=models.Range(gte=value, lte=value))
     return models.FieldCondition(key=field, match=models.MatchValue(value=value))

@@ -7,7 +7,9 @@ Shared by ``index build``, ``adapt``, and corpus ingestion into a backend, so ev
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 
 def read_corpus(source: str) -> tuple[list[str | None], list[str]]:
@@ -75,3 +77,32 @@ def fill_ids(ids: list[str | None], existing: list[str]) -> list[str]:
             doc_id, next_id = str(next_id), next_id + 1
         filled.append(doc_id)
     return filled
+
+
+def read_documents(source: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Documents from a .txt/.jsonl file or a BEIR data set, as :func:`~matryoshka.data.corpus.read_corpus`
+    reads them; texts without an id get their position (``"0"``, ``"1"``...), stable across re-runs.
+    A .jsonl line's ``metadata`` object (flat: strings, numbers, booleans) is kept for filters."""
+    ids, texts = read_corpus(str(source))
+    metadata = jsonl_metadata(Path(source), len(texts))
+    return list(zip(fill_ids(ids, existing=[]), texts, metadata))
+
+
+def jsonl_metadata(path: str | os.PathLike[str], count: int) -> list[dict[str, Any] | None]:
+    """The ``metadata`` of each record of a .jsonl file (``None`` where absent or not a .jsonl file)."""
+    from matryoshka.data.errors import DataError
+    from matryoshka.data.local import read_lines
+    from matryoshka.retrieval.filters import check_metadata
+
+    path = Path(path)
+    if not (path.is_file() and path.name.endswith((".jsonl", ".jsonl.gz", ".ndjson"))):
+        return [None] * count
+    out: list[dict[str, Any] | None] = []
+    for number, line in read_lines(path):
+        if line.strip():
+            record = json.loads(line)
+            try:
+                out.append(check_metadata(record.get("metadata")) if isinstance(record, dict) else None)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"bad metadata: {exc}", path=path, line=number) from None
+    return out

@@ -175,4 +175,4 @@ def beir_training_pairs(name_or_path: str | os.PathLike[str], split: str = "trai
     ]
     if not rows:
         raise DataError(f"no judged (query, document) pairs in split {split!r}", str(name_or_path))
-    return TrainingData(kind="pairs", rows=rows, columns=("anchor", "positive"), source=str(name_or_path))
+    return TrainingData(kind="pairs", rows=list(rows), columns=("anchor", "positive"), source=str(name_or_path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from matryoshka.evaluation.results import Results, _png_bytes
 from matryoshka.files import write_atomic
@@ -48,7 +49,8 @@ def plot_gains(results: Sequence[Results], path: str | os.PathLike[str], baselin
         ax.set_ylabel(f"{result.metric} gain over {baseline} (points)")
         ax.set_title(result.task)
         ax.grid(True, alpha=0.3)
-    handles, labels = {}, {}
+    handles: dict[str, Any] = {}
+    labels: dict[str, str] = {}
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)

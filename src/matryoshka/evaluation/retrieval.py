@@ -124,7 +124,7 @@ def ranx_scores(
     judged = {q: dict(docs) for q, docs in qrels.items() if docs}
     ranked = {q: dict(run[q]) for q in judged if run.get(q)}
     if not ranked:
-        return {metric: 0.0 for metric in metrics}
+        return dict.fromkeys(metrics, 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba type-safety chatter from ranx internals
         values = evaluate(Qrels(judged), Run(ranked), list(metrics), threads=1, make_comparable=True)

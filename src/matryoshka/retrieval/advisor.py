@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from matryoshka.data.beir import BeirDataset
 from matryoshka.embeddings import check_dim
 from matryoshka.evaluation.retrieval import encode_dataset, ranx_scores
 from matryoshka.retrieval.index import FunnelIndex
+from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import (
     FULL,
     Stage,
@@ -32,6 +33,7 @@ from matryoshka.retrieval.stages import (
     format_stages,
     resolve_stages,
 )
+from matryoshka.retrieval.types import Hit
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -237,7 +239,7 @@ def advise(
 
     exact = row(exact_name, exact_stages, exact_hits, exact_seconds)
     rows = [exact]
-    items = list(unique.items())
+    items: Iterable[tuple[str, list[Stage]]] = list(unique.items())
     if show_progress:
         from rich.progress import track
 
@@ -292,10 +294,12 @@ def memory_per_vector(stages: Sequence[Stage], full_dim: int, storage: str = "fl
     if not (first.codec == "float32" and (first.dim or full_dim) == full_dim):
         views.add((first.codec, first.dim or full_dim))
     views |= {("int8", s.dim or full_dim) for s in stages[1:] if s.codec == "int8"}
-    return stored + sum(bytes_per_vector(Stage(dim, codec, 1), full_dim) for codec, dim in views)  # type: ignore[arg-type]
+    return stored + sum(bytes_per_vector(Stage(dim, codec, 1), full_dim) for codec, dim in views)
 
 
-def _timed_search(index: FunnelIndex, queries: np.ndarray, k: int, stages: Sequence[Stage], repeats: int):
+def _timed_search(
+    index: VectorIndex, queries: np.ndarray, k: int, stages: Sequence[Stage], repeats: int
+) -> tuple[list[list[Hit]], float]:
     index.prepare(stages)
     index.search(queries[: min(16, len(queries))], k=k, stages=stages)
     best, hits = float("inf"), []

@@ -1,8 +1,11 @@
 """``matryoshka index ...`` and ``matryoshka advise``: a thin command line over the retrieval API.
 
+Every ``index`` command takes an index URL: a directory (or ``faiss://DIR``), ``postgresql://...``,
+``qdrant://HOST/COLLECTION`` or ``qdrant+local://DIR`` (see :func:`matryoshka.backends.open_index`).
+
 matryoshka index build --corpus scifact --out runs/scifact-index --stages funnel
 matryoshka index search runs/scifact-index "aspirin and heart attacks" --k 5 --preset binary
-matryoshka index add runs/scifact-index --texts new.jsonl
+matryoshka index add postgresql://localhost/search?table=docs --texts new.jsonl
 matryoshka index delete runs/scifact-index 4983 5836
 matryoshka advise --dataset scifact --target 0.99
 """
@@ -10,6 +13,7 @@ matryoshka advise --dataset scifact --target 0.99
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from matryoshka.cli_errors import HandledGroup, fail
 from matryoshka.cli_options import BackendOption, QuantizeOption
 from matryoshka.data.corpus import fill_ids, read_corpus, read_text_file  # noqa: F401  (re-exported for callers)
 
@@ -24,10 +29,13 @@ if TYPE_CHECKING:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
+    from matryoshka.retrieval.stages import Stage
+
 index_app = typer.Typer(
-    help="Build, search and update a Matryoshka funnel index (prefix shortlist, full-size re-rank).",
+    help="Build, search and update a Matryoshka funnel index (prefix shortlist, full-size re-rank) on any engine.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=HandledGroup,
 )
 console = Console(stderr=True)
 
@@ -35,7 +43,13 @@ ModelOption = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model directory or hub name; default: packaged all-MiniLM-L6-v2."),
 ]
-IndexArgument = Annotated[Path, typer.Argument(help="Index directory.", show_default=False)]
+IndexArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Index: a directory (faiss://DIR), postgresql://..., qdrant://HOST/COLLECTION or qdrant+local://DIR.",
+        show_default=False,
+    ),
+]
 
 
 @index_app.command()
@@ -47,7 +61,9 @@ def build(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Index directory to write; an existing index is replaced atomically.")
+        str,
+        typer.Option("--out", "-o", help="Index URL or directory to write; its documents are replaced (a directory "
+                     "atomically); an index of another model or dimension is refused."),
     ],
     model: ModelOption = None,
     stages: Annotated[
@@ -56,7 +72,7 @@ def build(
             help="Default funnel: a preset (exact, funnel, binary) or a spec such as 64:binary:400,full:float32:10."
         ),
     ] = "exact",
-    storage: Annotated[str, typer.Option(help="dtype of the stored full vectors: float32 or float16.")] = "float32",
+    storage: Annotated[str, typer.Option(help="dtype of the stored full vectors: float32 or float16 (faiss:// only).")] = "float32",
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Index only the first N documents (a quick trial on a large corpus).")
@@ -64,44 +80,41 @@ def build(
     backend: BackendOption = "torch",
     quantize: QuantizeOption = None,
 ) -> None:
-    """Encode a corpus at full size and write an index directory, with a progress bar.
+    """Encode a corpus at full size and write it to an index (any engine), with a progress bar.
 
     --backend openvino (or onnx, --quantize int8) encodes the corpus faster on a CPU; the index
     records the model, not the backend, since every backend gives the same model's vectors.
     """
-    from matryoshka.retrieval.index import FunnelIndex
+    from matryoshka.backends import open_index
+    from matryoshka.data.corpus import read_documents
+    from matryoshka.model_identity import model_label
     from matryoshka.retrieval.stages import format_stages
 
-    with _errors():
-        funnel = _parse_stages(stages)
-        console.print(f"reading {corpus}", highlight=False)
-        ids, texts = read_corpus(corpus)
-        if limit is not None and limit < len(texts):
-            ids, texts = ids[:limit], texts[:limit]
-        ids = fill_ids(ids, existing=[])
-        console.print(f"loading model {model_label(model)}", highlight=False)
-        loaded = _load_model(model, backend, quantize)
-        vectors = encode_with_progress(loaded, texts, batch_size)
-        index = FunnelIndex.from_vectors(
-            vectors, ids, texts, model_name=model_label(model), stages=funnel, storage=storage
-        )  # type: ignore[arg-type]
-        index.save(out)
+    funnel = _parse_stages(stages)
+    console.print(f"reading {corpus}", highlight=False)
+    docs = read_documents(corpus)
+    if limit is not None and limit < len(docs):
+        docs = docs[:limit]
+    ids, texts, metadata = [d[0] for d in docs], [d[1] for d in docs], [d[2] for d in docs]
+    label = model_label(model)
+    console.print(f"loading model {label}", highlight=False)
+    vectors = encode_with_progress(_load_model(model, backend, quantize), texts, batch_size)
+    with open_index(out, dim=int(vectors.shape[1]), model_name=label, create=True, stages=funnel,
+                    storage=storage) as index:
+        index.clear()
+        index.upsert(ids, vectors, texts, metadata)  # one write: a directory is replaced whole, at close
+        index.prepare()
+        info = index.info()
     console.print(
-        f"wrote {out}: {len(index):,} vectors × {index.dim} ({storage}), model {index.model_name}, "
-        f"stages {format_stages(index.stages)}",
+        f"wrote {info.url}: {info.count:,} vectors × {info.dim} ({storage}), model {info.model_name}, "
+        f"stages {format_stages(info.stages)}",
         soft_wrap=True,
     )
 
 
 @index_app.command()
 def search(
-    index_dir: Annotated[
-        str,
-        typer.Argument(
-            help="Index directory, or a backend URL (postgresql://..., qdrant://..., qdrant+local://...).",
-            show_default=False,
-        ),
-    ],
+    index_url: IndexArgument,
     queries: Annotated[list[str], typer.Argument(help="One or more query texts.", show_default=False)],
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Hits per query.")] = 10,
     stages: Annotated[
@@ -109,9 +122,8 @@ def search(
     ] = None,
     preset: Annotated[str | None, typer.Option(help="A named funnel: exact, funnel or binary.")] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Override the model named in the manifest.")
+        str | None, typer.Option("--model", "-m", help="Override the model the index records.")
     ] = None,
-    mmap: Annotated[bool, typer.Option(help="Map the vectors from disk instead of reading them.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per query (same as --format json).")] = False,
     output: Annotated[
         str,
@@ -125,40 +137,31 @@ def search(
         str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"source": ["scifact", "npl"]}\'.')
     ] = None,
 ) -> None:
-    """Search an index or a backend; prints the hits and how long each stage took."""
-    from matryoshka.backends import backend_kind, open_backend
-    from matryoshka.backends.base import timed_search
+    """Search an index; prints the hits and how long each stage took."""
+    from matryoshka.backends import open_index
     from matryoshka.embeddings import encode
     from matryoshka.retrieval.filters import check_filter_keys
-    from matryoshka.retrieval.index import FunnelIndex
-    from matryoshka.retrieval.stages import PRESETS, check_keeps
+    from matryoshka.retrieval.stages import check_keeps
 
     if stages is not None and preset is not None:
-        _fail("give --stages or --preset, not both")
+        fail("give --stages or --preset, not both")
     if output not in ("auto", "table", "tsv", "json"):
         raise typer.BadParameter(f"--format must be auto, table, tsv or json, got {output!r}", param_hint="--format")
     out = _out_console()
     fmt = "json" if as_json else output if output != "auto" else ("table" if out.is_terminal else "tsv")
-    with _errors():
-        funnel = _parse_stages(stages or preset) if (stages or preset) else None
-        wanted = _parse_filter(filter)
-        if backend_kind(index_dir) == "faiss":
-            index: Any = FunnelIndex.load(index_dir.removeprefix("faiss://"), mmap=mmap)
-        else:
-            index = open_backend(index_dir, create=False)
+    spec = stages or preset
+    funnel = _parse_stages(spec) if spec else None
+    wanted = _parse_filter(filter)
+    with open_index(index_url, create=False) as index:
         name = model or index.model_name
         if not name:
-            _fail(f"{index_dir} records no model name; pass --model")
-        try:
-            check_keeps(funnel if funnel is not None else getattr(index, "stages", PRESETS["exact"]), k)
-            if wanted and hasattr(index, "metadata_keys"):
-                check_filter_keys(wanted, index.metadata_keys())
-            loaded = _load_model(name)
-            vectors = encode(loaded, queries)
-            hits, timings = timed_search(index, vectors, k, funnel, wanted)
-        finally:
-            if hasattr(index, "close"):
-                index.close()
+            fail(f"{index_url} records no model name; pass --model")
+        check_keeps(funnel if funnel is not None else index.stages, k)
+        keys = index.metadata_keys()
+        if wanted and keys is not None:
+            check_filter_keys(wanted, keys)
+        vectors = encode(_load_model(name), queries)
+        hits, timings = index.search_with_timings(vectors, k=k, stages=funnel, filter=wanted)
     if fmt == "json":
         for query, found in zip(queries, hits):
             row = {
@@ -216,62 +219,69 @@ def _out_console() -> Console:
 
 @index_app.command()
 def add(
-    index_dir: IndexArgument,
+    index_url: IndexArgument,
     texts: Annotated[
-        Path, typer.Option("--texts", "-t", help='A .txt (one text per line) or .jsonl file ({"_id", "text"}).')
+        Path, typer.Option("--texts", "-t", help='A .txt (one text per line) or .jsonl file ({"_id", "text", "metadata"}).')
     ],
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Override the model named in the manifest.")
+        str | None, typer.Option("--model", "-m", help="Override the model the index records.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
 ) -> None:
     """Encode new texts and add them to an index (no rebuild); texts without ids get the next free numbers."""
-    from matryoshka.retrieval.index import FunnelIndex
+    from matryoshka.backends import open_index
+    from matryoshka.data.corpus import jsonl_metadata
+    from matryoshka.errors import InputError
+    from matryoshka.ingest import free_ids
 
-    with _errors():
-        index = FunnelIndex.load(index_dir)
+    with open_index(index_url, create=False) as index:
         ids, new_texts = read_text_file(texts)
-        ids = fill_ids(ids, existing=index.ids)
+        metadata = jsonl_metadata(texts, len(new_texts))
+        given = [i for i in ids if i is not None]
+        taken = sorted(index.existing(given))
+        if taken:
+            more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+            raise InputError(f"id {taken[0]!r}{more} is already in the index; delete it first to replace it")
+        filled = free_ids(index, ids)
         name = model or index.model_name
         if not name:
-            _fail(f"{index_dir} records no model name; pass --model")
+            fail(f"{index_url} records no model name; pass --model")
         vectors = encode_with_progress(_load_model(name), new_texts, batch_size)
-        index.add(vectors, ids, new_texts)
-        index.save(index_dir)
-    console.print(f"added {len(ids):,} texts to {index_dir} (now {len(index):,})")
+        index.upsert(filled, vectors, new_texts, metadata)
+        count = len(index)
+    console.print(f"added {len(filled):,} texts to {index_url} (now {count:,})", soft_wrap=True, highlight=False)
 
 
 @index_app.command()
 def delete(
-    index_dir: IndexArgument,
+    index_url: IndexArgument,
     ids: Annotated[list[str], typer.Argument(help="Ids of the documents to remove.", show_default=False)],
 ) -> None:
     """Remove documents by id; unknown ids are reported, not an error."""
-    from matryoshka.retrieval.index import FunnelIndex
+    from matryoshka.backends import open_index
 
-    with _errors():
-        index = FunnelIndex.load(index_dir)
-        unknown = [doc_id for doc_id in dict.fromkeys(ids) if doc_id not in index]
-        removed = index.delete(ids)
-        if removed:
-            index.save(index_dir)
-    console.print(f"deleted {removed:,} of {len(set(ids)):,} ids from {index_dir} (now {len(index):,})")
+    wanted = list(dict.fromkeys(ids))
+    with open_index(index_url, create=False) as index:
+        present = index.existing(wanted)
+        removed = index.delete(wanted)
+        count = len(index)
+    unknown = [doc_id for doc_id in wanted if doc_id not in present]
+    console.print(f"deleted {removed:,} of {len(wanted):,} ids from {index_url} (now {count:,})", soft_wrap=True,
+                  highlight=False)
     if unknown:
         console.print(
-            f"[yellow]not in the index:[/yellow] {', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''}"
+            f"[yellow]not in the index:[/yellow] {', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''}",
+            soft_wrap=True,
         )
 
 
 @index_app.command()
-def info(index_dir: IndexArgument) -> None:
-    """Print an index's manifest (no data files are read)."""
-    from matryoshka.retrieval.store import IndexCorruptError, read_manifest
+def info(index_url: IndexArgument) -> None:
+    """Print what an index records (model, dims, default funnel, count, engine details) as JSON."""
+    from matryoshka.backends import open_index
 
-    try:
-        manifest = read_manifest(index_dir)
-    except (FileNotFoundError, IndexCorruptError) as exc:
-        _fail(str(exc))
-    typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+    with open_index(index_url, create=False) as index:
+        typer.echo(json.dumps(index.info().to_dict(), indent=2, ensure_ascii=False))
 
 
 def advise_command(
@@ -287,6 +297,7 @@ def advise_command(
     """Recommend the cheapest funnel (first-stage bytes, then speed) that keeps target × exact nDCG@10."""
     from matryoshka.data.beir import load_beir
     from matryoshka.files import write_atomic
+    from matryoshka.model_identity import model_label
     from matryoshka.retrieval.advisor import advise
 
     try:
@@ -295,11 +306,10 @@ def advise_command(
         raise typer.BadParameter(f"--dims must be comma-separated integers, got {dims!r}") from None
     if not dim_list:
         raise typer.BadParameter("--dims is empty")
-    with _errors():
-        data = load_beir(dataset)
-        loaded = _load_model(model)
-        console.print(f"{data!r}: encoding {len(data.corpus):,} documents and {len(data.queries):,} queries once")
-        report = advise(loaded, data, dim_list, target=target, model_name=model_label(model), show_progress=True)
+    data = load_beir(dataset)
+    loaded = _load_model(model)
+    console.print(f"{data!r}: encoding {len(data.corpus):,} documents and {len(data.queries):,} queries once")
+    report = advise(loaded, data, dim_list, target=target, model_name=model_label(model), show_progress=True)
     _out_console().print(report.table())
     if out is not None:
         if out.suffix == ".json":
@@ -312,55 +322,30 @@ def advise_command(
         console.print(f"wrote {out}")
 
 
-# -- helpers (public so the server and tests can reuse them) ------------------------------------
-
-
-def model_label(name: str | None) -> str:
-    """What the manifest records for ``--model``: the default's name, an absolute path, or a hub name."""
-    from matryoshka.models import DEFAULT_MODEL
-
-    if name is None:
-        return DEFAULT_MODEL
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+# -- helpers ------------------------------------------------------------------------------------
 
 
 def encode_with_progress(model: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Encode at full size in chunks under a rich progress bar."""
-    import numpy as np
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    """:func:`matryoshka.ingest.encode_chunks` under a rich progress bar (a line per tenth when piped)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from matryoshka.embeddings import encode
-    from matryoshka.models import model_dimension
+    from matryoshka.ingest import encode_chunks
 
-    if not texts:
-        return np.zeros((0, model_dimension(model)), dtype=np.float32)
-    # A few batches per update: long enough for sentence-transformers to sort texts by length, short
-    # enough that the bar moves every few seconds (1,024-text chunks of abstracts took minutes each).
-    chunk = batch_size * 4
-    parts = []
     columns = (TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    reported = 0
+    reported = [0]
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("encoding", total=len(texts))
-        for start in range(0, len(texts), chunk):
-            batch = texts[start : start + chunk]
-            parts.append(encode(model, batch, batch_size=batch_size, show_progress_bar=False))
-            progress.advance(task, len(batch))
-            done = start + len(batch)
-            if not console.is_terminal and (done - reported >= max(len(texts) // 10, 1) or done == len(texts)):
-                console.print(f"encoded {done:,}/{len(texts):,}", highlight=False)  # no bar when piped
-                reported = done
-    return np.concatenate(parts)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done)
+            if not console.is_terminal and (done - reported[0] >= max(total // 10, 1) or done == total):
+                console.print(f"encoded {done:,}/{total:,}", highlight=False)  # no bar when piped
+                reported[0] = done
+
+        return encode_chunks(model, texts, batch_size, on_progress=advance)
 
 
-def timings_table(timings: list[dict[str, Any]], queries: int) -> Table:
+def timings_table(timings: Sequence[Mapping[str, Any]], queries: int) -> Table:
     """Per-stage timings of one search call as a rich table."""
     table = Table(title=f"stages ({queries} {'query' if queries == 1 else 'queries'})", title_justify="left")
     for column in ("stage", "dim", "codec", "candidates", "keep", "ms"):
@@ -398,38 +383,17 @@ def _parse_filter(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        _fail(f"--filter is not valid JSON: {exc}")
+        fail(f"--filter is not valid JSON: {exc}")
     if not isinstance(value, dict):
-        _fail('--filter must be a JSON object such as {"source": "scifact"}')
+        fail('--filter must be a JSON object such as {"source": "scifact"}')
     check_filter(value)
     return value
 
 
-def _parse_stages(spec: str) -> list:
+def _parse_stages(spec: str) -> list[Stage]:
     from matryoshka.retrieval.stages import parse_stages
 
     try:
         return parse_stages(spec)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--stages/--preset") from None
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(1)
-
-
-class _errors:
-    """Turn the library's expected errors into a one-line message and exit status 1."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> bool:
-        from matryoshka.models import ModelLoadError
-        from matryoshka.retrieval.store import IndexCorruptError
-
-        expected = (ValueError, FileNotFoundError, FileExistsError, IndexCorruptError, ModelLoadError)
-        if exc is not None and isinstance(exc, expected) and not isinstance(exc, typer.BadParameter):
-            _fail(str(exc))
-        return False

@@ -3,6 +3,11 @@
 A document's metadata is a flat JSON object of strings, numbers and booleans. A filter restricts a
 search to the documents whose metadata has every key of the filter with one of its values.
 
+Equality is the same on every engine: strings equal strings, numbers equal numbers by value (``1``
+matches ``1.0``), booleans equal only booleans (``True`` is not ``1``). NaN and infinities are refused,
+integers must be exact in a double (at most 2**53 in size), and a filter holds at most
+:data:`MAX_FILTER_KEYS` keys and :data:`MAX_FILTER_VALUES` values in all.
+
 Example:
     >>> matches({"source": "scifact", "year": 2020}, check_filter({"source": ["scifact", "npl"]}))
     True
@@ -15,8 +20,26 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from matryoshka.errors import InputError
+
 Metadata = Mapping[str, Any]
 Filter = Mapping[str, Any]
+
+MAX_FILTER_KEYS = 32
+MAX_FILTER_VALUES = 1024
+MAX_FILTER_STRING = 1024
+MAX_SAFE_INT = 2**53
+
+
+def _scalar_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a metadata or filter value (``None`` when it can)."""
+    if isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= MAX_SAFE_INT else f"integer {value} is larger than 2**53"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a finite number"
+    return f"{value!r} is not a string, number or boolean"
 
 
 def check_metadata(metadata: Metadata | None) -> dict[str, Any] | None:
@@ -34,8 +57,9 @@ def check_metadata(metadata: Metadata | None) -> dict[str, Any] | None:
     for key, value in out.items():
         if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
             raise ValueError(f"metadata must map strings to strings, numbers or booleans, got {key!r}: {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"metadata value {key!r} is not finite")
+        problem = None if value is None else _scalar_problem(value)
+        if problem:
+            raise InputError(f"metadata value {key!r}: {problem}")
     json.dumps(out)
     return out
 
@@ -44,17 +68,41 @@ def check_filter(filter: Filter | None) -> dict[str, list[Any]] | None:
     """Normalize a filter to ``{key: [allowed values]}``; ``None`` or ``{}`` means no filter.
 
     Raises:
-        ValueError: a key is not a string or a value is not a scalar (or a non-empty list of scalars).
+        InputError: not a mapping; a key is not a string; a value is not a string, finite number or
+            boolean (or a non-empty list of them); or the filter is larger than the bounds.
     """
     if not filter:
         return None
+    if not isinstance(filter, Mapping):
+        raise InputError(f"a filter is a JSON object of metadata keys, got {type(filter).__name__}")
+    if len(filter) > MAX_FILTER_KEYS:
+        raise InputError(f"a filter may name at most {MAX_FILTER_KEYS} keys, got {len(filter)}")
     out: dict[str, list[Any]] = {}
+    total = 0
     for key, value in filter.items():
         values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not isinstance(key, str) or not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
-            raise ValueError(f"a filter maps a metadata key to a value or a non-empty list of values, got {key!r}: {value!r}")
+        if not isinstance(key, str) or not values:
+            raise InputError(f"a filter maps a metadata key to a value or a non-empty list of values, got {key!r}: {value!r}")
+        for v in values:
+            problem = _scalar_problem(v)
+            if problem:
+                raise InputError(f"filter value for {key!r}: {problem}")
+            if isinstance(v, str) and len(v) > MAX_FILTER_STRING:
+                raise InputError(f"filter value for {key!r} is longer than {MAX_FILTER_STRING} characters")
+        total += len(values)
+        if total > MAX_FILTER_VALUES:
+            raise InputError(f"a filter may hold at most {MAX_FILTER_VALUES} values in all")
         out[key] = values
     return out
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Metadata equality: booleans only equal booleans, numbers compare by value, strings exactly."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return isinstance(a, str) and isinstance(b, str) and a == b
 
 
 def matches(metadata: Metadata | None, filter: dict[str, list[Any]] | None) -> bool:
@@ -63,9 +111,7 @@ def matches(metadata: Metadata | None, filter: dict[str, list[Any]] | None) -> b
         return True
     if metadata is None:
         return False
-    return all(key in metadata and metadata[key] in values for key, values in filter.items())
-
-
+    return all(key in metadata and any(same_value(metadata[key], v) for v in values) for key, values in filter.items())
 
 
 def check_filter_keys(filter: Filter | None, known: set[str]) -> None:

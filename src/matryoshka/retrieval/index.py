@@ -5,6 +5,13 @@ derived from it: a ``d``-dim prefix re-normalized to unit length, its sign bits,
 Derived views that a first stage scans are built on first use and cached in memory; later stages
 compute their view from the stored vectors of the few candidates they re-score.
 
+An index saved to a directory (:meth:`open` with a path, or ``faiss://DIR`` through
+:func:`matryoshka.backends.open_index`) keeps its writes in memory and saves them atomically at
+checkpoints (every ``checkpoint_vectors`` written vectors, or ``checkpoint_seconds``, whichever comes
+first) and on :meth:`flush`/:meth:`close`. Appends go into growable buffers, so a bulk load of ``n``
+vectors costs ``O(n)``; a time checkpoint waits at least four times as long as the last save took,
+which keeps saving to a bounded share of a load.
+
 Example:
     >>> index = FunnelIndex.build(model, texts, stages=parse_stages("64:float32:400,full:float32:10"))
     >>> hits = index.search(encode(model, ["a question"]), k=5)
@@ -19,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import faiss
@@ -33,7 +40,9 @@ from matryoshka.retrieval.filters import (
     check_metadata,
     matches,
 )
+from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import PRESETS, Stage, resolve_stages, validate_stages
+from matryoshka.retrieval.types import Hit, StageTiming, stage_timing
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -51,32 +60,34 @@ VIEW_CACHE_BYTES = 256 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 
 
-@dataclass
-class Hit:
-    """One search result: the document id, its score in the last stage, and its text if stored."""
-
-    id: str
-    score: float
-    text: str | None = None
+#: Default of :attr:`FunnelIndex.checkpoint_seconds` for an index saved to a directory.
+CHECKPOINT_SECONDS = 60.0
+#: A time checkpoint waits at least this many times as long as the last save took.
+_SAVE_SHARE = 4.0
+_GROWTH = 2.0  # capacity factor when the vector buffer grows
 
 
 class _Snapshot(NamedTuple):
     vectors: np.ndarray
     ids: list[str]
     texts: list[str | None] | None
-    views: dict[tuple[str, int], Any]
+    views: dict[Any, Any]
 
 
-class FunnelIndex:
-    """Full vectors stored once, searched through a funnel of :class:`Stage` passes.
+class FunnelIndex(VectorIndex):
+    """Full vectors stored once, searched through a funnel of :class:`Stage` passes: the embedded
+    :class:`~matryoshka.retrieval.protocol.VectorIndex`.
 
-    Create one with :meth:`from_vectors`, :meth:`build` or :meth:`load`. ``stages`` is the default
-    funnel (``PRESETS["exact"]`` unless given); every search may pass its own.
+    Create one with :meth:`from_vectors`, :meth:`build`, :meth:`load` or :meth:`open`. ``stages`` is
+    the default funnel (``PRESETS["exact"]`` unless given); every search may pass its own.
 
     Attributes:
         model_name: the model that produced the vectors (recorded in the manifest).
         dim: full vector dimension.
         storage: ``"float32"`` or ``"float16"``, the dtype of the stored full vectors.
+        path: the directory writes are saved to (``None``: in memory only).
+        checkpoint_vectors: save after this many written vectors (``None``: no count checkpoint).
+        checkpoint_seconds: save when this long has passed since the last save (``None``: never by time).
     """
 
     def __init__(
@@ -91,6 +102,7 @@ class FunnelIndex:
     ) -> None:
         # Trusted constructor: vectors are unit rows of dtype ``storage``; public paths validate first.
         self._vectors = vectors
+        self._buffer: np.ndarray | None = None  # writable storage that _vectors is the head of
         self._ids = ids
         self._texts = texts
         self._metadata = metadata
@@ -102,6 +114,17 @@ class FunnelIndex:
         self.dim = int(vectors.shape[1])
         self.storage: Storage = storage
         self.stages = list(PRESETS["exact"]) if stages is None else list(stages)
+        self.path: Path | None = None
+        self.checkpoint_vectors: int | None = None
+        self.checkpoint_seconds: float | None = CHECKPOINT_SECONDS
+        self._pending = 0  # vectors written (or deletes) since the last save
+        self._saved_at = time.monotonic()
+        self._save_took = 0.0
+
+    @property
+    def url(self) -> str:  # type: ignore[override]
+        """``faiss://DIR`` of the directory it saves to, ``memory:`` when it has none."""
+        return f"faiss://{self.path}" if self.path is not None else "memory:"
 
     @property
     def stages(self) -> list[Stage]:
@@ -158,6 +181,63 @@ class FunnelIndex:
         meta = _check_metadata_list(metadata, len(array))
         return cls(_unit_rows(array, storage), ids, texts, model_name, stages, storage, meta)
 
+    @classmethod
+    def open(
+        cls,
+        location: str | os.PathLike[str],
+        dim: int | None = None,
+        model_name: str = "",
+        create: bool = True,
+        stages: Sequence[Stage] | None = None,
+        storage: Storage = "float32",
+        checkpoint_vectors: int | None = None,
+        checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
+        mmap: bool = False,
+    ) -> FunnelIndex:
+        """Open the index directory at ``location`` (``faiss://`` prefix optional), or start a new one there.
+
+        A new index is saved at once (empty), so the directory exists from then on. Writes are saved
+        at checkpoints (see the module docstring), on :meth:`flush` and on :meth:`close`.
+
+        Raises:
+            FileNotFoundError: no index there and ``create`` is false.
+            ValueError: ``dim`` or ``model_name`` differ from the stored index, or ``dim`` is missing
+                for a new one.
+            IndexCorruptError: the directory fails its checks.
+        """
+        from matryoshka.retrieval.store import MANIFEST, read_manifest
+
+        if checkpoint_vectors is not None and checkpoint_vectors < 1:
+            raise ValueError(f"checkpoint_vectors must be at least 1, got {checkpoint_vectors}")
+        path = Path(str(location).removeprefix("faiss://")).expanduser().absolute()
+        if (path / MANIFEST).exists():
+            manifest = read_manifest(path)
+            if dim is not None and dim != manifest["dim"]:
+                raise ValueError(f"{path} holds {manifest['dim']}-dim vectors, not {dim}")
+            if model_name and manifest["model_name"] and model_name != manifest["model_name"]:
+                raise ValueError(f"{path} was built with model {manifest['model_name']!r}, not {model_name!r}")
+            index = cls.load(path, mmap=mmap)
+            fresh = (model_name and not index.model_name) or (stages is not None and list(stages) != index.stages)
+            if not create and fresh:
+                raise ValueError(f"{path}: recording a model or stages needs create=True")
+            index.model_name = index.model_name or model_name
+            if stages is not None:
+                index.stages = stages
+        elif not create:
+            raise FileNotFoundError(f"no index at {path}")
+        else:
+            if dim is None or isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+                raise ValueError(f"creating an index at {path} needs its vector dimension (dim), got {dim!r}")
+            index = cls.from_vectors(np.zeros((0, dim), np.float32), [], model_name=model_name, stages=stages,
+                                     storage=storage)
+            fresh = True
+        index.path = path
+        index.checkpoint_vectors = checkpoint_vectors
+        index.checkpoint_seconds = checkpoint_seconds
+        if fresh:
+            index.flush(force=True)
+        return index
+
     def mapped(self, transform: Callable[[np.ndarray], np.ndarray], model_name: str) -> FunnelIndex:
         """A new index of the same documents whose vectors are ``transform(vectors)``, e.g. an adaptor
         applied to them, so a rotated or adapted model is searched without encoding the corpus again."""
@@ -184,20 +264,14 @@ class FunnelIndex:
         vectors = encode(model, texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
         return cls.from_vectors(vectors, ids, texts, model_name=model_name, stages=stages, storage=storage)
 
-    def search(
+    def search_with_timings(
         self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None, filter: Filter | None = None
-    ) -> list[list[Hit]]:
-        """Return the ``k`` best hits per query row (full-size vectors; normalized here).
+    ) -> tuple[list[list[Hit]], list[StageTiming]]:
+        """The ``k`` best hits per query row (full-size vectors; normalized here), plus one dict per stage:
+        ``dim, codec, keep, candidates, seconds``.
 
         Ties are broken by insertion order, so results are deterministic. ``filter`` (see
         :mod:`matryoshka.retrieval.filters`) restricts the search to documents whose metadata matches.
-        """
-        return self.search_with_timings(queries, k=k, stages=stages, filter=filter)[0]
-
-    def search_with_timings(
-        self, queries: np.ndarray, k: int = 10, stages: Sequence[Stage] | None = None, filter: Filter | None = None
-    ) -> tuple[list[list[Hit]], list[dict[str, Any]]]:
-        """Like :meth:`search`, plus one dict per stage: ``dim, codec, keep, candidates, seconds``.
 
         ``candidates`` is how many vectors the stage scored per query; ``seconds`` covers the whole
         batch and leaves out building a cached view on first use (see :meth:`prepare`).
@@ -208,6 +282,8 @@ class FunnelIndex:
         wanted = check_filter(filter)
         if wanted is not None:
             return self._matching(wanted).search_with_timings(queries, k=k, stages=stages)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         snap, plan = self._snapshot(self._stages if stages is None else stages, k)
         count = len(snap.ids)
         if count == 0 or len(query) == 0:
@@ -242,6 +318,9 @@ class FunnelIndex:
     ) -> None:
         """Append vectors under new ids; cached views are extended, nothing is rebuilt.
 
+        The stored vectors live in a buffer that doubles when full, so ``n`` vectors added in any
+        number of calls cost ``O(n)`` copies in all.
+
         Raises:
             ValueError: an id is already in the index or repeats, or shapes do not match.
         """
@@ -253,32 +332,118 @@ class FunnelIndex:
         new_ids = _check_ids(ids, len(array))
         new_texts = _check_texts(texts, len(array))
         new_meta = _check_metadata_list(metadata, len(array))
-        rows = _unit_rows(array, self.storage)
+        self._append(_unit_rows(array, self.storage), new_ids, new_texts, new_meta)
+
+    def _append(
+        self,
+        rows: np.ndarray,
+        new_ids: list[str],
+        new_texts: list[str | None] | None,
+        new_meta: list[dict[str, Any] | None] | None,
+    ) -> None:
+        """Append validated unit rows (dtype ``storage``) under new ids."""
         with self._lock:
             taken = [doc_id for doc_id in new_ids if doc_id in self._rows]
             if taken:
                 more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
                 raise ValueError(f"id {taken[0]!r}{more} is already in the index; delete it first to replace it")
-            if self._texts is None and new_texts is not None:
-                self._texts = [None] * len(self._ids)
-            texts_after = None
-            if self._texts is not None:
-                texts_after = self._texts + (list(new_texts) if new_texts is not None else [None] * len(rows))
-            meta_after = self._metadata
-            if new_meta is not None or meta_after is not None:
-                meta_after = (meta_after or [None] * len(self._ids)) + (new_meta or [None] * len(rows))
-            views = {key: _extend_view(key, view, rows, self.dim) for key, view in self._views.items()}
+            # Lists grow in place: a search in flight holds the old vectors array and reads only rows below
+            # its length, so it never sees the appended entries.
             start = len(self._ids)
-            self._vectors = np.concatenate([self._vectors, rows]) if len(self._ids) else rows
-            self._ids = self._ids + new_ids
-            self._texts = texts_after
-            self._metadata = meta_after
+            if self._texts is None and new_texts is not None:
+                self._texts = [None] * start
+            if self._texts is not None:
+                self._texts.extend(new_texts if new_texts is not None else [None] * len(rows))
+            if self._metadata is None and new_meta is not None:
+                self._metadata = [None] * start
+            if self._metadata is not None:
+                self._metadata.extend(new_meta if new_meta is not None else [None] * len(rows))
+            views = {key: _extend_view(key, view, rows, self.dim) for key, view in self._views.items()}
+            self._vectors = self._appended(rows)
+            self._ids.extend(new_ids)
             self._rows.update({doc_id: start + i for i, doc_id in enumerate(new_ids)})
             self._views = views
+        self._written(len(rows))
+
+    def _appended(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors with ``rows`` after them, in the growable buffer (copied only when it grows)."""
+        count, need = len(self._vectors), len(self._vectors) + len(rows)
+        buffer = self._buffer
+        if buffer is None or len(buffer) < need:  # invariant: _vectors is buffer[:count] whenever buffer is set
+            capacity = max(need, int(count * _GROWTH) + 1024)
+            buffer = np.empty((capacity, self.dim), dtype=self.storage)
+            buffer[:count] = self._vectors
+            self._buffer = buffer
+        buffer[count:need] = rows
+        return buffer[:need]
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> None:
+        """Insert or replace documents by id (a replaced document moves to the end of the insertion order).
+
+        Raises:
+            ValueError: shapes, ids, texts or metadata do not match, an id repeats, or a vector is zero or not finite.
+        """
+        from matryoshka.backends.base import check_batch
+
+        ids, rows, texts, meta = check_batch(ids, vectors, self.dim, texts, metadata)
+        if not ids:
+            return
+        with self._lock:
+            self._delete(ids, save=False)
+            self._append(rows.astype(self.storage, copy=False), ids, texts, meta)
+
+    def existing(self, ids: Iterable[str]) -> set[str]:
+        """The subset of ``ids`` that is stored."""
+        return {str(i) for i in ids if str(i) in self._rows}
+
+    def clear(self) -> None:
+        """Remove every document; saved at the next checkpoint or :meth:`flush` (the old directory stays until then)."""
+        with self._lock:
+            self._vectors = np.zeros((0, self.dim), dtype=self.storage)
+            self._buffer = None
+            self._ids, self._texts, self._metadata, self._rows, self._views = [], None, None, {}, {}
+        self._written(1)
+
+    def flush(self, force: bool = False) -> None:
+        """Save unsaved writes to :attr:`path` now, atomically (``force``: even when nothing changed)."""
+        if self.path is None or not (self._pending or force):
+            return
+        started = time.monotonic()
+        self.save(self.path)
+        self._save_took = time.monotonic() - started
+        self._saved_at, self._pending = time.monotonic(), 0
+
+    def close(self) -> None:
+        """Save unsaved writes (an in-memory index has nothing to release)."""
+        self.flush()
+
+    def details(self) -> dict[str, object]:
+        """The storage dtype."""
+        return {"storage": self.storage}
+
+    def _written(self, count: int) -> None:
+        """Count a write and save when a checkpoint is due."""
+        if self.path is None:
+            return
+        self._pending += count
+        due = self.checkpoint_vectors is not None and self._pending >= self.checkpoint_vectors
+        if not due and self.checkpoint_seconds is not None:
+            waited = time.monotonic() - self._saved_at
+            due = waited >= max(self.checkpoint_seconds, _SAVE_SHARE * self._save_took)
+        if due:
+            self.flush()
 
     def delete(self, ids: Iterable[str] | str) -> int:
         """Remove the given ids; return how many were found (unknown ids are ignored)."""
-        wanted = [ids] if isinstance(ids, str) else list(ids)
+        return self._delete([ids] if isinstance(ids, str) else [str(i) for i in ids], save=True)
+
+    def _delete(self, wanted: list[str], save: bool) -> int:
         with self._lock:
             rows = sorted({self._rows[doc_id] for doc_id in wanted if doc_id in self._rows})
             if not rows:
@@ -293,6 +458,9 @@ class FunnelIndex:
                 self._metadata = [meta for meta, kept in zip(self._metadata, keep) if kept]
             self._rows = {doc_id: row for row, doc_id in enumerate(self._ids)}
             self._views = {}
+            self._buffer = None
+        if save:
+            self._written(len(rows))
         return len(rows)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -300,7 +468,10 @@ class FunnelIndex:
         from matryoshka.retrieval.store import write_index
 
         with self._lock:
-            vectors, ids, texts, metadata = self._vectors, self._ids, self._texts, self._metadata
+            count = len(self._vectors)  # lists grow in place: copy what belongs to these vectors
+            vectors, ids = self._vectors, self._ids[:count]
+            texts = None if self._texts is None else self._texts[:count]
+            metadata = None if self._metadata is None else self._metadata[:count]
         write_index(
             path, vectors, ids, texts, model_name=self.model_name, storage=self.storage, stages=self._stages,
             metadata=metadata,
@@ -317,7 +488,8 @@ class FunnelIndex:
 
         stored = read_index(path, mmap=mmap, verify=verify)
         return cls(
-            stored.vectors, stored.ids, stored.texts, stored.model_name, stored.stages, stored.storage, stored.metadata
+            stored.vectors, stored.ids, stored.texts, stored.model_name, stored.stages, stored.storage,  # type: ignore[arg-type]
+            stored.metadata,
         )
 
     def memory_bytes(self) -> int:
@@ -359,9 +531,8 @@ class FunnelIndex:
         """A consistent view of the data and the search plan for it, building missing views."""
         with self._lock:
             plan = resolve_stages(stages, self.dim, k, max(len(self._ids), 1))
-            needed = {_view_key(plan[0], self.dim, self.storage)}
-            needed |= {("int8", s.dim) for s in plan[1:] if s.codec == "int8"}
-            needed.discard(None)
+            first = _view_key(plan[0], self.dim, self.storage)
+            needed = {("int8", s.dim) for s in plan[1:] if s.codec == "int8"} | ({first} if first else set())
             for key in needed:
                 view = self._views.pop(key) if key in self._views else _build_view(key, self._vectors)
                 self._views[key] = view  # most recently used last
@@ -446,8 +617,8 @@ def _threads_for(pairs: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def _timing(stage: Stage, candidates: int, seconds: float) -> dict[str, Any]:
-    return {"dim": stage.dim, "codec": stage.codec, "keep": stage.keep, "candidates": candidates, "seconds": seconds}
+def _timing(stage: Stage, candidates: int, seconds: float) -> StageTiming:
+    return stage_timing(stage, candidates, seconds)
 
 
 def _check_storage(storage: str) -> None:
@@ -466,7 +637,7 @@ def _check_ids(ids: Sequence[str], count: int) -> list[str]:
         raise ValueError(f"ids must be non-empty strings, got {bad[0]!r}")
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
-        duplicate = next(doc_id for doc_id in ids if doc_id in seen or seen.add(doc_id))
+        duplicate = next(doc_id for doc_id in ids if doc_id in seen or seen.add(doc_id))  # type: ignore[func-returns-value]
         raise ValueError(f"id {duplicate!r} appears more than once")
     return ids
 
@@ -567,10 +738,11 @@ def _prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
 def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
     codec, dim = key
     if codec == "float32":
-        view = np.empty((len(vectors), dim), dtype=np.float32)
+        prefixes = np.empty((len(vectors), dim), dtype=np.float32)
         for i, block in enumerate(_prefix_blocks(vectors, dim)):
-            view[i * _BLOCK_ROWS : i * _BLOCK_ROWS + len(block)] = block
-        return view
+            prefixes[i * _BLOCK_ROWS : i * _BLOCK_ROWS + len(block)] = block
+        return prefixes
+    view: Any
     if codec == "binary":
         view = faiss.IndexBinaryFlat(dim)
     else:
@@ -590,7 +762,7 @@ def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: in
     prefix = np.concatenate(list(_prefix_blocks(rows, dim))) if len(rows) else np.zeros((0, dim), np.float32)
     if codec == "float32":
         return np.concatenate([view, prefix])
-    extended = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)
+    extended: Any = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)  # type: ignore[attr-defined]
     extended.add(np.packbits(prefix > 0, axis=1) if codec == "binary" else prefix)
     return extended
 

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from matryoshka.errors import IndexCorruptError
 from matryoshka.files import ordinary_mode
 from matryoshka.retrieval.filters import check_metadata
 from matryoshka.retrieval.stages import (
@@ -51,10 +52,6 @@ TEXTS = "texts.json"
 METADATA = "metadata.json"
 _STORAGES = ("float32", "float16")
 _HASH_CHUNK = 8 << 20
-
-
-class IndexCorruptError(RuntimeError):
-    """An index directory is incomplete, truncated, edited or inconsistent with its manifest."""
 
 
 @dataclass
@@ -132,7 +129,7 @@ def remove_stale_staging(target: str | os.PathLike[str]) -> list[Path]:
     that completed, so they go too.
     """
     target = Path(target).expanduser().absolute()
-    removed = []
+    removed: list[Path] = []
     try:
         siblings = list(target.parent.iterdir())
     except OSError:
@@ -325,7 +322,7 @@ class _HashingWriter:
         return self.handle.write(data)
 
 
-def _write_file(path: Path, write) -> dict[str, Any]:
+def _write_file(path: Path, write: Any) -> dict[str, Any]:
     with open(path, "wb") as handle:
         writer = _HashingWriter(handle)
         write(writer)

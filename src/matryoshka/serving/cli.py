@@ -5,28 +5,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import re
-import time
-from collections.abc import Callable
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from matryoshka.cli_errors import fail as _fail
 from matryoshka.cli_options import QuantizeOption
+from matryoshka.serving.demo_index import DEMO_CACHE, DEMO_LIMIT
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-    from matryoshka.retrieval import FunnelIndex
-
-#: Where ``matryoshka demo`` keeps the index it built, so the next start takes seconds.
-DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "matryoshka" / "demo-index"
-DEMO_LIMIT = 20_000
 
 HostOption = Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")]
 PortOption = Annotated[int, typer.Option(help="TCP port.")]
@@ -60,7 +51,7 @@ def _run(app: object, host: str, port: int, log_level: str, announce: str, sock:
     from matryoshka.serving.runner import uvicorn_config
 
     class AnnouncingServer(uvicorn.Server):
-        async def startup(self, sockets=None) -> None:
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started and not self.should_exit:
                 typer.echo(announce, err=True)
@@ -129,11 +120,10 @@ def serve_command(
     from matryoshka.serving.startup import (
         StartupError,
         bind_socket,
+        check_index_model,
         check_model_sources,
-        index_model,
         load_results,
-        load_served_model,
-        open_index,
+        open_served_index,
         tune_malloc,
     )
 
@@ -163,9 +153,9 @@ def serve_command(
         # Everything that can fail without the model, before the model loads (that takes seconds to minutes).
         sock = bind_socket(host, port)
         check_model_sources(config)
-        loaded_index = open_index(config.index_path) if config.index_path else None
+        loaded_index = open_served_index(config.index_path) if config.index_path else None
         if loaded_index is not None:
-            index_model(getattr(loaded_index, "model_name", ""), config)
+            check_index_model(loaded_index, config)
         quality = load_results(config)
         _set_threads(threads)
         models = {name: _served(source, backend, quantize) for name, source in config.model_specs()}
@@ -184,52 +174,6 @@ def _served(source: str | None, backend: str, quantize: str | None) -> SentenceT
     model, label = load_served_model(source, backend, quantize, log=lambda line: typer.echo(line, err=True))
     typer.echo(f"model {source or 'default'}: backend {label}", err=True)
     return model
-
-
-def _fail(message: str) -> None:
-    """One line on stderr, exit status 1."""
-    typer.echo(f"error: {message.splitlines()[0] if message else 'unknown error'}", err=True)
-    raise typer.Exit(1)
-
-
-def demo_cache_path(cache_dir: Path, model_name: str, limit: int | None) -> Path:
-    """One cache directory per (model, corpus size): ``<cache>/<model slug>-wordnet-<limit>-<hash>``."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_name).name or model_name)[:40]
-    digest = hashlib.sha1(json.dumps([model_name, limit, "wordnet30-glosses-v1"]).encode()).hexdigest()[:10]
-    return cache_dir / f"{slug}-wordnet-{limit or 'all'}-{digest}"
-
-
-def build_demo_index(
-    model: SentenceTransformer,
-    model_name: str,
-    limit: int | None = DEMO_LIMIT,
-    cache_dir: Path = DEMO_CACHE,
-    rebuild: bool = False,
-    source: str | Path | None = None,
-    log: Callable[[str], None] = lambda message: typer.echo(message, err=True),
-) -> FunnelIndex:
-    """Load the cached demo index, or encode ``limit`` WordNet glosses with ``model``, index and cache them."""
-    from matryoshka.data.wordnet import find_source, load_glosses
-    from matryoshka.retrieval import PRESETS, FunnelIndex
-
-    path = demo_cache_path(cache_dir, model_name, limit)
-    if path.exists() and not rebuild:
-        try:
-            index = FunnelIndex.load(path)
-            log(f"loaded the demo index from {path} ({len(index)} glosses)")
-            return index
-        except Exception as exc:  # a damaged cache is rebuilt, not fatal
-            log(f"cached index at {path} is unusable ({exc}); rebuilding")
-    where = Path(source) if source is not None else find_source()
-    ids, texts = load_glosses(limit, where)
-    log(f"encoding {len(texts)} WordNet glosses from {where} (cached afterwards in {path})")
-    started = time.perf_counter()
-    index = FunnelIndex.build(
-        model, texts, ids=ids, model_name=model_name, stages=PRESETS["funnel"], show_progress_bar=True
-    )
-    log(f"indexed {len(index)} glosses in {time.perf_counter() - started:.0f} s")
-    index.save(path)
-    return index
 
 
 def demo_command(
@@ -264,6 +208,7 @@ def demo_command(
     from matryoshka.models import DEFAULT_MODEL, ModelLoadError
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig, served_name
+    from matryoshka.serving.demo_index import build_demo_index, demo_cache_path
     from matryoshka.serving.startup import (
         StartupError,
         bind_socket,
@@ -282,17 +227,20 @@ def demo_command(
         sock = bind_socket(host, port)  # a busy port is reported before the model loads and the index builds
         quality = load_results(config)
         loaded = _served(model, backend, quantize)
-        index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild)
+        index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild, source=None,
+                                 model_source=model)
         if quality is None:  # the chart works out of the box: measured on this index, cached beside it
             from matryoshka.serving.quality import cached_lemma_recall
 
-            quality = cached_lemma_recall(loaded, index, name, demo_cache_path(cache_dir, name, limit or None))
+            quality = cached_lemma_recall(loaded, index, name, demo_cache_path(cache_dir, model, limit or None))
         from matryoshka.serving.demo_models import demo_choices
 
-        others = [(served_name(source), _served(source, backend, quantize)) for source in also or []]
+        sources = {served_name(source): source for source in also or []}
+        others = [(other_name, _served(source, backend, quantize)) for other_name, source in sources.items()]
         extra_models, extra_indexes = demo_choices(
             loaded, name, index, others, rotation=not no_rotation,
-            build=lambda other, other_name: build_demo_index(other, other_name, limit or None, cache_dir, rebuild),
+            build=lambda other, other_name: build_demo_index(other, other_name, limit or None, cache_dir, rebuild,
+                                                             model_source=sources[other_name]),
         )
         config = config.model_copy(update={"models": [name, *extra_models]})
         app = create_app(config, models={name: loaded, **extra_models}, index=index, quality=quality,

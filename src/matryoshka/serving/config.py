@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from matryoshka.models import DEFAULT_MODEL
@@ -71,9 +69,11 @@ class ServeConfig(BaseModel):
 
 
 def served_name(source: str) -> str:
-    """The name a model is served under: a directory's own name (as ``matryoshka evaluate`` labels it), else ``source``."""
-    path = Path(source)
-    return path.name if path.is_dir() and path.name else source
+    """The name a model is served under when no alias is given: the short form of its label
+    (:func:`~matryoshka.model_identity.short_name`: a directory's own name, else the name itself)."""
+    from matryoshka.model_identity import model_label, short_name
+
+    return short_name(model_label(source))
 
 
 def parse_model_specs(entries: list[str]) -> list[tuple[str, str]]:

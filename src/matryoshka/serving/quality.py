@@ -9,6 +9,7 @@ the result is cached next to the demo index, so later starts read it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,8 +47,8 @@ def lemma_recall(
 
     ids = index.ids
     rows = np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(int) if ids else np.array([], dtype=int)
-    pairs = [(int(r), lemma_of(ids[r])) for r in dict.fromkeys(rows.tolist())]
-    pairs = [(r, lemma) for r, lemma in pairs if lemma]
+    found = [(int(r), lemma_of(ids[r])) for r in dict.fromkeys(rows.tolist())]
+    pairs = [(r, lemma) for r, lemma in found if lemma]
     if len(pairs) < 10:
         return None
     queries = encode(model, [lemma for _, lemma in pairs], show_progress_bar=False)
@@ -56,8 +57,8 @@ def lemma_recall(
     curve = {}
     for dim in dims:
         hits = index.search(queries, k=min(k, len(ids)), stages=[Stage(dim, "float32", k)])
-        found = [ids[r] in {h.id for h in row} for (r, _), row in zip(pairs, hits)]
-        curve[str(dim)] = round(float(np.mean(found)), 4)
+        recalled = [ids[r] in {h.id for h in row} for (r, _), row in zip(pairs, hits)]
+        curve[str(dim)] = round(float(np.mean(recalled)), 4)
     task = f"WordNet lemma → own gloss, recall@{k} ({len(pairs)} of {len(ids):,} glosses)"
     return {"models": {model_name: {task: curve}}}
 
@@ -83,3 +84,74 @@ def cached_lemma_recall(
         payload = {"model": model_name, "index_stamp": stamp, "quality": quality}
         write_atomic(cache, json.dumps(payload, ensure_ascii=False, indent=1).encode("utf-8"))
     return quality
+
+
+# -- evaluation results for the demo chart ------------------------------------------------------
+
+
+def load_quality(paths: str | Path | Sequence[str | Path]) -> dict[str, Any]:
+    """Read evaluation results into ``{"models": {name: {task: {dim: value}}}}``.
+
+    Each file is either that shape already or a ``matryoshka evaluate`` ``results.json``
+    (``{model: {dim: value}, "task": ..., "metric": ...}``), whose task becomes ``"<task> <metric>"``.
+    Several files (e.g. one per task) are merged.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        for model, tasks in quality_models(raw).items():
+            merged.setdefault(model, {}).update(tasks)
+    return {"models": merged}
+
+
+def quality_models(raw: Any) -> dict[str, Any]:
+    """The ``{name: {task: {dim: value}}}`` part of either results shape (see :func:`load_quality`)."""
+    if not isinstance(raw, dict):
+        return {}
+    if isinstance(raw.get("models"), dict):
+        return raw["models"]
+    if "task" in raw and "metric" in raw:  # matryoshka.evaluation.Results JSON
+        from matryoshka.evaluation.results import RESERVED_KEYS
+
+        label = f"{raw['task']} {raw['metric']}"
+        return {
+            name: {label: by_dim}
+            for name, by_dim in raw.items()
+            if name not in RESERVED_KEYS and isinstance(by_dim, dict)
+        }
+    return {}
+
+
+def clean_quality(raw: dict[str, Any] | None) -> dict[str, dict[str, dict[str, float]]] | None:
+    """Keep the numeric ``{model: {task: {dim: value}}}`` entries; ``None`` when nothing usable is left."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model, tasks in quality_models(raw).items():
+        if not isinstance(tasks, dict):
+            continue
+        for task, by_dim in tasks.items():
+            if not isinstance(by_dim, dict):
+                continue
+            points = {}
+            for dim, value in by_dim.items():
+                try:
+                    d, v = int(dim), float(value)
+                except (TypeError, ValueError):
+                    continue
+                if d > 0 and math.isfinite(v):
+                    points[str(d)] = v
+            if points:
+                out.setdefault(str(model), {})[str(task)] = dict(sorted(points.items(), key=lambda kv: int(kv[0])))
+    return out or None
+
+
+def demo_dimensions(
+    full_dim: int, quality_dims: Sequence[int] = (), configured: Sequence[int] | None = None
+) -> list[int]:
+    """Slider stops: configured ones, else the dimensions evaluated, else powers of two from 16; always the full size."""
+    if configured:
+        dims = {d for d in configured if 0 < d <= full_dim}
+    elif quality_dims:
+        dims = {d for d in quality_dims if 0 < d <= full_dim}
+    else:
+        dims = {2**p for p in range(4, 16) if 2**p < full_dim}
+    return sorted(dims | {full_dim})

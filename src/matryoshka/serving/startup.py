@@ -10,12 +10,16 @@ from __future__ import annotations
 import errno
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from matryoshka.errors import MatryoshkaError
 from matryoshka.serving.config import ServeConfig
 
+if TYPE_CHECKING:
+    from matryoshka.retrieval.protocol import VectorIndex
 
-class StartupError(RuntimeError):
+
+class StartupError(MatryoshkaError, RuntimeError):
     """The server cannot start; the message is one line that names the cause."""
 
 
@@ -54,52 +58,44 @@ def check_model_sources(config: ServeConfig) -> None:
             raise StartupError(f"model {alias!r}: no such directory {source}")
 
 
-def open_index(path: str) -> Any:
-    """Load and verify a ``FunnelIndex`` directory, or open a backend URL; one-line errors."""
-    from matryoshka.backends import BackendError, backend_kind, open_backend
-    from matryoshka.retrieval import FunnelIndex, IndexCorruptError
+def open_served_index(url: str) -> VectorIndex:
+    """Open (read-only) the index a server searches: a directory or any index URL; one-line errors."""
+    from matryoshka.backends import open_index
 
     try:
-        if backend_kind(path) == "faiss":
-            return FunnelIndex.load(path.removeprefix("faiss://"))
-        return open_backend(path, create=False)
+        return open_index(url, create=False)
     except FileNotFoundError as exc:
         raise StartupError(f"--index: {exc}") from None
-    except (IndexCorruptError, BackendError, ValueError, OSError) as exc:
-        raise StartupError(f"--index {path}: {exc}") from None
+    except (MatryoshkaError, ValueError, OSError) as exc:
+        raise StartupError(f"--index {url}: {exc}") from None
 
 
-def index_model(index_model_name: str, config: ServeConfig) -> str | None:
-    """The served name whose model built the index, or ``None`` when the index names no model.
+def check_index_model(index: VectorIndex, config: ServeConfig) -> str | None:
+    """The served name of the model that built ``index`` (``None``: it records none and one model is served).
 
-    An index records the name it was built with: the default's name, a hub name, or a directory's
-    absolute path (``matryoshka index build --model DIR``). It matches a served model by alias, by
-    source, or by that directory.
+    Matching is by :func:`~matryoshka.model_identity.model_label`: the index records the label, each
+    served model's source has one. There is no fallback to the default model.
 
     Raises:
-        StartupError: the index names a model that is not served.
+        StartupError: the index's model is not served, or it records none while several are.
     """
-    if not index_model_name:
-        return None
-    recorded = Path(index_model_name).expanduser()
-    for alias, source in config.model_specs():
-        if index_model_name in (alias, source):
-            return alias
-        candidate = Path(source).expanduser()
-        if candidate.exists() and recorded.exists() and candidate.resolve() == recorded.resolve():
-            return alias
-    served = ", ".join(alias for alias, _ in config.model_specs())
-    raise StartupError(
-        f"the index was built with model {index_model_name!r}, which is not served (served: {served}); "
-        f"add --model {index_model_name}"
-    )
+    from matryoshka.errors import ModelError
+    from matryoshka.model_identity import model_label
+    from matryoshka.serving.state import index_model
+
+    specs = config.model_specs()
+    labels = {alias: model_label(source) for alias, source in specs}
+    try:
+        return index_model(index.model_name, labels, allow_unnamed=len(specs) == 1)
+    except ModelError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def load_results(config: ServeConfig) -> dict[str, Any] | None:
     """Read the demo's quality results files, if any; one-line errors."""
     if not config.results_path:
         return None
-    from matryoshka.serving.app import load_quality
+    from matryoshka.serving.quality import load_quality
 
     try:
         return load_quality(config.results_path)

@@ -1,4 +1,4 @@
-"""Encode a large corpus with Ray Data across a cluster and load the vectors into a backend, resumably.
+"""Ingestion: encode a corpus (with Ray Data across a cluster, or in this process) into any index, resumably.
 
 The driver reads the corpus, asks the backend which ids it already holds and drops them (so a re-run
 after a crash resumes instead of starting over), then streams the remaining ``(id, text)`` rows
@@ -8,8 +8,8 @@ a crash loses at most the batches in flight, and since writes are upserts by id 
 duplicates a document. Backends derive the Matryoshka prefixes from the stored full vectors.
 
 Example:
-    >>> from matryoshka.backends.ray_encoding import encode_to_backend
-    >>> report = encode_to_backend("corpus.jsonl", "faiss:///data/index", num_workers=4)
+    >>> from matryoshka.ingest import encode_to_index
+    >>> report = encode_to_index("corpus.jsonl", "faiss:///data/index", num_workers=4)
     >>> report.written, report.skipped_existing
     (5183, 0)
 
@@ -25,23 +25,25 @@ and so on); a remote cluster's workers use the cluster's own.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from matryoshka.data.corpus import read_documents
+
 if TYPE_CHECKING:
-    from matryoshka.backends.base import VectorBackend
+    from sentence_transformers import SentenceTransformer
 
-__all__ = ["LOCAL_OBJECT_STORE_BYTES", "EncodeReport", "encode_to_backend", "read_documents"]
+    from matryoshka.retrieval.protocol import VectorIndex
 
-#: Object store size of a local Ray instance started by :func:`encode_to_backend` (Ray's default is
+__all__ = ["LOCAL_OBJECT_STORE_BYTES", "EncodeReport", "encode_chunks", "encode_to_index", "read_documents"]
+
+#: Object store size of a local Ray instance started by :func:`encode_to_index` (Ray's default is
 #: 30% of RAM, too much next to other jobs).
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
 #: Ids per ``backend.existing`` call when looking for what a previous run already wrote.
@@ -53,7 +55,7 @@ Document = tuple[str, str] | tuple[str, str, Mapping[str, Any] | None]
 
 @dataclass(frozen=True)
 class EncodeReport:
-    """What one :func:`encode_to_backend` call did.
+    """What one :func:`encode_to_index` call did.
 
     Attributes:
         total: documents in the input.
@@ -87,39 +89,9 @@ class _Encoder:
         return {"id": batch["id"], "vector": np.ascontiguousarray(vectors, dtype=np.float32)}
 
 
-def read_documents(source: str | os.PathLike[str]) -> list[tuple[str, str, dict[str, Any] | None]]:
-    """Documents from a .txt/.jsonl file or a BEIR data set, as :func:`~matryoshka.data.corpus.read_corpus`
-    reads them; texts without an id get their position (``"0"``, ``"1"``...), stable across re-runs.
-    A .jsonl line's ``metadata`` object (flat: strings, numbers, booleans) is kept for filters."""
-    from matryoshka.data.corpus import fill_ids, read_corpus
-
-    ids, texts = read_corpus(str(source))
-    metadata = _jsonl_metadata(Path(source), len(texts))
-    return list(zip(fill_ids(ids, existing=[]), texts, metadata))
-
-
-def _jsonl_metadata(path: Path, count: int) -> list[dict[str, Any] | None]:
-    """The ``metadata`` of each record of a .jsonl file (``None`` where absent or not a .jsonl file)."""
-    from matryoshka.data.errors import DataError
-    from matryoshka.data.local import read_lines
-    from matryoshka.retrieval.filters import check_metadata
-
-    if not (path.is_file() and path.name.endswith((".jsonl", ".jsonl.gz", ".ndjson"))):
-        return [None] * count
-    out: list[dict[str, Any] | None] = []
-    for number, line in read_lines(path):
-        if line.strip():
-            record = json.loads(line)
-            try:
-                out.append(check_metadata(record.get("metadata")) if isinstance(record, dict) else None)
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"bad metadata: {exc}", path=path, line=number) from None
-    return out
-
-
-def encode_to_backend(
+def encode_to_index(
     documents: Iterable[Document] | str | os.PathLike[str],
-    backend: VectorBackend | str,
+    backend: VectorIndex | str,
     model: str | None = None,
     *,
     batch_size: int = 256,
@@ -135,7 +107,7 @@ def encode_to_backend(
     Args:
         documents: ``(id, text)`` or ``(id, text, metadata)`` tuples, or a corpus to read with
             :func:`read_documents` (a .txt/.jsonl file, a BEIR directory or name).
-        backend: an open :class:`~matryoshka.backends.base.VectorBackend` (left open), or a backend URL
+        backend: an open :class:`~matryoshka.backends.base.VectorIndex` (left open), or a backend URL
             opened with the model's dimension and name (and closed afterwards).
         model: a model name or directory; ``None`` is the packaged all-MiniLM-L6-v2. On a cluster a
             directory must be visible at the same path on every node.
@@ -155,7 +127,7 @@ def encode_to_backend(
             backend's dimension differs from the model's (checked before any encoding).
         ImportError: Ray Data is not installed (``pip install 'matryoshka[ray]'``).
     """
-    from matryoshka.retrieval.cli import model_label
+    from matryoshka.model_identity import model_label
 
     started = time.perf_counter()
     if batch_size < 1 or write_batch < 1:
@@ -189,6 +161,8 @@ def encode_to_backend(
     finally:
         if opened:
             store.close()
+        else:
+            store.flush()
 
 
 def _check_documents(
@@ -222,14 +196,14 @@ def _model_dim(model: str | None) -> int:
     return model_dimension(load_model(model, device="cpu"))
 
 
-def _open(url: str, dim: int, model_name: str) -> VectorBackend:
-    """Open a backend URL with the model's dimension and name."""
-    from matryoshka.backends import open_backend  # type: ignore[attr-defined]
+def _open(url: str, dim: int, model_name: str) -> VectorIndex:
+    """Open an index URL with the model's dimension and name (created when missing)."""
+    from matryoshka.backends import open_index
 
-    return open_backend(url, dim=dim, model_name=model_name)
+    return open_index(url, dim=dim, model_name=model_name, create=True)
 
 
-def _existing(store: VectorBackend, ids: Sequence[str]) -> set[str]:
+def _existing(store: VectorIndex, ids: Sequence[str]) -> set[str]:
     """Ids the backend already holds, asked in chunks so no single query grows with the corpus."""
     found: set[str] = set()
     for start in range(0, len(ids), EXISTING_CHUNK):
@@ -238,7 +212,7 @@ def _existing(store: VectorBackend, ids: Sequence[str]) -> set[str]:
 
 
 def _run(
-    store: VectorBackend,
+    store: VectorIndex,
     docs: dict[str, tuple[str, Mapping[str, Any] | None]],
     todo: list[str],
     model: str | None,
@@ -293,7 +267,7 @@ def _run(
 
 
 def _run_here(
-    store: VectorBackend,
+    store: VectorIndex,
     docs: dict[str, tuple[str, Mapping[str, Any] | None]],
     todo: list[str],
     model: str | None,
@@ -362,3 +336,41 @@ class _progress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
+
+
+def encode_chunks(
+    model: SentenceTransformer, texts: Sequence[str], batch_size: int = 64, on_progress: Any = None
+) -> np.ndarray:
+    """Full-size unit vectors of ``texts``, encoded a few batches at a time; ``on_progress(done, total)``
+    is called after each chunk (a progress bar's update)."""
+    from matryoshka.embeddings import encode
+    from matryoshka.models import model_dimension
+
+    if not texts:
+        return np.zeros((0, model_dimension(model)), dtype=np.float32)
+    # A few batches per chunk: long enough for sentence-transformers to sort texts by length, short
+    # enough that progress moves every few seconds.
+    chunk = batch_size * 4
+    parts = []
+    for start in range(0, len(texts), chunk):
+        batch = list(texts[start : start + chunk])
+        parts.append(encode(model, batch, batch_size=batch_size, show_progress_bar=False))
+        if on_progress is not None:
+            on_progress(start + len(batch), len(texts))
+    return np.concatenate(parts)
+
+
+def free_ids(index: VectorIndex, ids: Sequence[str | None]) -> list[str]:
+    """``ids`` with each ``None`` replaced by the next number, counting from ``len(index)``, that neither
+    the index nor ``ids`` holds (asked with ``index.existing``, so it works on every engine)."""
+    given = {i for i in ids if i is not None}
+    missing = sum(1 for i in ids if i is None)
+    free: list[str] = []
+    start = len(index)
+    while len(free) < missing:
+        candidates = [str(n) for n in range(start, start + max(2 * (missing - len(free)), 16))]
+        taken = index.existing(candidates) | given
+        free.extend(c for c in candidates if c not in taken)
+        start += len(candidates)
+    numbers = iter(free)
+    return [i if i is not None else next(numbers) for i in ids]

@@ -1,0 +1,242 @@
+"""What the handlers share: the served models (each with its batcher), the index, the demo's choices."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import Request
+
+from matryoshka.embeddings import encode, truncate
+from matryoshka.model_identity import model_label, same_model
+from matryoshka.models import model_dimension
+from matryoshka.retrieval.protocol import VectorIndex
+from matryoshka.serving.api_errors import APIError, ClientGone
+from matryoshka.serving.batching import MicroBatcher
+from matryoshka.serving.config import ServeConfig
+from matryoshka.serving.quality import clean_quality
+from matryoshka.serving.schemas import ModelCard
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+__all__ = ["ServedModel", "ServerState", "count_tokens", "index_model", "make_batch_function",
+           "submit_while_connected"]
+
+logger = logging.getLogger("matryoshka.serving")
+
+
+async def submit_while_connected(request: Request, batcher: MicroBatcher, texts: list[str]) -> tuple[np.ndarray, ...]:
+    """``batcher.submit(texts)``, cancelled (so its texts leave the queue) if the client disconnects meanwhile.
+
+    The body has been read by then, so the next ``receive()`` only returns when the client goes away.
+    """
+    work = asyncio.ensure_future(batcher.submit(texts))
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        raise ClientGone()
+    return work.result()
+
+
+def count_tokens(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
+    """Tokens the model reads per text: its own tokenizer, special tokens included, cut at ``max_seq_length``."""
+    tokenizer: Any = getattr(model, "tokenizer", None)
+    limit = getattr(model, "max_seq_length", None)
+    try:
+        if hasattr(tokenizer, "encode_batch"):  # a bare `tokenizers.Tokenizer`, as static models have
+            lengths = [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
+        else:
+            kwargs = {"truncation": True, "max_length": limit} if limit else {}
+            lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True, **kwargs)["input_ids"]]
+    except Exception:  # pragma: no cover - a model without a usable tokenizer: count words
+        lengths = [len(t.split()) for t in texts]
+    counts = np.asarray(lengths, dtype=np.int64)
+    return np.minimum(counts, limit) if limit else counts
+
+
+@dataclass
+class ServedModel:
+    """One model behind ``/v1/embeddings``, with its own batcher (and worker thread); ``label`` is its
+    identity (:func:`matryoshka.model_identity.model_label`), what an index records."""
+
+    name: str
+    label: str
+    model: SentenceTransformer
+    dim: int
+    batcher: MicroBatcher
+    created: int
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            id=self.name,
+            created=self.created,
+            dimensions=self.dim,
+            max_input_tokens=getattr(self.model, "max_seq_length", None),
+        )
+
+
+def make_batch_function(
+    model: SentenceTransformer, batch_size: int
+) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
+    """Full-size float32 vectors (not re-normalized: each request truncates and normalizes its own) and token counts."""
+
+    def run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        vectors = encode(model, texts, dim=None, normalize=False, batch_size=batch_size, show_progress_bar=False)
+        return vectors, count_tokens(model, texts)
+
+    return run
+
+
+def index_model(recorded: str, labels: dict[str, str], allow_unnamed: bool = True) -> str | None:
+    """The served name whose model made an index that records ``recorded``: a served name equal to it, or
+    the one model with the same :func:`~matryoshka.model_identity.model_label`; ``None`` when the index
+    records no model (allowed only with ``allow_unnamed``: one model served).
+
+    Raises:
+        ModelError: no served model is the index's model, or the index names none and several are served.
+    """
+    from matryoshka.errors import ModelError
+
+    served = ", ".join(labels) or "none"
+    if not recorded:
+        if allow_unnamed:
+            return None
+        raise ModelError(
+            f"the index records no model and several are served ({served}); rebuild it with --model so "
+            "queries are encoded with the model that made its vectors"
+        )
+    if recorded in labels:
+        return recorded
+    matches = [name for name, label in labels.items() if same_model(label, recorded)]
+    if not matches:
+        raise ModelError(
+            f"the index was built with model {recorded!r}, which is not served (served: {served}); "
+            f"add --model {recorded}"
+        )
+    return matches[0]
+
+
+class ServerState:
+    """What the handlers share: config, served models, the index and the demo's quality data.
+
+    The index is searched with the served model it records (never silently with another one).
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        models: dict[str, SentenceTransformer],
+        index: VectorIndex | None,
+        quality: dict[str, Any] | None,
+        demo_indexes: Mapping[str, VectorIndex] | None = None,
+    ) -> None:
+        self.config = config
+        created = int(time.time())
+        sources = dict(config.model_specs())
+        self.models: dict[str, ServedModel] = {}
+        for name, model in models.items():
+            batcher = MicroBatcher(
+                make_batch_function(model, config.encode_batch_size),
+                max_texts=config.batch_max_texts,
+                max_wait_ms=config.batch_max_wait_ms,
+                max_queued_texts=config.max_queued_texts,
+                name=f"encode-{name}"[:15],
+            )
+            label = model_label(sources.get(name, name))
+            self.models[name] = ServedModel(name, label, model, model_dimension(model), batcher, created)
+        self.default = next(iter(self.models.values()))
+        self.index = index
+        self.search_model = self.default
+        if index is not None:
+            labels = {name: m.label for name, m in self.models.items()}
+            chosen = index_model(index.model_name, labels, allow_unnamed=len(self.models) == 1)
+            self.search_model = self.models[chosen] if chosen else self.default
+            if index.dim > self.search_model.dim:
+                raise ValueError(
+                    f"index vectors have {index.dim} dims but model {self.search_model.name!r} gives {self.search_model.dim}"
+                )
+        self.quality = clean_quality(quality)
+        self.quality_model = self._quality_model()
+        self.started = time.time()
+        # The demo's model selector: each choice is a served model and the index of its own vectors.
+        self.demo_choices: dict[str, tuple[ServedModel, VectorIndex]] = {}
+        if index is not None:
+            self.demo_choices[self.search_model.name] = (self.search_model, index)
+        for name, extra in (demo_indexes or {}).items():
+            if name not in self.models:
+                raise ValueError(f"a demo index is given for {name!r}, which is not a served model")
+            self.demo_choices[name] = (self.models[name], extra)
+
+    def demo_choice(self, name: str | None) -> tuple[ServedModel, VectorIndex]:
+        """The demo's model ``name`` (default: the first) with its index, or a 404 naming the choices."""
+        self.require_index()
+        if name is None:
+            return next(iter(self.demo_choices.values()))
+        if name not in self.demo_choices:
+            raise APIError(404, f"The demo has no model {name!r}; it has {', '.join(self.demo_choices)}.", "model",
+                           "model_not_found")
+        return self.demo_choices[name]
+
+    def _quality_model(self) -> str | None:
+        if not self.quality:
+            return None
+        names = [self.search_model.name, self.index.model_name if self.index is not None else None]
+        for name in names:
+            if name in self.quality:
+                return name
+        return None
+
+    def get_model(self, name: str | None) -> ServedModel:
+        if name is None:
+            return self.default
+        try:
+            return self.models[name]
+        except KeyError:
+            raise APIError(
+                404,
+                f"The model `{name}` does not exist. Served models: {', '.join(self.models)}.",
+                "model",
+                "model_not_found",
+            ) from None
+
+    def require_index(self) -> VectorIndex:
+        if self.index is None:
+            raise APIError(
+                404, "No search index is loaded; start the server with --index PATH.", None, "index_not_loaded"
+            )
+        return self.index
+
+    async def encode_query(
+        self, query: str, served: ServedModel | None = None, dim: int | None = None
+    ) -> tuple[np.ndarray, int, float]:
+        """One query as a ``dim``-wide unit row (default: the search model and the index's width), its
+        token count and the milliseconds it took."""
+        if not query.strip():
+            raise APIError(400, "query must not be empty.", "query", "empty_input")
+        if len(query) > self.config.max_input_chars:
+            raise APIError(
+                400, f"query is longer than {self.config.max_input_chars} characters.", "query", "input_too_long"
+            )
+        started = time.perf_counter()
+        vectors, tokens = await (served or self.search_model).batcher.submit([query])
+        row = truncate(vectors, dim or self.require_index().dim)
+        return row, int(tokens.sum()), (time.perf_counter() - started) * 1000
+
+    async def close(self) -> None:
+        for served in self.models.values():
+            await served.batcher.close()
