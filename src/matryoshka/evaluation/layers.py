@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matryoshka.evaluation.results import Results, _png_bytes
+from matryoshka.evaluation.results import Results, _png_bytes, save_outputs
 from matryoshka.files import write_atomic
 
 if TYPE_CHECKING:
@@ -144,12 +143,7 @@ class LayerGrid:
 
     def save(self, directory: str | os.PathLike[str], stem: str = "layers") -> dict[str, Path]:
         """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``directory``; return their paths."""
-        directory = Path(directory)
-        paths = {ext: directory / f"{stem}.{ext}" for ext in ("json", "md", "png")}
-        write_atomic(paths["json"], (json.dumps(self.to_dict(), indent=2) + "\n").encode())
-        write_atomic(paths["md"], self.to_markdown().encode())
-        self.plot(paths["png"])
-        return paths
+        return save_outputs(directory, stem, self.to_dict(), self.to_markdown(), self.plot)
 
 
 def evaluate_layers(

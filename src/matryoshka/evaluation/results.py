@@ -141,12 +141,19 @@ class Results:
 
     def save(self, directory: str | os.PathLike[str], stem: str = "results") -> dict[str, Path]:
         """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``directory``; return their paths."""
-        directory = Path(directory)
-        paths = {ext: directory / f"{stem}.{ext}" for ext in ("json", "md", "png")}
-        write_atomic(paths["json"], (json.dumps(self.to_dict(), indent=2) + "\n").encode())
-        write_atomic(paths["md"], self.to_markdown().encode())
-        self.plot(paths["png"])
-        return paths
+        return save_outputs(directory, stem, self.to_dict(), self.to_markdown(), self.plot)
+
+
+def save_outputs(
+    directory: str | os.PathLike[str], stem: str, data: dict[str, Any], markdown: str, plot: Any
+) -> dict[str, Path]:
+    """Write ``data`` as ``<stem>.json``, ``markdown`` as ``<stem>.md`` and ``plot(path)`` as ``<stem>.png``."""
+    directory = Path(directory)
+    paths = {ext: directory / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+    write_atomic(paths["json"], (json.dumps(data, indent=2) + "\n").encode())
+    write_atomic(paths["md"], markdown.encode())
+    plot(paths["png"])
+    return paths
 
 
 def _png_bytes(fig: Any) -> bytes:
