@@ -16,7 +16,15 @@ from rich.console import Console
 from rich.table import Table
 
 from matryoshka.cli_errors import HandledGroup
-from matryoshka.cli_options import BackendOption, LayersOption, QuantizeOption
+from matryoshka.cli_options import (  # noqa: F401  (ModelOption, parse_*: re-exported for the other CLI modules)
+    BackendOption,
+    LayersOption,
+    ModelOption,
+    QuantizeOption,
+    parse_floats,
+    parse_ints,
+    progress_bar,
+)
 
 app = typer.Typer(
     cls=HandledGroup,
@@ -26,30 +34,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-
-ModelOption = Annotated[
-    str | None, typer.Option("--model", "-m", help="Model directory or hub name; default: packaged all-MiniLM-L6-v2.")
-]
-
-
-def parse_ints(value: str, name: str) -> list[int]:
-    """Parse ``"384,64,32"`` into integers, with an error that names the option."""
-    try:
-        numbers = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{name} must be comma-separated integers, got {value!r}") from None
-    if not numbers:
-        raise typer.BadParameter(f"{name} is empty")
-    return numbers
-
-
-def parse_floats(value: str, name: str) -> list[float]:
-    """Parse ``"1,1,2"`` into floats, with an error that names the option."""
-    try:
-        return [float(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {value!r}") from None
-
 
 def fail(message: str) -> NoReturn:
     """Print ``message`` as an error and exit with status 1."""
@@ -505,16 +489,7 @@ def _loss_updater(bar: object, task: int):  # type: ignore[no-untyped-def]
 
 
 def _progress_bar() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return progress_bar(console)
 
 
 def _fit_with_progress(fit: Any, vectors: object, config: object, pairs: object) -> Any:

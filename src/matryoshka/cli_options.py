@@ -1,8 +1,12 @@
-"""Typer options shared by every command that encodes: what runs the model, and on how many layers."""
+"""Typer options shared by the commands: the model, what runs it and on how many layers, and list parsers.
+
+They live apart from :mod:`matryoshka.cli` so command modules registered by it can import them without
+importing it (``python -m matryoshka.cli`` would otherwise load it twice).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,3 +17,34 @@ QuantizeOption = Annotated[str | None, typer.Option(
     "--quantize", help="int8: an int8 export (with --backend onnx or openvino).")]
 LayersOption = Annotated[int | None, typer.Option(
     "--layers", min=1, help="Run only the first N transformer layers (best with a model trained by `train --layers`).")]
+
+ModelOption = Annotated[
+    str | None, typer.Option("--model", "-m", help="Model directory or hub name; default: packaged all-MiniLM-L6-v2.")
+]
+
+
+def parse_ints(value: str, name: str) -> list[int]:
+    """Parse ``"384,64,32"`` into integers, with an error that names the option."""
+    try:
+        numbers = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated integers, got {value!r}") from None
+    if not numbers:
+        raise typer.BadParameter(f"{name} is empty")
+    return numbers
+
+
+def parse_floats(value: str, name: str) -> list[float]:
+    """Parse ``"1,1,2"`` into floats, with an error that names the option."""
+    try:
+        return [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {value!r}") from None
+
+
+def progress_bar(console: Any) -> Any:
+    """The commands' one progress bar: description, bar, done/total, elapsed; cleared when done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)

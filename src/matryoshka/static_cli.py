@@ -6,8 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
-from matryoshka.cli import ModelOption, console, fail, parse_floats, parse_ints
+from matryoshka.cli_errors import fail
+from matryoshka.cli_options import ModelOption, parse_floats, parse_ints, progress_bar
+
+console = Console(stderr=True)
 
 
 def static_command(
@@ -64,10 +68,9 @@ def static_command(
         max_pairs=max_pairs, training=training, cache_dir=cache,
     )
     quiet_loading()
-    from matryoshka.cli import _progress_bar
 
     try:
-        with _progress_bar() as bar:
+        with progress_bar(console) as bar:
             task = bar.add_task("distilling with model2vec", total=None)
 
             def progress(step: int, total: int, last: float | None) -> None:
