@@ -278,8 +278,8 @@ def markdown(report: dict) -> str:
               "SHA-256 checksummed, fsync'd and swapped in (1.5 GB of vectors at 1M). Its cost per vector grows "
               "with size because the disk writes larger files more slowly: on the machine of the committed "
               "run, `dd if=/dev/zero bs=16M conv=fsync` wrote 168 MB at 659 MB/s and 1.5 GB at 245 MB/s "
-              "(measured separately, by hand), and SHA-256 runs at about 700 MB/s. The in-memory appends "
-              "stay flat. "
+              "(measured separately, by hand), and SHA-256 runs at about 700 MB/s. The upsert ratio above is "
+              "the in-memory appends alone. "
               "PostgreSQL commits each upsert call, so its close only returns the pool's connections."]
     search = report.get("search")
     if search:
