@@ -200,7 +200,7 @@ def train(
     quiet_loading()
     try:
         loaded = load_model(model)
-        with _progress_bar() as bar:
+        with progress_bar(console) as bar:
             task = bar.add_task(f"training ({objective})", total=None)
             result = run_training(loaded, config, out,
                                   progress=lambda step, total, loss: bar.update(task, completed=step, total=total))
@@ -259,18 +259,22 @@ def evaluate(
     scores: dict[str, dict[int, float]] = {}
     metrics: dict[str, dict[str, dict[int, float]]] = {}
     metric = "spearman_cosine"
+    command = " ".join(["matryoshka", *sys.argv[1:]])
     try:
         for name in names:
             label = short_name(model_label(name))
+            result = None
             if layers:
                 grid = evaluate_layers(name, parse_ints(layers, "--layers"), dim_list, task, split, limit, backend,
                                        quantize, label=label)
-                grid.metadata["command"] = " ".join(["matryoshka", *sys.argv[1:]])
+                grid.metadata["command"] = command
                 written = grid.save(out, stem=f"layers-{label}")
                 console.print(grid.to_markdown(), markup=False, highlight=False)
                 console.print(f"wrote {', '.join(str(p) for p in written.values())}")
-            result = score_on_task(load_model(name, backend=backend, quantize=quantize), task, dim_list, split, limit,
-                                   show_progress_bar=True)
+                result = grid.full_depth  # the uncut model, already scored by the grid
+            if result is None:
+                result = score_on_task(load_model(name, backend=backend, quantize=quantize), task, dim_list, split,
+                                       limit, show_progress_bar=True)
             metric, scores[label] = result.metric, result.primary
             if task != "stsb":
                 for key, by_dim in result.metrics.items():
@@ -279,7 +283,7 @@ def evaluate(
         fail(str(exc))
     results = Results(task=f"{task}-{split}", metric=metric, scores=scores, metrics=metrics,
                       metadata={"models": [n or "all-MiniLM-L6-v2" for n in names], "dims": dim_list,
-                                "backend": backend, "quantize": quantize})
+                                "backend": backend, "quantize": quantize, "command": command})
     paths = results.save(out)
     print_results(results)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -350,7 +354,7 @@ def compare(
     from matryoshka.models import quiet_loading
 
     quiet_loading()
-    bars = _progress_bar()
+    bars = progress_bar(console)
     tasks: dict[str, int] = {}
 
     def step(label: str, done: int, total: int) -> None:
@@ -467,7 +471,7 @@ def _adapt_model(
         pair_rows = [(row[0], row[1]) for row in data.rows]
     loaded = load_model(model)
     console.print(f"encoding {len(texts):,} corpus texts" + (f" and {len(pair_rows):,} pairs" if pair_rows else ""))
-    with _progress_bar() as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task("fitting", total=getattr(config, "steps", 1))
         result = fit_adaptor(
             loaded, texts, method=method, pairs=pair_rows, config=config,  # type: ignore[arg-type]
@@ -488,12 +492,8 @@ def _loss_updater(bar: object, task: int):  # type: ignore[no-untyped-def]
     return lambda step, total, loss: bar.update(task, completed=step, description=f"loss {loss:.4f}")  # type: ignore[attr-defined]
 
 
-def _progress_bar() -> Any:
-    return progress_bar(console)
-
-
 def _fit_with_progress(fit: Any, vectors: object, config: object, pairs: object) -> Any:
-    with _progress_bar() as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task("fitting", total=getattr(config, "steps", 1))
         return fit(vectors, config, pairs,
                    progress=_loss_updater(bar, task))

@@ -72,7 +72,6 @@ CHECK_TEXTS: tuple[str, ...] = (
 )
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_EXTRAS = {"onnx": "onnx", "openvino": "openvino"}
 
 
 class RuntimeBackendError(ModelLoadError):
@@ -96,7 +95,7 @@ def _require(module: str, backend: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise RuntimeBackendError(
-            f"the {backend} backend needs {module.split('.')[0]}: pip install 'matryoshka[{_EXTRAS[backend]}]' ({exc})"
+            f"the {backend} backend needs {module.split('.')[0]}: pip install 'matryoshka[{backend}]' ({exc})"
         ) from exc
 
 
@@ -182,10 +181,6 @@ class _Exportable(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         return self.model(**dict(zip(self.inputs, tensors, strict=True))).last_hidden_state
-
-
-def _source_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.glob("*") if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
 
 
 def _fingerprint(model: SentenceTransformer, layers: int) -> str:

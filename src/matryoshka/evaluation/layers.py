@@ -69,6 +69,8 @@ class LayerGrid:
     scores: dict[int, dict[int, float]]
     texts_per_second: dict[int, float]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The uncut model's full :class:`TaskScores` when the grid scored it (every metric; not saved).
+    full_depth: TaskScores | None = field(default=None, repr=False)
 
     def to_results(self) -> Results:
         """The grid as per-dimension :class:`Results`, one row per layer count (``"<model> L3"``)."""
@@ -159,16 +161,22 @@ def evaluate_layers(
 ) -> LayerGrid:
     """Cut model ``name`` to each of ``layers``, score it at ``dims`` on ``task`` and time its encoding."""
     from matryoshka.models import load_model
+    from matryoshka.runtime import num_layers
 
     if not layers:
         raise ValueError("layers must name at least one layer count")
+    depth = num_layers(load_model(name))
     scores: dict[int, dict[int, float]] = {}
     speed: dict[int, float] = {}
     metric = "spearman_cosine"
+    full_depth = None
     for n in sorted(set(layers), reverse=True):
         model = load_model(name, backend=backend, quantize=quantize, layers=n)
         result = score_on_task(model, task, dims, split, limit)
         scores[n], speed[n], metric = result.primary, result.texts / result.seconds, result.metric
+        if n == depth:
+            full_depth = result
     return LayerGrid(model=label or (Path(name).name if name else "all-MiniLM-L6-v2"), task=f"{task}-{split}",
                      metric=metric, scores=scores, texts_per_second=speed,
-                     metadata={"backend": backend, "quantize": quantize, "layers": sorted(scores, reverse=True)})
+                     metadata={"backend": backend, "quantize": quantize, "layers": sorted(scores, reverse=True)},
+                     full_depth=full_depth)
