@@ -181,6 +181,8 @@ def write_reports(result: dict, out: Path) -> None:
     lines = [
         "# Serving load test (`benchmarks/serve_load.py`)",
         "",
+        f"Command: `HF_HUB_OFFLINE=1 python benchmarks/{' '.join(result['command'])}`",
+        "",
         f"{cfg['clients']} concurrent clients x {cfg['texts_per_request']} texts per request (base64), "
         f"{cfg['duration_s']} s of load and {cfg['direct_s']} s of direct `encode`, alternated in {cfg['rounds']} rounds; "
         f"server and baseline on {cfg['torch_threads']} thread(s); {result['machine']}.",
@@ -198,7 +200,7 @@ def write_reports(result: dict, out: Path) -> None:
         f"| server peak RSS | {result['server_peak_rss_mb']} MiB |",
         f"| mean texts per model call | {result['batching']['mean_texts_per_call']} |",
         "",
-        f"Run {result['timestamp']}, `{' '.join(result['command'])}`.",
+        f"Run {result['timestamp']}.",
         "",
     ]
     (out / "serve_load.md").write_text("\n".join(lines))
