@@ -279,3 +279,50 @@ def test_concurrent_searches_and_updates_stay_consistent() -> None:
         assert list(pool.map(task, range(80))) == [20] * 80
     assert len(index) == 200 + 20 - 7
     assert all(f"new{i}" in index for i in range(0, 80, 4))
+
+
+def test_hnsw_first_stage_finds_the_prefix_neighbours_and_takes_appends() -> None:
+    rng = np.random.default_rng(3)
+    # leading dims carry most of the variance, as in a Matryoshka model
+    vectors = (rng.standard_normal((4000, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
+    queries = (rng.standard_normal((30, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
+    index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(4000)])
+    graph = parse_stages("16:hnsw:300:400,full:float32:10")
+    flat = parse_stages("16:float32:300,full:float32:10")
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids(index.search(queries, 10, graph)),
+                                                                ids(index.search(queries, 10, flat)))])
+    assert overlap >= 0.95  # the graph finds (nearly) the flat scan's shortlist
+    assert index.view_bytes(graph) > 4000 * 16 * 4  # the graph holds its prefixes and its links
+    extra = (rng.standard_normal((50, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
+    index.add(extra, [f"n{i}" for i in range(50)])
+    hits = index.search(extra[:5], 1, graph)  # rows appended after the graph was built are searched too
+    assert [row[0].id for row in hits] == [f"n{i}" for i in range(5)]
+
+
+def test_filtered_search_scans_instead_of_building_a_graph() -> None:
+    vectors = np.random.default_rng(4).standard_normal((200, 16)).astype(np.float32)
+    index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(200)],
+                                     metadata=[{"even": i % 2 == 0} for i in range(200)])
+    graph = parse_stages("8:hnsw:50,full:float32:5")
+    hits = index.search(vectors[:1], 5, graph, filter={"even": True})
+    exact = index.search(vectors[:1], 5, parse_stages("8:float32:50,full:float32:5"), filter={"even": True})
+    assert ids(hits) == ids(exact) and all(int(h.id[1:]) % 2 == 0 for h in hits[0])
+
+
+def test_ivf_first_stage_probes_lists_and_takes_appends() -> None:
+    rng = np.random.default_rng(5)
+    scale = np.linspace(3, 0.3, 32)
+    vectors = (rng.standard_normal((8000, 32)) * scale).astype(np.float32)
+    queries = (rng.standard_normal((30, 32)) * scale).astype(np.float32)
+    index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(8000)])
+    flat = ids(index.search(queries, 10, parse_stages("16:float32:300,full:float32:10")))
+    every = ids(index.search(queries, 10, parse_stages("16:ivf:300:1000,full:float32:10")))  # probes every list
+    assert every == flat
+    # 200 lists of ~40 vectors: one list cannot fill a shortlist of 300, so the probe widens until it can
+    few = ids(index.search(queries, 10, parse_stages("16:ivf:300:1,full:float32:10")))
+    assert all(len(row) == 10 for row in few)
+    assert 0.5 < np.mean([len(set(a) & set(b)) / 10 for a, b in zip(few, flat)]) < 1.0
+    extra = (rng.standard_normal((20, 32)) * scale).astype(np.float32)
+    index.add(extra, [f"n{i}" for i in range(20)])
+    hits = index.search(extra[:5], 1, parse_stages("16:ivf:300:1000,full:float32:10"))
+    assert [row[0].id for row in hits] == [f"n{i}" for i in range(5)]

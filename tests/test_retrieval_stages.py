@@ -10,6 +10,7 @@ from matryoshka.retrieval.stages import (
     FULL,
     PRESETS,
     Stage,
+    as_float_scan,
     bytes_per_vector,
     format_stages,
     parse_stages,
@@ -43,7 +44,14 @@ def test_presets_are_valid_funnels() -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["64:float32:400,full:float32:10", "full:float32:10", "256:binary:1000,64:int8:100,full:float32:10"]
+    "spec",
+    [
+        "64:float32:400,full:float32:10",
+        "full:float32:10",
+        "256:binary:1000,64:int8:100,full:float32:10",
+        "64:hnsw:200,full:float32:10",
+        "64:hnsw:200:800,full:float32:10",
+    ],
 )
 def test_format_round_trip(spec: str) -> None:
     assert format_stages(parse_stages(spec)) == spec
@@ -64,6 +72,10 @@ def test_format_round_trip(spec: str) -> None:
         ("60:binary:100,full:float32:10", "multiple of 8"),
         ("64:float32:100,128:float32:200,full:float32:10", "stage 2 keeps 200 but stage 1 only passes 100"),
         ("nonsense", "presets are"),
+        ("64:hnsw:100:x,full:float32:10", "must be integers"),
+        ("64:hnsw:100:0,full:float32:10", "probe must be a positive"),
+        ("64:float32:100:4,full:float32:10", "must be 'dim:codec:keep'"),
+        ("64:float32:400,32:hnsw:100,full:float32:10", "only a first stage"),
     ],
 )
 def test_bad_specs_raise_clear_errors(spec: str, message: str) -> None:
@@ -110,3 +122,19 @@ def test_bytes_per_vector() -> None:
     assert bytes_per_vector(Stage(64, "float16", 1), 384) == 128
     assert bytes_per_vector(Stage(64, "int8", 1), 384) == 64
     assert bytes_per_vector(Stage(256, "binary", 1), 384) == 32
+
+
+def test_probe_is_only_for_approximate_stages() -> None:
+    assert str(Stage(64, "ivf", 200, probe=32)) == "64:ivf:200:32"
+    assert parse_stages("64:ivf:200:32,full:float32:10")[0] == Stage(64, "ivf", 200, 32)
+    with pytest.raises(ValueError, match="only an hnsw or ivf stage takes a probe"):
+        Stage(64, "float32", 200, probe=400)
+
+
+def test_engines_run_an_approximate_shortlist_as_their_float_shortlist() -> None:
+    from matryoshka.backends.base import funnel_shape, prefix_only
+
+    shortlist, last = funnel_shape(parse_stages("64:ivf:400:32,full:float32:10"), 384)
+    assert shortlist == Stage(64, "float32", 400) and last == Stage(FULL, "float32", 10)
+    assert prefix_only([Stage(64, "hnsw", 10, 50)], 384) == Stage(64, "float32", 10)
+    assert as_float_scan(Stage(64, "int8", 10)) == Stage(64, "int8", 10)

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-import matryoshka.retrieval.index as index_module
+import matryoshka.retrieval.exact as exact_module
 from matryoshka.retrieval import FunnelIndex, Stage
 
 
@@ -37,7 +37,7 @@ def test_small_scans_run_on_one_thread_and_restore_the_setting(calls, stage):
 
 
 def test_large_scans_keep_faiss_threads(calls, monkeypatch):
-    monkeypatch.setattr(index_module, "SERIAL_SEARCH_PAIRS", 100)
+    monkeypatch.setattr(exact_module, "SERIAL_SEARCH_PAIRS", 100)
     rng = np.random.default_rng(1)
     index = FunnelIndex.from_vectors(rng.standard_normal((500, 64)).astype(np.float32), [str(i) for i in range(500)])
     index.search(rng.standard_normal((1, 64)).astype(np.float32), k=10, stages=[Stage(16, "binary", 10)])

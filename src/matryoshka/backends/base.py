@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from matryoshka.retrieval.filters import Metadata, check_metadata
-from matryoshka.retrieval.stages import FULL, Stage, resolve_stages
+from matryoshka.retrieval.stages import FULL, Stage, as_float_scan, resolve_stages
 from matryoshka.retrieval.types import StageTiming, stage_timing
 
 __all__ = ["check_batch", "funnel_shape", "prefix_only", "whole_funnel_timings"]
@@ -62,7 +62,7 @@ def prefix_only(stages: Sequence[Stage], full_dim: int) -> Stage | None:
     codec, as the demo's chosen side runs), else ``None``."""
     if len(stages) != 1:
         return None
-    stage = stages[0]
+    stage = as_float_scan(stages[0])
     if stage.dim in (FULL, full_dim) and stage.codec in ("float32", "float16"):
         return None
     return stage
@@ -77,7 +77,7 @@ def funnel_shape(stages: Sequence[Stage], full_dim: int) -> tuple[Stage | None, 
     Raises:
         ValueError: the funnel has more than two stages or its last stage is not the full float vector.
     """
-    stages = list(stages)
+    stages = [as_float_scan(stage) for stage in stages]  # an engine's float shortlist is its own HNSW search
     last = stages[-1]
     if last.dim not in (FULL, full_dim) or last.codec not in ("float32", "float16"):
         raise ValueError(f"the last stage must re-rank with the full float vector, got {last}")

@@ -21,11 +21,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
@@ -33,6 +32,7 @@ import faiss
 import numpy as np
 
 from matryoshka.embeddings import encode
+from matryoshka.retrieval.exact import serial_when_small, top_k_inner_product
 from matryoshka.retrieval.filters import (
     Filter,
     Metadata,
@@ -41,7 +41,7 @@ from matryoshka.retrieval.filters import (
     matches,
 )
 from matryoshka.retrieval.protocol import VectorIndex
-from matryoshka.retrieval.stages import PRESETS, Stage, resolve_stages, validate_stages
+from matryoshka.retrieval.stages import APPROXIMATE, PRESETS, Stage, as_float_scan, resolve_stages, validate_stages
 from matryoshka.retrieval.types import Hit, StageTiming, stage_timing
 
 if TYPE_CHECKING:
@@ -281,7 +281,9 @@ class FunnelIndex(VectorIndex):
             raise ValueError(f"queries have {query.shape[1]} dims but the index holds {self.dim}-dim vectors")
         wanted = check_filter(filter)
         if wanted is not None:
-            return self._matching(wanted).search_with_timings(queries, k=k, stages=stages)
+            # the matching rows are scanned exactly: a graph over a one-off subset would cost more than it saves
+            scanned = [as_float_scan(s) for s in (self._stages if stages is None else stages)]
+            return self._matching(wanted).search_with_timings(queries, k=k, stages=scanned)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         snap, plan = self._snapshot(self._stages if stages is None else stages, k)
@@ -499,6 +501,17 @@ class FunnelIndex(VectorIndex):
             total += _view_bytes(codec, dim, view, len(self))
         return total
 
+    def view_bytes(self, stages: Sequence[Stage] | None = None) -> int:
+        """Bytes of the cached views ``stages`` search through (``None``: every cached view): the size of a
+        funnel's search structure beside the stored vectors. Views not built yet count as zero."""
+        with self._lock:
+            count = len(self._ids)
+            views = dict(self._views)
+            if stages is not None:
+                wanted = _views_for(resolve_stages(stages, self.dim, 1, max(count, 1)), self.dim, self.storage)
+                views = {key: view for key, view in views.items() if key in wanted}
+        return sum(_view_bytes(codec, dim, view, count) for (codec, dim), view in views.items())
+
     def metadata_keys(self) -> set[str]:
         """Every metadata key stored with at least one document (what a filter can match on)."""
         with self._lock:
@@ -531,8 +544,7 @@ class FunnelIndex(VectorIndex):
         """A consistent view of the data and the search plan for it, building missing views."""
         with self._lock:
             plan = resolve_stages(stages, self.dim, k, max(len(self._ids), 1))
-            first = _view_key(plan[0], self.dim, self.storage)
-            needed = {("int8", s.dim) for s in plan[1:] if s.codec == "int8"} | ({first} if first else set())
+            needed = _views_for(plan, self.dim, self.storage)
             for key in needed:
                 view = self._views.pop(key) if key in self._views else _build_view(key, self._vectors)
                 self._views[key] = view  # most recently used last
@@ -558,13 +570,19 @@ class FunnelIndex(VectorIndex):
         key = _view_key(stage, self.dim, self.storage)
         if stage.codec == "float32":
             base = snap.vectors if key is None else snap.views[key]
-            scores, rows = _knn_ip(prefix, base, keep, dim)
+            scores, rows = top_k_inner_product(prefix, base, keep)
+        elif stage.codec in APPROXIMATE:
+            scores, rows = snap.views[key].search(prefix, keep, stage.probe)
+            lost = np.flatnonzero((rows < 0).any(axis=1))  # the index found fewer than keep: scan those queries
+            if len(lost):
+                prefixes = _build_view(("float32", dim), snap.vectors)
+                scores[lost], rows[lost] = top_k_inner_product(prefix[lost], prefixes, keep)
         elif stage.codec == "binary":
-            with _threads_for(len(query) * len(snap.ids)):
+            with serial_when_small(len(query) * len(snap.ids)):
                 distances, rows = snap.views[key].search(np.packbits(prefix > 0, axis=1), keep)
             scores = np.cos(np.pi * distances / dim).astype(np.float32)
         else:
-            with _threads_for(len(query) * len(snap.ids)):
+            with serial_when_small(len(query) * len(snap.ids)):
                 scores, rows = snap.views[key].search(prefix, keep)
         return _sort_hits(scores, rows) if ordered else (scores, rows)
 
@@ -594,27 +612,6 @@ class FunnelIndex(VectorIndex):
                 scores = np.matmul(vectors.reshape(n_q, n_c, dim), prefix[start : start + n_q, :, None])[..., 0]
             out_scores[start : start + n_q], out_rows[start : start + n_q] = _top(scores, cand, keep)
         return out_scores, out_rows
-
-
-#: Below this many (query, vector) pairs a FAISS index search runs on one thread. FAISS parallelises
-#: binary and scalar-quantizer scans with OpenMP whatever their size; on a small index the threads'
-#: start-up and hand-off cost far more than the scan (on a busy 2-core machine a 1-query, 500-vector
-#: binary scan took ~24 ms with 2 threads against ~0.03 ms with one).
-SERIAL_SEARCH_PAIRS = 1 << 20
-
-
-@contextlib.contextmanager
-def _threads_for(pairs: int) -> Iterator[None]:
-    """Run the FAISS call inside on one OpenMP thread when the work is small (the setting is per thread)."""
-    if pairs >= SERIAL_SEARCH_PAIRS:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _timing(stage: Stage, candidates: int, seconds: float) -> StageTiming:
@@ -706,28 +703,17 @@ def _sort_hits(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
-def _knn_ip(query: np.ndarray, base: np.ndarray, keep: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-``keep`` with FAISS, straight on ``base`` (no copy into an index).
-
-    float16 storage is scanned in float32 blocks merged by a FAISS result heap.
-    """
-    if base.dtype == np.float32:
-        with _threads_for(len(query) * len(base)):
-            return faiss.knn(query, base, keep, faiss.METRIC_INNER_PRODUCT)
-    heap = faiss.ResultHeap(len(query), keep, keep_max=True)
-    for start in range(0, len(base), _BLOCK_ROWS):
-        block = np.ascontiguousarray(base[start : start + _BLOCK_ROWS, :dim], dtype=np.float32)
-        scores, rows = faiss.knn(query, block, min(keep, len(block)), faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(scores, rows + start)
-    heap.finalize()
-    return heap.D, heap.I
-
-
 def _view_key(stage: Stage, full_dim: int, storage: str) -> tuple[str, int] | None:
     """Cache key of the view a first stage scans; ``None`` when it scans the stored vectors."""
     if stage.codec == "float32" and stage.dim == full_dim:
         return None
     return (stage.codec, stage.dim)
+
+
+def _views_for(plan: Sequence[Stage], full_dim: int, storage: str) -> set[tuple[str, int]]:
+    """Keys of the views a resolved plan reads: the first stage's scan view, and int8 codes for re-ranks."""
+    first = _view_key(plan[0], full_dim, storage)
+    return {("int8", s.dim) for s in plan[1:] if s.codec == "int8"} | ({first} if first else set())
 
 
 def _prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
@@ -742,6 +728,8 @@ def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
         for i, block in enumerate(_prefix_blocks(vectors, dim)):
             prefixes[i * _BLOCK_ROWS : i * _BLOCK_ROWS + len(block)] = block
         return prefixes
+    if codec in APPROXIMATE:
+        return _ApproxView.build(codec, vectors, dim)
     view: Any
     if codec == "binary":
         view = faiss.IndexBinaryFlat(dim)
@@ -762,12 +750,112 @@ def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: in
     prefix = np.concatenate(list(_prefix_blocks(rows, dim))) if len(rows) else np.zeros((0, dim), np.float32)
     if codec == "float32":
         return np.concatenate([view, prefix])
+    if codec in APPROXIMATE:
+        return view.extended(prefix)
     extended: Any = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)  # type: ignore[attr-defined]
     extended.add(np.packbits(prefix > 0, axis=1) if codec == "binary" else prefix)
     return extended
 
 
+#: Neighbours per node of the HNSW graph a ``hnsw`` stage searches (FAISS's ``M``; level 0 keeps 2M).
+HNSW_M = 16
+#: Candidate list while the graph is built (FAISS's ``efConstruction``; its default is 40).
+HNSW_EF_CONSTRUCTION = 64
+#: Training points per inverted list for an ``ivf`` stage's k-means (FAISS warns below 39).
+IVF_TRAIN_PER_LIST = 40
+#: Rows appended after an approximate index was built are scanned exactly until they reach this share
+#: of it (or :data:`_TAIL_MIN` rows); then a copy of the index takes them in.
+_TAIL_SHARE = 0.25
+_TAIL_MIN = 16_384
+
+
+def ivf_lists(count: int) -> int:
+    """Inverted lists for ``count`` vectors: 4·sqrt(count) (4,000 at 1M), at most count / 40, at least 1."""
+    return max(1, min(int(4 * np.sqrt(count)), count // IVF_TRAIN_PER_LIST))
+
+
+class _ApproxView:
+    """An approximate FAISS index over unit prefixes (``hnsw``: ``IndexHNSWFlat``; ``ivf``:
+    ``IndexIVFFlat``; inner product), plus a tail of rows added since it was built, scanned exactly.
+    Immutable: appends return a new view, so searches in flight keep theirs, and the index is copied
+    only when its tail has grown by a quarter (amortised constant work per appended row)."""
+
+    def __init__(self, codec: str, index: Any, tail: np.ndarray) -> None:
+        self.codec, self.index, self.tail = codec, index, tail
+
+    @classmethod
+    def build(cls, codec: str, vectors: np.ndarray, dim: int) -> _ApproxView:
+        index: Any
+        if codec == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        else:
+            lists = ivf_lists(len(vectors))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+            sample = np.linspace(0, max(len(vectors) - 1, 0), min(len(vectors), lists * IVF_TRAIN_PER_LIST))
+            index.train(_unit_rows(vectors[sample.astype(np.int64), :dim], "float32"))
+        for block in _prefix_blocks(vectors, dim):
+            index.add(block)
+        return cls(codec, index, np.zeros((0, dim), np.float32))
+
+    def extended(self, prefix: np.ndarray) -> _ApproxView:
+        tail = np.concatenate([self.tail, prefix])
+        if len(tail) < max(_TAIL_MIN, _TAIL_SHARE * self.index.ntotal):
+            return _ApproxView(self.codec, self.index, tail)
+        index = faiss.clone_index(self.index)
+        index.add(tail)
+        return _ApproxView(self.codec, index, np.zeros((0, tail.shape[1]), np.float32))
+
+    def search(self, prefix: np.ndarray, keep: int, probe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top ``keep`` by prefix cosine, merged with the tail's exact top ``keep``.
+
+        A query for which the index finds fewer than ``keep`` (its probed lists hold fewer vectors, or
+        the graph walk ran dry) is searched again with a 4× wider probe; rows stay ``-1`` only when
+        even the widest probe falls short (the caller then scans that query exactly).
+        """
+        keep = min(keep, self.index.ntotal + len(self.tail))
+        size = min(keep, self.index.ntotal)
+        if self.codec == "hnsw":
+            width, widest = max(probe or keep, keep), max(self.index.ntotal, keep)
+        else:
+            width, widest = min(probe or max(1, self.index.nlist // 64), self.index.nlist), self.index.nlist
+        scores, rows = self._search(prefix, size, width)
+        short = np.flatnonzero((rows < 0).any(axis=1))
+        while len(short) and width < widest:
+            width = min(widest, width * 4)
+            scores[short], rows[short] = self._search(prefix[short], size, width)
+            short = short[(rows[short] < 0).any(axis=1)]
+        if len(self.tail):
+            tail_scores, tail_rows = top_k_inner_product(prefix, self.tail, keep)
+            scores = np.concatenate([scores, tail_scores], axis=1)
+            rows = np.concatenate([rows, tail_rows + self.index.ntotal], axis=1)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+            scores, rows = np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
+        return scores, rows
+
+    def _search(self, prefix: np.ndarray, size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        params: Any
+        if self.codec == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=width)  # type: ignore[attr-defined]
+        else:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = width
+        with serial_when_small(len(prefix) * self.index.ntotal):
+            return self.index.search(prefix, size, params=params)
+
+    def nbytes(self) -> int:
+        if self.codec == "hnsw":
+            hnsw = self.index.hnsw
+            links = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
+            stored = self.index.ntotal * self.index.d * 4 + links
+        else:  # each listed vector and its 8-byte id, plus the centroids
+            stored = self.index.ntotal * (self.index.d * 4 + 8) + self.index.nlist * self.index.d * 4
+        return int(stored + self.tail.nbytes)
+
+
 def _view_bytes(codec: str, dim: int, view: Any, count: int) -> int:
     if codec == "float32":
         return int(view.nbytes)
+    if codec in APPROXIMATE:
+        return int(view.nbytes())
     return count * {"float16": 2 * dim, "int8": dim, "binary": dim // 8}[codec]

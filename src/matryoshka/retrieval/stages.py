@@ -5,6 +5,11 @@ prefix, its sign bits, or int8 codes) and keeps a shortlist; each later stage re
 survivors with a richer view; the last stage returns the ``k`` best. A stage spec is written
 ``dim:codec:keep`` and stages are joined by commas, e.g. ``"64:binary:400,full:float32:10"``.
 
+A first stage may instead search an approximate index over the prefix, which visits a few thousand
+vectors instead of all of them: ``64:hnsw:400`` walks an HNSW graph (``64:hnsw:400:800`` sets its
+search breadth ``ef``, default ``keep``); ``64:ivf:400`` scans the inverted lists nearest the query
+(``64:ivf:400:64`` probes 64 lists). The later stages re-rank what it finds.
+
 Example:
     >>> parse_stages("64:float32:400,full:float32:10")
     [Stage(dim=64, codec='float32', keep=400), Stage(dim=0, codec='float32', keep=10)]
@@ -16,7 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-Codec = Literal["float32", "float16", "int8", "binary"]
+Codec = Literal["float32", "float16", "int8", "binary", "hnsw", "ivf"]
+#: Codecs that search an approximate index built over the prefix (first stage only).
+APPROXIMATE: tuple[str, ...] = ("hnsw", "ivf")
 CODECS: tuple[str, ...] = get_args(Codec)
 
 #: ``Stage.dim`` value meaning "the index's full dimension" (written ``full`` in a spec).
@@ -30,13 +37,19 @@ class Stage:
     Attributes:
         dim: prefix length scored by this stage; :data:`FULL` (0) means the full dimension.
         codec: how the prefix is compared: ``float32``/``float16`` (cosine), ``int8`` (FAISS scalar
-            quantizer, per-dimension ranges) or ``binary`` (sign bits, Hamming distance).
+            quantizer, per-dimension ranges), ``binary`` (sign bits, Hamming distance), ``hnsw``
+            (a FAISS HNSW graph over the float32 prefix) or ``ivf`` (FAISS inverted lists over it);
+            the last two only as a first stage.
         keep: candidates passed to the next stage; for the last stage it is replaced by ``k``.
+        probe: ``hnsw``: the graph search's candidate list ``ef`` (``None``: ``keep``); ``ivf``: lists
+            scanned, ``nprobe`` (``None``: a 64th of them). Larger finds more of the true prefix
+            neighbours, slower.
     """
 
     dim: int
     codec: Codec
     keep: int
+    probe: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 0:
@@ -47,9 +60,15 @@ class Stage:
             raise ValueError(f"stage keep must be a positive integer, got {self.keep!r}")
         if self.codec == "binary" and self.dim % 8:
             raise ValueError(f"a binary stage needs a dim that is a multiple of 8, got {self.dim}")
+        if self.probe is not None:
+            if self.codec not in APPROXIMATE:
+                raise ValueError(f"only an hnsw or ivf stage takes a probe, not {self.codec}")
+            if isinstance(self.probe, bool) or not isinstance(self.probe, int) or self.probe < 1:
+                raise ValueError(f"stage probe must be a positive integer, got {self.probe!r}")
 
     def __str__(self) -> str:
-        return f"{'full' if self.dim == FULL else self.dim}:{self.codec}:{self.keep}"
+        probe = f":{self.probe}" if self.probe is not None else ""
+        return f"{'full' if self.dim == FULL else self.dim}:{self.codec}:{self.keep}{probe}"
 
 
 #: Named funnels; the last stage's keep becomes ``k`` at search time.
@@ -77,23 +96,24 @@ def parse_stages(spec: str) -> list[Stage]:
     stages = []
     for position, part in enumerate(text.split(","), start=1):
         fields = [f.strip() for f in part.split(":")]
-        if len(fields) != 3:
+        if len(fields) not in (3, 4) or (len(fields) == 4 and fields[1] not in APPROXIMATE):
             raise ValueError(
-                f"stage {position} {part.strip()!r} must be 'dim:codec:keep' (e.g. '64:binary:400'); "
-                f"presets are {', '.join(PRESETS)}"
+                f"stage {position} {part.strip()!r} must be 'dim:codec:keep' (e.g. '64:binary:400', or "
+                f"'64:hnsw:400:800' / '64:ivf:400:64' with a probe); presets are {', '.join(PRESETS)}"
             )
-        dim_text, codec, keep_text = fields
+        dim_text, codec, keep_text = fields[:3]
         try:
             dim = FULL if dim_text.lower() == "full" else int(dim_text)
             keep = int(keep_text)
+            probe = int(fields[3]) if len(fields) == 4 else None
         except ValueError:
             raise ValueError(
-                f"stage {position} {part.strip()!r}: dim and keep must be integers (dim may be 'full')"
+                f"stage {position} {part.strip()!r}: dim, keep and probe must be integers (dim may be 'full')"
             ) from None
         if dim_text.lower() != "full" and dim < 1:
             raise ValueError(f"stage {position} {part.strip()!r}: dim must be positive or 'full'")
         try:
-            stages.append(Stage(dim, codec, keep))  # type: ignore[arg-type]
+            stages.append(Stage(dim, codec, keep, probe))  # type: ignore[arg-type]
         except ValueError as exc:
             raise ValueError(f"stage {position} {part.strip()!r}: {exc}") from None
     validate_stages(stages)
@@ -118,6 +138,12 @@ def validate_stages(stages: Sequence[Stage], full_dim: int | None = None) -> lis
     for stage in stages:
         if not isinstance(stage, Stage):
             raise ValueError(f"expected Stage objects, got {stage!r}")
+    for position, stage in enumerate(stages[1:], start=2):
+        if stage.codec in APPROXIMATE:
+            raise ValueError(
+                f"stage {position} ({stage}): {stage.codec} searches an index over every vector, so only a first "
+                "stage can use it; re-rank its shortlist with float32, float16, int8 or binary"
+            )
     for position, (before, after) in enumerate(zip(stages[:-2], stages[1:-1]), start=2):
         if after.keep > before.keep:
             raise ValueError(
@@ -166,11 +192,23 @@ def resolve_stages(stages: Sequence[Stage], full_dim: int, k: int, count: int) -
     plan = []
     for position, stage in enumerate(stages):
         keep = k if position == len(stages) - 1 else max(stage.keep, k)
-        plan.append(Stage(stage.dim or full_dim, stage.codec, max(1, min(keep, count))))
+        plan.append(Stage(stage.dim or full_dim, stage.codec, max(1, min(keep, count)), stage.probe))
     return plan
 
 
+def as_float_scan(stage: Stage) -> Stage:
+    """``stage`` with an ``hnsw``/``ivf`` search replaced by a float32 search of the same prefix.
+
+    Used where a graph of its own would not pay: a filtered search over a one-off subset, and the
+    engines (PostgreSQL, Qdrant), which already search every float shortlist through their own HNSW.
+    """
+    return Stage(stage.dim, "float32", stage.keep) if stage.codec in APPROXIMATE else stage
+
+
 def bytes_per_vector(stage: Stage, full_dim: int) -> int:
-    """Bytes per vector that ``stage`` reads when it scans: 4/2/1 per dim, or one bit per dim."""
+    """Bytes per vector that ``stage`` reads when it scans (or, for ``hnsw``, stores as the graph's
+    vectors): 4/2/1 per dim, or one bit per dim."""
     dim = stage.dim or full_dim
-    return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim, "binary": (dim + 7) // 8}[stage.codec]
+    return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim, "binary": (dim + 7) // 8, "hnsw": 4 * dim, "ivf": 4 * dim}[
+        stage.codec
+    ]
