@@ -223,6 +223,22 @@ def test_a_failed_stream_write_falls_back_to_a_full_save(tmp_path: Path, monkeyp
     assert index._log is not None
     index._log.mark().done.wait()
     monkeypatch.undo()
+    index.flush()
+    check_against_manifest(path)
+    assert FunnelIndex.load(path).ids == ["a", "b"]
+    index.upsert(["c"], rows(1, 23))  # no more streaming from this index: its saves write in full
+    assert index._log is None
+    index.close()
+    assert FunnelIndex.load(path).ids == ["a", "b", "c"]
+
+
+def test_no_hard_links_falls_back_to_full_saves(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "ix"
+    index = FunnelIndex.open(path, dim=DIM, checkpoint_seconds=None)
+    index.upsert(["a"], rows(1, 24))
+    monkeypatch.setattr(store.os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(1, "no links (simulated)")))
+    index.flush()
+    index.upsert(["b"], rows(1, 25))
     index.close()
     check_against_manifest(path)
     assert FunnelIndex.load(path).ids == ["a", "b"]

@@ -540,11 +540,14 @@ class FunnelIndex(VectorIndex):
                     self._saved = None  # no log opens on the file this save replaces
             kwargs: dict[str, Any] = dict(model_name=self.model_name, storage=self.storage, stages=self._stages,
                                           metadata=metadata)
+            streamable = True
             try:
                 manifest = write_index(target, vectors, ids, texts, log=log, mark=mark, **kwargs)
-            except (OSError, StaleLogError):
+            except (OSError, StaleLogError) as exc:
                 if log is None:
                     raise
+                # a write or the hard link failed: stop streaming here; a replaced index may be streamed again
+                streamable = isinstance(exc, StaleLogError)
                 with self._lock:  # the streamed file cannot be used (replaced by another writer, a write failed)
                     if self._log is log:
                         self._drop_log()
@@ -552,7 +555,7 @@ class FunnelIndex(VectorIndex):
                 manifest = write_index(target, vectors, ids, texts, **kwargs)
             if target == self.path:
                 with self._lock:
-                    self._log_failed = False
+                    self._log_failed = not streamable
                     if epoch == self._epoch:
                         self._saved = (target, count, manifest["files"][VECTORS])
 
