@@ -98,12 +98,12 @@ def test_parse_errors_have_the_documented_code(server, body, path):
 
 def _poison(path: Path) -> None:
     """Write NaN into the stored vectors and fix the manifest's checksum, as a buggy writer would."""
-    vectors = np.load(path / "vectors.npy")
-    vectors[3, 5] = np.nan
-    np.save(path / "vectors.npy", vectors)
     manifest = json.loads((path / "manifest.json").read_text())
-    data = (path / "vectors.npy").read_bytes()
-    manifest["files"]["vectors.npy"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    vectors = np.fromfile(path / "vectors.bin", dtype="<f4").reshape(manifest["count"], manifest["dim"])
+    vectors[3, 5] = np.nan
+    vectors.tofile(path / "vectors.bin")
+    data = (path / "vectors.bin").read_bytes()
+    manifest["files"]["vectors.bin"]["sha256_chunks"] = [hashlib.sha256(data).hexdigest()]
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -32,6 +32,24 @@ def make_index(count: int = 40, dim: int = 16, seed: int = 0, storage: str = "fl
     return FunnelIndex.from_vectors(vectors, ids, texts, model_name="all-MiniLM-L6-v2", stages=FUNNEL, storage=storage)  # type: ignore[arg-type]
 
 
+def write_v1(path: Path, index: FunnelIndex) -> Path:
+    """An index directory in format version 1 (``vectors.npy``, one sha256 per file), as older releases wrote it."""
+    path.mkdir()
+    np.save(path / "vectors.npy", np.asarray(index._vectors), allow_pickle=False)
+    (path / "ids.json").write_text(json.dumps(index.ids))
+    files = {}
+    for name in ("vectors.npy", "ids.json"):
+        data = (path / name).read_bytes()
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    from matryoshka.retrieval.stages import format_stages
+
+    manifest = {"format": "matryoshka-funnel-index", "format_version": 1, "model_name": index.model_name,
+                "dim": index.dim, "count": len(index), "storage": index.storage,
+                "stages": format_stages(index.stages), "files": files, "created": "2026-01-01T00:00:00+00:00"}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[FunnelIndex, Path]:
     index = make_index()
@@ -71,7 +89,7 @@ def test_mmap_round_trip(tmp_path: Path, storage: str) -> None:
 
 def test_directory_layout_and_manifest(saved) -> None:
     index, path = saved
-    assert sorted(p.name for p in path.iterdir()) == ["ids.json", "manifest.json", "texts.json", "vectors.npy"]
+    assert sorted(p.name for p in path.iterdir()) == ["ids.json", "manifest.json", "texts.json", "vectors.bin"]
     manifest = read_manifest(path)
     assert manifest["format"] == "matryoshka-funnel-index"
     assert manifest["format_version"] == store.FORMAT_VERSION
@@ -84,9 +102,13 @@ def test_directory_layout_and_manifest(saved) -> None:
     assert manifest["stages"] == "8:float32:20,full:float32:10"
     for name, meta in manifest["files"].items():
         data = (path / name).read_bytes()
-        assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    # plain formats, no pickle: numpy refuses pickles here and the JSON is readable
-    assert np.load(path / "vectors.npy", allow_pickle=False).shape == (40, 16)
+        if name == "vectors.bin":
+            assert meta == {"bytes": len(data), "chunk_bytes": store.CHUNK_BYTES,
+                            "sha256_chunks": [hashlib.sha256(data).hexdigest()]}
+        else:
+            assert meta == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    # plain formats, no pickle: raw little-endian rows and readable JSON
+    np.testing.assert_array_equal(np.fromfile(path / "vectors.bin", dtype="<f4").reshape(40, 16), index._vectors)
     assert json.loads((path / "ids.json").read_text())[:2] == ["doc-0-0", "doc-0-1"]
     assert json.loads((path / "texts.json").read_text(encoding="utf-8"))[:2] == [None, "text 1 ✓"]
 
@@ -185,18 +207,48 @@ def _rewrite_manifest(path: Path, **changes) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_truncated_vectors(saved) -> None:
+@pytest.mark.parametrize("mmap", [False, True])
+def test_truncated_vectors(saved, mmap: bool) -> None:
     _, path = saved
-    data = (path / "vectors.npy").read_bytes()
-    (path / "vectors.npy").write_bytes(data[: len(data) // 2])
-    with pytest.raises(IndexCorruptError, match=r"vectors.npy is \d+ bytes, manifest.json says \d+ \(truncated"):
-        FunnelIndex.load(path)
-    # even with a manifest that agrees with the damage, numpy's reader catches it
+    data = (path / "vectors.bin").read_bytes()
+    (path / "vectors.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexCorruptError, match=r"vectors.bin is \d+ bytes, manifest.json says \d+ \(truncated"):
+        FunnelIndex.load(path, mmap=mmap)
+    # even with a manifest that agrees with the damage, its count does not
     files = json.loads((path / "manifest.json").read_text())["files"]
-    files["vectors.npy"] = {"sha256": hashlib.sha256(data[: len(data) // 2]).hexdigest(), "bytes": len(data) // 2}
+    files["vectors.bin"] = {"bytes": len(data) // 2, "chunk_bytes": store.CHUNK_BYTES,
+                            "sha256_chunks": [hashlib.sha256(data[: len(data) // 2]).hexdigest()]}
     _rewrite_manifest(path, files=files)
-    with pytest.raises(IndexCorruptError, match="cannot be read as a .npy array"):
-        FunnelIndex.load(path)
+    with pytest.raises(IndexCorruptError, match=r"listed with 1280 bytes, but count 40 x dim 16 float32 takes 2560"):
+        FunnelIndex.load(path, mmap=mmap)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_changed_vector_bytes_are_caught_in_every_chunk(tmp_path: Path, monkeypatch, mmap: bool) -> None:
+    monkeypatch.setattr(store, "CHUNK_BYTES", 1000)  # 2,560 bytes of vectors: chunks of 1000, 1000 and 560
+    index = make_index()
+    index.save(tmp_path / "ix")
+    assert len(read_manifest(tmp_path / "ix")["files"]["vectors.bin"]["sha256_chunks"]) == 3
+    for offset in (10, 1500, 2559):
+        path = tmp_path / f"copy-{offset}"
+        path.mkdir()
+        for file in (tmp_path / "ix").iterdir():
+            (path / file.name).write_bytes(file.read_bytes())
+        data = bytearray((path / "vectors.bin").read_bytes())
+        data[offset] ^= 1
+        (path / "vectors.bin").write_bytes(bytes(data))
+        with pytest.raises(IndexCorruptError, match=rf"vectors.bin does not match its sha256 .*chunk {offset // 1000}"):
+            FunnelIndex.load(path, mmap=mmap)
+        assert len(FunnelIndex.load(path, mmap=mmap, verify=False)) == 40  # verify=False trusts sizes only
+
+
+def test_bytes_after_the_committed_vectors_are_ignored(saved) -> None:
+    """A killed streaming append leaves bytes after what the manifest lists: they are no part of the index."""
+    index, path = saved
+    with open(path / "vectors.bin", "ab") as handle:
+        handle.write(b"\xff" * 1000)
+    for mmap in (False, True):
+        np.testing.assert_array_equal(FunnelIndex.load(path, mmap=mmap)._vectors, index._vectors)
 
 
 def test_checksum_mismatch(saved) -> None:
@@ -211,16 +263,20 @@ def test_checksum_mismatch(saved) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"count": 41}, r"holds float32 \(40, 16\), manifest says float32 \(41, 16\)"),
-        ({"dim": 8}, r"manifest says float32 \(40, 8\)"),
-        ({"storage": "float16"}, "manifest says float16"),
+        ({"count": 41}, r"listed with 2560 bytes, but count 41 x dim 16 float32 takes 2624"),
+        ({"dim": 8}, r"count 40 x dim 8 float32 takes 1280"),
+        ({"storage": "float16"}, "dim 16 float16 takes 1280"),
         ({"storage": "int4"}, "unknown storage"),
         ({"stages": "8:float32"}, "bad stages"),
         ({"stages": "64:float32:10"}, "bad stages"),
         ({"format_version": 99}, "newer than this matryoshka reads"),
         ({"format": "something-else"}, "is not a matryoshka-funnel-index manifest"),
         ({"model_name": None}, "field 'model_name' is missing"),
-        ({"files": {"vectors.npy": {}, "ids.json": {}, "../etc/passwd": {}}}, "files must list"),
+        ({"files": {"vectors.bin": {}, "ids.json": {}, "../etc/passwd": {}}}, "files must list"),
+        ({"files": {"vectors.npy": {}, "ids.json": {}}}, "files must list vectors.bin"),
+        ({"files": {"vectors.bin": {"bytes": 2560}, "ids.json": {}}}, "must hold 'bytes', 'chunk_bytes'"),
+        ({"files": {"vectors.bin": {"bytes": 2560, "chunk_bytes": store.CHUNK_BYTES, "sha256_chunks": []},
+                    "ids.json": {}}}, "wrong number of chunk checksums"),
     ],
 )
 def test_edited_manifest(saved, changes: dict, message: str) -> None:
@@ -237,7 +293,7 @@ def test_manifest_not_json(saved) -> None:
         FunnelIndex.load(path)
 
 
-@pytest.mark.parametrize("name", ["vectors.npy", "ids.json", "texts.json"])
+@pytest.mark.parametrize("name", ["vectors.bin", "ids.json", "texts.json"])
 def test_missing_file(saved, name: str) -> None:
     _, path = saved
     (path / name).unlink()
@@ -266,8 +322,8 @@ def test_ids_that_do_not_match_count(saved) -> None:
         FunnelIndex.load(path)
 
 
-def test_pickled_array_is_refused(saved) -> None:
-    _, path = saved
+def test_pickled_array_is_refused_in_a_version_1_index(tmp_path: Path) -> None:
+    path = write_v1(tmp_path / "v1", make_index())
     np.save(path / "vectors.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     data = (path / "vectors.npy").read_bytes()
     files = json.loads((path / "manifest.json").read_text())["files"]
@@ -346,3 +402,33 @@ store.write_index({str(target)!r}, np.ones((3, 4), np.float32) / 2, ["a", "b", "
     make_index().save(target)
     assert not leftovers[0].exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_version_1_index_loads_and_the_next_save_writes_version_2(tmp_path: Path, mmap: bool) -> None:
+    index = make_index(storage="float16")
+    path = write_v1(tmp_path / "v1", index)
+    loaded = FunnelIndex.load(path, mmap=mmap)
+    assert loaded.ids == index.ids and loaded.storage == "float16"
+    np.testing.assert_array_equal(loaded._vectors, index._vectors)
+    opened = FunnelIndex.open(path, mmap=mmap)
+    opened.upsert(["new"], np.ones((1, 16), np.float32))
+    opened.close()
+    assert read_manifest(path)["format_version"] == 2
+    assert sorted(p.name for p in path.iterdir()) == ["ids.json", "manifest.json", "metadata.json", "texts.json",
+                                                      "vectors.bin"]
+    again = FunnelIndex.load(path)
+    assert again.ids == [*index.ids, "new"]
+    np.testing.assert_array_equal(again._vectors[:40], index._vectors)
+
+
+def test_damaged_version_1_index_is_caught(tmp_path: Path) -> None:
+    path = write_v1(tmp_path / "v1", make_index())
+    data = bytearray((path / "vectors.npy").read_bytes())
+    data[-3] ^= 1
+    (path / "vectors.npy").write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match="vectors.npy does not match its sha256"):
+        FunnelIndex.load(path)
+    (path / "vectors.npy").write_bytes(bytes(data[:100]))
+    with pytest.raises(IndexCorruptError, match=r"vectors.npy is 100 bytes, manifest.json says \d+ \(truncated"):
+        FunnelIndex.load(path)

@@ -58,7 +58,7 @@ def test_truncated_index(index_dir, tmp_path):
     broken.mkdir()
     for file in index_dir.iterdir():
         (broken / file.name).write_bytes(file.read_bytes())
-    vectors = broken / "vectors.npy"
+    vectors = broken / "vectors.bin"
     vectors.write_bytes(vectors.read_bytes()[:1000])
     assert_one_line_failure(serve("--index", str(broken), "--port", str(free_port())), "truncated")
 

@@ -9,8 +9,10 @@ An index saved to a directory (:meth:`open` with a path, or ``faiss://DIR`` thro
 :func:`matryoshka.backends.open_index`) keeps its writes in memory and saves them atomically at
 checkpoints (every ``checkpoint_vectors`` written vectors, or ``checkpoint_seconds``, whichever comes
 first) and on :meth:`flush`/:meth:`close`. Appends go into growable buffers, so a bulk load of ``n``
-vectors costs ``O(n)``; a time checkpoint waits at least four times as long as the last save took,
-which keeps saving to a bounded share of a load.
+vectors costs ``O(n)``, and are streamed to the directory's ``vectors.bin`` as they come
+(:class:`~matryoshka.retrieval.store.VectorLog`), so a save after appends writes only the small
+files; a time checkpoint waits at least four times as long as the last save took, which keeps saving
+to a bounded share of a load.
 
 Example:
     >>> index = FunnelIndex.build(model, texts, stages=parse_stages("64:float32:400,full:float32:10"))
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
@@ -46,6 +49,8 @@ from matryoshka.retrieval.types import Hit, StageTiming, stage_timing
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+    from matryoshka.retrieval.store import VectorLog
 
 Storage = Literal["float32", "float16"]
 STORAGES: tuple[str, ...] = get_args(Storage)
@@ -120,6 +125,14 @@ class FunnelIndex(VectorIndex):
         self._pending = 0  # vectors written (or deletes) since the last save
         self._saved_at = time.monotonic()
         self._save_took = 0.0
+        # (directory, rows, vectors.bin manifest entry): the first ``rows`` stored vectors are committed there
+        self._saved: tuple[Path, int, dict[str, Any]] | None = None
+        self._log: VectorLog | None = None  # streams appended rows into that vectors.bin (see store.VectorLog)
+        self._log_rows = 0  # rows the log holds (committed + streamed)
+        self._log_closer: Callable[[], Any] = lambda: None
+        self._log_failed = False  # the log could not be opened; retried after the next save
+        self._epoch = 0  # bumped whenever stored rows are removed or reordered
+        self._save_lock = threading.Lock()  # one save at a time
 
     @property
     def url(self) -> str:  # type: ignore[override]
@@ -361,11 +374,41 @@ class FunnelIndex(VectorIndex):
             if self._metadata is not None:
                 self._metadata.extend(new_meta if new_meta is not None else [None] * len(rows))
             views = {key: _extend_view(key, view, rows, self.dim) for key, view in self._views.items()}
+            self._stream(rows, start)
             self._vectors = self._appended(rows)
             self._ids.extend(new_ids)
             self._rows.update({doc_id: start + i for i, doc_id in enumerate(new_ids)})
             self._views = views
         self._written(len(rows))
+
+    def _stream(self, rows: np.ndarray, start: int) -> None:
+        """Hand appended rows (at row ``start``) to the log that writes them to disk ahead of the next save."""
+        from matryoshka.retrieval.store import StaleLogError, VectorLog
+
+        if self._log is None:
+            if self.path is None or self._saved is None or self._log_failed or self._saved[0] != self.path:
+                return
+            _, saved_rows, entry = self._saved
+            try:
+                log = VectorLog(self.path, entry)
+            except (OSError, StaleLogError):
+                self._log_failed = True  # another writer holds it, or no flock: saves write the file in full
+                return
+            self._log_closer = weakref.finalize(self, log.close, True)  # an index dropped unclosed frees its file
+            self._log, self._log_rows = log, saved_rows
+            if saved_rows < start:
+                log.append(self._vectors[saved_rows:start])
+                self._log_rows = start
+        if self._log_rows != start:  # pragma: no cover - every append goes through here
+            self._drop_log()
+            return
+        self._log.append(rows)
+        self._log_rows = start + len(rows)
+
+    def _drop_log(self) -> None:
+        if self._log is not None:
+            self._log_closer()  # log.close(discard=True), once
+            self._log = None
 
     def _appended(self, rows: np.ndarray) -> np.ndarray:
         """The stored vectors with ``rows`` after them, in the growable buffer (copied only when it grows)."""
@@ -410,6 +453,7 @@ class FunnelIndex(VectorIndex):
             self._vectors = np.zeros((0, self.dim), dtype=self.storage)
             self._buffer = None
             self._ids, self._texts, self._metadata, self._rows, self._views = [], None, None, {}, {}
+            self._rows_removed()
         self._written(1)
 
     def flush(self, force: bool = False) -> None:
@@ -422,8 +466,10 @@ class FunnelIndex(VectorIndex):
         self._saved_at, self._pending = time.monotonic(), 0
 
     def close(self) -> None:
-        """Save unsaved writes (an in-memory index has nothing to release)."""
+        """Save unsaved writes and release the vectors file (an in-memory index has nothing to release)."""
         self.flush()
+        with self._lock:
+            self._drop_log()
 
     def details(self) -> dict[str, object]:
         """The storage dtype."""
@@ -461,23 +507,59 @@ class FunnelIndex(VectorIndex):
             self._rows = {doc_id: row for row, doc_id in enumerate(self._ids)}
             self._views = {}
             self._buffer = None
+            self._rows_removed()
         if save:
             self._written(len(rows))
         return len(rows)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index directory atomically (see :mod:`matryoshka.retrieval.store`)."""
-        from matryoshka.retrieval.store import write_index
+    def _rows_removed(self) -> None:
+        """Stored rows were removed: the vectors file on disk is no longer a prefix of them."""
+        self._epoch += 1
+        self._saved = None
+        self._drop_log()
 
-        with self._lock:
-            count = len(self._vectors)  # lists grow in place: copy what belongs to these vectors
-            vectors, ids = self._vectors, self._ids[:count]
-            texts = None if self._texts is None else self._texts[:count]
-            metadata = None if self._metadata is None else self._metadata[:count]
-        write_index(
-            path, vectors, ids, texts, model_name=self.model_name, storage=self.storage, stages=self._stages,
-            metadata=metadata,
-        )
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index directory atomically (see :mod:`matryoshka.retrieval.store`).
+
+        Saving to :attr:`path` after appends only links the vectors file the log has been streaming
+        into (its new rows are mostly on disk already) and writes the small files; anything else
+        writes the vectors file in full.
+        """
+        from matryoshka.retrieval.store import VECTORS, StaleLogError, write_index
+
+        target = Path(path).expanduser().absolute()
+        with self._save_lock:
+            with self._lock:
+                count = len(self._vectors)  # lists grow in place: copy what belongs to these vectors
+                vectors, ids = self._vectors, self._ids[:count]
+                texts = None if self._texts is None else self._texts[:count]
+                metadata = None if self._metadata is None else self._metadata[:count]
+                epoch = self._epoch
+                log = self._log if target == self.path and self._log_rows == count else None
+                mark = log.mark() if log is not None else None
+                if log is None and target == self.path:
+                    self._drop_log()
+                    self._saved = None  # no log opens on the file this save replaces
+            kwargs: dict[str, Any] = dict(model_name=self.model_name, storage=self.storage, stages=self._stages,
+                                          metadata=metadata)
+            streamable = True
+            try:
+                manifest = write_index(target, vectors, ids, texts, log=log, mark=mark, **kwargs)
+            except (OSError, StaleLogError) as exc:
+                if log is None:
+                    raise
+                # a write or the hard link failed: stop streaming here; a replaced index may be streamed again
+                streamable = isinstance(exc, StaleLogError)
+                with self._lock:  # the streamed file cannot be used (replaced by another writer, a write failed)
+                    if self._log is log:
+                        self._drop_log()
+                    self._saved = None
+                manifest = write_index(target, vectors, ids, texts, **kwargs)
+            if target == self.path:
+                with self._lock:
+                    self._log_failed = not streamable
+                    if epoch == self._epoch:
+                        self._saved = (target, count, manifest["files"][VECTORS])
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], mmap: bool = False, verify: bool = True) -> FunnelIndex:
@@ -486,13 +568,16 @@ class FunnelIndex(VectorIndex):
         Raises:
             IndexCorruptError: a file is missing, truncated, edited or does not match the manifest.
         """
-        from matryoshka.retrieval.store import read_index
+        from matryoshka.retrieval.store import VECTORS, read_index
 
         stored = read_index(path, mmap=mmap, verify=verify)
-        return cls(
+        index = cls(
             stored.vectors, stored.ids, stored.texts, stored.model_name, stored.stages, stored.storage,  # type: ignore[arg-type]
             stored.metadata,
         )
+        if VECTORS in stored.manifest["files"]:
+            index._saved = (Path(path).expanduser().absolute(), len(index), stored.manifest["files"][VECTORS])
+        return index
 
     def memory_bytes(self) -> int:
         """Bytes held by the stored vectors and every cached view."""
