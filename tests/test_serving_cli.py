@@ -79,7 +79,7 @@ def test_demo_index_is_built_once_then_loaded(model, tmp_path, data_dir):
     assert loaded.ids == built.ids and len(loaded) == 40
     # A damaged cache is rebuilt rather than fatal.
     for file in demo_cache_path(tmp_path, "all-MiniLM-L6-v2", 40).iterdir():
-        if file.suffix == ".npy":
+        if file.name in ("vectors.npy", "vectors.bin"):
             file.write_bytes(b"junk")
     again = build_demo_index(
         model, "all-MiniLM-L6-v2", 40, tmp_path, source=source if source.exists() else None, log=messages.append

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from matryoshka.embeddings import truncate
 from matryoshka.errors import IndexStoreError
 from matryoshka.retrieval.protocol import VectorIndex
-from matryoshka.retrieval.stages import CODECS, Stage
+from matryoshka.retrieval.stages import Stage
 from matryoshka.serving.api_errors import APIError, ClientGone
 from matryoshka.serving.batching import BatcherClosed, QueueFull
 from matryoshka.serving.checks import (
@@ -49,6 +49,7 @@ from matryoshka.serving.middleware import (
 from matryoshka.serving.quality import demo_dimensions
 from matryoshka.serving.render import RENDER_ROWS, hits_out, render_embeddings, stage_bytes, timings_out
 from matryoshka.serving.schemas import (
+    API_CODECS,
     CompareRequest,
     CompareResponse,
     CompareSide,
@@ -282,7 +283,7 @@ def create_app(
             models=list(state.demo_choices),
             full_dim=index.dim,
             dims=demo_dimensions(index.dim, quality_dims, config.demo_dims),
-            codecs=list(CODECS),
+            codecs=list(API_CODECS),
             index_size=len(index),
             index_dim=index.dim,
             quality=state.quality,

@@ -6,7 +6,7 @@ quietly coercing it. Unknown fields are ignored, as OpenAI does, so newer client
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -20,6 +20,8 @@ from pydantic import (
 )
 
 Codec = Literal["float32", "float16", "int8", "binary"]
+#: The codecs the HTTP API takes (the library's ``hnsw``/``ivf`` prefix indexes are not served).
+API_CODECS: tuple[str, ...] = get_args(Codec)
 
 
 class ErrorDetail(BaseModel):
