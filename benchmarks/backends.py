@@ -113,6 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache", help="funnel.py's embedding cache")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "openvino"),
+                        help="encoding backend of funnel.py's cache (torch: the vectors of the committed run)")
     parser.add_argument("--noise", type=float, default=0.5)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
