@@ -59,7 +59,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from matryoshka.adapt import fit_rotation  # noqa: E402
 from matryoshka.retrieval import FunnelIndex, format_stages, parse_stages  # noqa: E402
-from matryoshka.retrieval.exact import top_k_inner_product  # noqa: E402
+from matryoshka.retrieval.exact import ColumnBlocks, top_k_inner_product  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 #: Funnels on the rotated (Matryoshka) vectors.
@@ -91,6 +91,7 @@ PEER_EF = (128, 256, 512)
 FAISS_HNSW_M = 32  # FAISS's IndexHNSWFlat(d, 32), efConstruction 40: its documented default
 USEARCH_CONNECTIVITY, USEARCH_EXPANSION_ADD = 16, 128  # usearch's defaults
 BATCHES = (1, 32)
+EXACT_INDEX = "exact: index exact stage (column blocks)"
 TARGETS = {"recall": 0.99, "speedup_batch1": 30.0, "speedup_batch32": 5.0, "max_first_dim": 64,
            "build_speedup": 5.0, "bandwidth_share": 0.8, "peak_share": 0.5}
 
@@ -141,19 +142,32 @@ def main(argv: list[str] | None = None) -> int:
     test_queries = {name: q[test_rows] for name, (_, q) in views.items()}
     rows: list[dict[str, Any]] = []
 
-    # exact search, two implementations
+    # exact search, three implementations; the index's exact stage scans a column-block copy
+    with threadpool_limits(1):
+        copy_started = time.perf_counter()
+        columns = ColumnBlocks.from_rows(base)
+        copy_seconds = time.perf_counter() - copy_started
+
     def faiss_exact(q: np.ndarray) -> np.ndarray:
         return faiss.knn(q, base, args.k, faiss.METRIC_INNER_PRODUCT)[1]
 
-    def numpy_exact(q: np.ndarray) -> np.ndarray:
+    def row_blocks(q: np.ndarray) -> np.ndarray:
         return top_k_inner_product(q, base, args.k)[1]
 
+    def column_blocks(q: np.ndarray) -> np.ndarray:
+        return top_k_inner_product(q, columns, args.k)[1]
+
     probe = np.concatenate([dev_rows[:64], test_rows[:64]])  # exact at 1 thread is slow: recall on 128 queries
-    for name, search in (("exact: faiss.knn", faiss_exact), ("exact: index exact stage (numpy blocks)", numpy_exact)):
+    for name, search, build, structure in (
+        ("exact: faiss.knn", faiss_exact, 0.0, base.nbytes),
+        ("exact: numpy row blocks (the stored rows)", row_blocks, 0.0, base.nbytes),
+        (EXACT_INDEX, column_blocks, copy_seconds, columns.nbytes),
+    ):
         with threadpool_limits(1):
             found = np.concatenate([search(queries[probe[i : i + 64]]) for i in range(0, len(probe), 64)])
             qps = {b: measure_qps(search, test_queries["base"], b, args.min_time) for b in BATCHES}
-        rows.append(result_row(name, "exact", recalls(found, probe), qps, 0.0, structure=base.nbytes, total=base.nbytes, n=len(base)))
+        total = base.nbytes + (columns.nbytes if search is column_blocks else 0)
+        rows.append(result_row(name, "exact", recalls(found, probe), qps, build, structure=structure, total=total, n=len(base)))
         log(f"{name:<48} " + row_text(rows[-1]))
 
     # funnels
@@ -550,6 +564,7 @@ def verdicts(report: dict) -> dict[str, Any]:
     n, dim = data["n"], data["dim"]
     exact = next(r for r in rows if r["config"].startswith("exact: index"))
     faiss_exact = next(r for r in rows if r["config"].startswith("exact: faiss"))
+    strong = strongest_exact(rows)
     gb_s = exact["qps"]["batch=1"] * n * dim * 4 / 1e9
     gflops = exact["qps"]["batch=32"] * 2 * n * dim / 1e9
     out: dict[str, Any] = {
@@ -567,7 +582,7 @@ def verdicts(report: dict) -> dict[str, Any]:
         if best is None:
             out[setting] = {"config": None, "met": False}
             continue
-        speedup = best["qps"][setting] / exact["qps"][setting]
+        speedup = best["qps"][setting] / strong[setting]
         out[setting] = {"config": best["config"], "recall_test": best["recall@10"]["test"], "qps": best["qps"][setting],
                         "speedup": speedup, "met": speedup >= t[key] and best["recall@10"]["test"] >= t["recall"]}
     peers = [r for r in rows if r["kind"] == "hnsw" and r["recall@10"]["dev"] >= t["recall"]]
@@ -590,10 +605,15 @@ def verdicts(report: dict) -> dict[str, Any]:
     return out
 
 
+def strongest_exact(rows: list[dict]) -> dict[str, float]:
+    """The fastest exact implementation's q/s per batch size: the baseline every speed-up is quoted against."""
+    return {f"batch={b}": max(r["qps"][f"batch={b}"] for r in rows if r["kind"] == "exact") for b in BATCHES}
+
+
 def markdown(report: dict) -> str:
     data, env, machine, v, t = report["data"], report["environment"], report["machine"], report["verdicts"], report["targets"]
     rows = report["results"]
-    exact = next(r for r in rows if r["config"].startswith("exact: index"))
+    strong = strongest_exact(rows)
     met = lambda ok: "**met**" if ok else "**missed**"  # noqa: E731
     lines = [
         "# Funnel benchmark: Matryoshka-prefix funnels, a strong exact baseline and full-vector HNSW",
@@ -647,10 +667,10 @@ def markdown(report: dict) -> str:
         "",
         "## All configs",
         "",
-        "Speed-ups are against the index's exact stage (the strong baseline). Build: graph or view build on "
+        "Speed-ups are against the fastest exact row at each batch size (the strong baseline). Build: graph or view build on "
         f"{report['threads']['build']} threads (the rotated funnels include fitting the rotation). Structure: bytes "
         "per vector of what the search walks or scans (a funnel's first-stage view; an HNSW's graph with its vectors; "
-        "exact: the vectors); total: with the full vectors a funnel keeps for its re-rank.",
+        "exact: the vectors it scans); total: with the full vectors a funnel keeps for its re-rank.",
         "",
         "| config | recall@10 dev | recall@10 test | q/s batch 1 | q/s batch 32 | build s | structure B/vec | total B/vec |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -658,7 +678,7 @@ def markdown(report: dict) -> str:
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['recall@10']['dev']:.4f} | {r['recall@10']['test']:.4f} | "
-            + " | ".join(f"{r['qps'][f'batch={b}']:,.1f} ({r['qps'][f'batch={b}'] / exact['qps'][f'batch={b}']:.1f}×)"
+            + " | ".join(f"{r['qps'][f'batch={b}']:,.1f} ({r['qps'][f'batch={b}'] / strong[f'batch={b}']:.1f}×)"
                          for b in BATCHES)
             + f" | {r['build_seconds']:,.1f} | {r['structure_bytes_per_vector']:,.0f} | {r['total_bytes_per_vector']:,.0f} |"
         )
@@ -666,10 +686,13 @@ def markdown(report: dict) -> str:
         "",
         "![recall@10 against queries/s](funnel.png)",
         "",
-        "Exact search (`matryoshka.retrieval.exact`): below 20 queries it is FAISS's own SIMD scan, which streams "
-        "the vectors at memory bandwidth; a batch of 20 or more is a numpy matrix product per 2,048-row block, "
-        "with a running top-k threshold per query so selection touches only the few scores above it. "
-        "faiss.knn at batch 32 runs its products through the older OpenBLAS its wheel ships.",
+        "Exact search (`matryoshka.retrieval.exact`): the index's exact stage scans a dimension-major copy of the "
+        "vectors (`ColumnBlocks`: one 384 × 2,048 block per 2,048 rows, built once, the build column above), a "
+        "numpy matrix product `queries @ block` per block, which BLAS runs without packing the large operand; "
+        "selection keeps a running top-k threshold per query and looks only at the queries whose block maximum "
+        "beats it. The row-block row is the same selection over the stored `(N, dim)` rows (`rows @ queries.T`; "
+        "below 20 queries FAISS's SIMD scan). faiss.knn at batch 32 runs its products through the older OpenBLAS "
+        "its wheel ships.",
         "",
     ]
     return "\n".join(lines)

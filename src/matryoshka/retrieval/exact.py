@@ -2,21 +2,25 @@
 
 This is the exact stage of every :class:`~matryoshka.retrieval.index.FunnelIndex` scan that reads
 float vectors (the full vectors, or a float32 prefix view). It reads the base once per batch of
-queries, a block of rows at a time:
+queries, a block of rows at a time, from one of two layouts:
 
-- a few queries (fewer than :data:`FAISS_BELOW` of them, over float32 rows) go to ``faiss.knn``,
-  whose SIMD scan streams the rows at memory bandwidth (it uses no BLAS below 20 queries);
-- larger batches are a numpy matrix product per block (blocks small enough to stay in cache), which
-  runs near the BLAS peak.
+- :class:`ColumnBlocks`, the vectors stored dimension-major (what the index's float32 views are):
+  ``queries @ block`` per block, for any batch size. BLAS takes that operand without packing it; on
+  the 2-core development machine (1 thread, 1M x 384) a batch of 32 ran at ~44-54 GFLOP/s, against a
+  4096² product's 74-77, and a single query as fast as FAISS's scan.
+- ``(count, dim)`` rows as stored (a memory map works): fewer than :data:`FAISS_BELOW` queries go to
+  ``faiss.knn``, whose SIMD scan streams the rows at memory bandwidth (it uses no BLAS below 20
+  queries); a larger batch is ``rows @ queries.T`` per block (~31-38 GFLOP/s on the same machine).
 
 Top-k selection keeps, per query, the ``k`` best so far and the ``k``-th score as a threshold; a
-block only hands over the scores above it (one vectorised comparison), so after the first blocks
-selection costs a few candidates per block instead of a partition of every score.
+block hands over only the queries whose block maximum beats it, and of those only the scores above
+it, so after the first blocks selection costs a few candidates per block instead of a partition of
+every score.
 
 Why not ``faiss.knn`` for every batch: faiss-cpu's wheel links its own, older OpenBLAS. On this project's 2-core
 machine its flat search reached 5.7–7.3 GFLOP/s at batch 32 where numpy's matrix product on the
-same data reached ~44 (one thread; numpy's OpenBLAS is newer). At batch 1 both are bound by memory
-bandwidth. ``benchmarks/funnel.py`` measures both side by side.
+same data reached ~44 (one thread; numpy's OpenBLAS is newer). ``benchmarks/funnel.py`` measures
+faiss.knn and both layouts side by side.
 
 Example:
     >>> scores, rows = top_k_inner_product(queries, vectors, k=10)
@@ -32,9 +36,9 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
-#: Rows per block when a batch of several queries is scored (a 2048 x 384 float32 block is 3 MB and
-#: its scores stay in cache; on the 2-core development machine, 1 thread, batch 32, blocks of 1-2k rows
-#: with a reused output buffer ran OpenBLAS's product fastest, ~34 GFLOP/s against ~28 at 16k rows).
+#: Rows per block when a batch of several queries is scored, and per :class:`ColumnBlocks` block (a
+#: 2048 x 384 float32 block is 3 MB and its scores stay in cache; on the 2-core development machine,
+#: 1 thread, batch 32, blocks of 1-4k rows ran OpenBLAS's product fastest, in either layout).
 BLOCK_ROWS_BATCH = 2_048
 #: Rows per block for a single query (a bandwidth-bound scan: larger blocks cut per-block overhead).
 BLOCK_ROWS_SINGLE = 32_768
@@ -44,13 +48,14 @@ _NO_ROW = np.iinfo(np.int64).max  # sorts after every real row in the tie-break
 
 
 def top_k_inner_product(
-    queries: np.ndarray, base: np.ndarray, k: int, block_rows: int | None = None
+    queries: np.ndarray, base: np.ndarray | ColumnBlocks, k: int, block_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of ``base`` with the largest inner product with each query, exactly.
 
     Args:
         queries: ``(batch, dim)`` float32.
-        base: ``(count, dim)`` float32 or float16 (a memory map works; float16 blocks are widened).
+        base: ``(count, dim)`` float32 or float16 (a memory map works; float16 blocks are widened), or
+            the same vectors as :class:`ColumnBlocks` (faster for batches).
         k: hits per query; more than ``count`` returns ``count``.
         block_rows: rows per block (default: :data:`BLOCK_ROWS_SINGLE` for one query, else
             :data:`BLOCK_ROWS_BATCH`).
@@ -65,12 +70,15 @@ def top_k_inner_product(
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if queries.ndim != 2 or base.ndim != 2 or queries.shape[1] != base.shape[1]:
-        raise ValueError(f"queries {queries.shape} and base {base.shape} must be 2-d with the same dim")
+    shape = (len(base), base.dim) if isinstance(base, ColumnBlocks) else base.shape
+    if queries.ndim != 2 or len(shape) != 2 or queries.shape[1] != shape[1]:
+        raise ValueError(f"queries {queries.shape} and base {shape} must be 2-d with the same dim")
     batch, count = len(queries), len(base)
     k = int(min(k, count))
     if batch == 0 or k == 0:
         return np.zeros((batch, k), np.float32), np.zeros((batch, k), np.int64)
+    if isinstance(base, ColumnBlocks):
+        return base.top_k(queries, k)
     if batch < FAISS_BELOW and block_rows is None and base.dtype == np.float32 and base.flags.c_contiguous:
         # one extra hit shows whether a tie straddles the cut (FAISS keeps an arbitrary one of those)
         with serial_when_small(batch * count):
@@ -97,8 +105,64 @@ def _blocked(queries: np.ndarray, base: np.ndarray, k: int, block: int) -> tuple
             rows = rows.astype(np.float32)
         scores = out[: len(rows)]
         np.matmul(rows, q_t, out=scores)  # (rows, batch)
-        selection.offer(scores, start)
+        selection.offer(scores.T, start)
     return selection.result()
+
+
+class ColumnBlocks:
+    """Vectors stored dimension-major, one ``(dim, rows)`` block per :data:`BLOCK_ROWS_BATCH` rows.
+
+    The same numbers as a ``(count, dim)`` array, laid out for batched scans: ``queries @ block`` reads
+    each block as BLAS's favoured operand (no packing of the large matrix), which on the development
+    machine ran a batch of 32 at ~46 GFLOP/s against ~35 for the row-major product (1 thread, 1M x 384,
+    ``benchmarks/funnel.py``). It costs a second copy of the vectors, so the index builds one only
+    for batched scans and within its view budget.
+
+    Immutable: :meth:`extended` returns a new one that shares every full block with this one.
+
+    Example:
+        >>> columns = ColumnBlocks.from_rows(vectors)
+        >>> scores, rows = top_k_inner_product(queries, columns, k=10)
+    """
+
+    def __init__(self, blocks: list[np.ndarray], dim: int) -> None:
+        self.blocks, self.dim = blocks, dim
+        self.count = sum(b.shape[1] for b in blocks)
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray) -> ColumnBlocks:
+        """Copy ``(count, dim)`` rows (float32 or float16; a memory map works) into column blocks."""
+        step = BLOCK_ROWS_BATCH
+        blocks = [np.ascontiguousarray(rows[s : s + step].T, dtype=np.float32) for s in range(0, len(rows), step)]
+        return cls(blocks, int(rows.shape[1]))
+
+    def extended(self, rows: np.ndarray) -> ColumnBlocks:
+        """These vectors followed by ``rows``; only the last, partly filled block is copied again."""
+        if not len(rows):
+            return self
+        kept = self.blocks
+        if kept and kept[-1].shape[1] < BLOCK_ROWS_BATCH:
+            kept, rows = kept[:-1], np.concatenate([kept[-1].T, np.asarray(rows, dtype=np.float32)])
+        return ColumnBlocks(kept + ColumnBlocks.from_rows(rows).blocks, self.dim)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(b.nbytes) for b in self.blocks)
+
+    def top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` per query (see :func:`top_k_inner_product`)."""
+        selection = _Selection(len(queries), k)
+        out = np.empty((len(queries), BLOCK_ROWS_BATCH), dtype=np.float32)
+        start = 0
+        for block in self.blocks:
+            scores = out[:, : block.shape[1]]
+            np.matmul(queries, block, out=scores)  # (batch, rows)
+            selection.offer(scores, start)
+            start += block.shape[1]
+        return selection.result()
 
 
 #: Below this many (query, vector) pairs a FAISS index search runs on one thread. FAISS parallelises
@@ -132,23 +196,31 @@ class _Selection:
         self.threshold = np.full(batch, -np.inf, dtype=np.float32)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_size = 0
+        self._unset = True
 
     def offer(self, block_scores: np.ndarray, start: int) -> None:
-        """Take the candidates of one ``(rows, batch)`` block whose first row is ``start``."""
-        unset = bool(np.isneginf(self.threshold).any())
-        if unset and len(block_scores) > self.k:
+        """Take the candidates of one ``(batch, rows)`` block of scores whose first row is ``start``."""
+        unset = self._unset
+        if unset and block_scores.shape[1] > self.k:
             # no threshold yet: cut the block to its own top k per query first
-            cut = len(block_scores) - self.k
-            kth = np.partition(block_scores, cut, axis=0)[cut]
-            mask = block_scores >= np.maximum(kth, self.threshold)[None, :]
+            cut = block_scores.shape[1] - self.k
+            kth = np.partition(block_scores, cut, axis=1)[:, cut]
+            mask = block_scores >= np.maximum(kth, self.threshold)[:, None]
+            query, local = np.nonzero(mask)
         else:
-            mask = block_scores > self.threshold[None, :]
-        local, query = np.nonzero(mask)
+            # only queries whose block maximum beats their threshold have candidates (after the first
+            # blocks, few do); a max per row reads the scores far faster than nonzero over all of them
+            hot = np.flatnonzero(block_scores.max(axis=1) > self.threshold)
+            if len(hot) == 0:
+                return
+            hot_query, local = np.nonzero(block_scores[hot] > self.threshold[hot, None])
+            query = hot[hot_query]
         if len(local):
-            self._pending.append((query, block_scores[local, query], local + start))
+            self._pending.append((query, block_scores[query, local], local + start))
             self._pending_size += len(local)
         if unset or self._pending_size > 4 * self.batch * self.k:
             self._merge()
+            self._unset = bool(np.isneginf(self.threshold).any())
 
     def _merge(self) -> None:
         """Fold the pending candidates into the running top k and raise the thresholds."""
@@ -158,11 +230,27 @@ class _Selection:
         scores = np.concatenate([self.scores.ravel(), *(p[1] for p in self._pending)])
         rows = np.concatenate([self.rows.ravel(), *(p[2] for p in self._pending)])
         self._pending, self._pending_size = [], 0
+        if len(query) > 2 * self.batch * self.k:
+            query, scores, rows = self._above_kth(query, scores, rows)
         order = np.lexsort((rows, -scores, query))  # by query, then score descending, then row
         starts = np.concatenate([[0], np.cumsum(np.bincount(query, minlength=self.batch))[:-1]])
         picked = order[starts[:, None] + np.arange(self.k)]
         self.scores, self.rows = scores[picked], rows[picked]
         self.threshold = self.scores[:, -1].copy()
+
+    def _above_kth(
+        self, query: np.ndarray, scores: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The candidates scoring at least their query's k-th best (ties at the cut kept for the sort):
+        one partition of a padded ``(batch, most candidates)`` table instead of sorting them all."""
+        counts = np.bincount(query, minlength=self.batch)  # at least k each: the running top k is included
+        order = np.argsort(query, kind="stable")  # runs already sorted by query: cheap
+        width = int(counts.max())
+        table = np.full((self.batch, width), -np.inf, dtype=np.float32)
+        table[query[order], np.arange(len(query)) - np.repeat(np.cumsum(counts) - counts, counts)] = scores[order]
+        kth = np.partition(table, width - self.k, axis=1)[:, width - self.k]
+        above = scores >= kth[query]
+        return query[above], scores[above], rows[above]
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         self._merge()

@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 
 from matryoshka.embeddings import encode
-from matryoshka.retrieval.exact import serial_when_small, top_k_inner_product
+from matryoshka.retrieval.exact import ColumnBlocks, serial_when_small, top_k_inner_product
 from matryoshka.retrieval.filters import (
     Filter,
     Metadata,
@@ -60,7 +60,9 @@ _RERANK_BYTES = 32 << 20  # gathered candidate vectors per re-rank chunk
 _INT8_TRAIN_ROWS = 262_144  # rows (evenly spaced) that set the int8 ranges
 #: Default budget for cached first-stage views (prefixes, sign bits, int8 codes). Every distinct
 #: ``(codec, dim)`` a first stage scans gets a view of ``count x dim`` values; a server whose clients ask
-#: for many dimensions would otherwise cache one per dimension and grow without end.
+#: for many dimensions would otherwise cache one per dimension and grow without end. Exact full-size
+#: scans use a dimension-major copy of the vectors when it takes at most half of it (raise
+#: :attr:`FunnelIndex.view_cache_bytes` to give a large index that copy: batched exact search ~1.4x).
 VIEW_CACHE_BYTES = 256 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 
@@ -593,7 +595,8 @@ class FunnelIndex(VectorIndex):
             count = len(self._ids)
             views = dict(self._views)
             if stages is not None:
-                wanted = _views_for(resolve_stages(stages, self.dim, 1, max(count, 1)), self.dim, self.storage)
+                plan = resolve_stages(stages, self.dim, 1, max(count, 1))
+                wanted = _views_for(plan, self.dim, count, self.view_cache_bytes)
                 views = {key: view for key, view in views.items() if key in wanted}
         return sum(_view_bytes(codec, dim, view, count) for (codec, dim), view in views.items())
 
@@ -620,16 +623,18 @@ class FunnelIndex(VectorIndex):
             meta = self._metadata or [None] * len(self._ids)
             rows = [row for row, m in enumerate(meta) if matches(m, wanted)]
             texts = None if self._texts is None else [self._texts[r] for r in rows]
-            return FunnelIndex(
+            subset = FunnelIndex(
                 self._vectors[rows], [self._ids[r] for r in rows], texts, self.model_name, self._stages,
                 self.storage, [meta[r] for r in rows],
             )
+            subset.view_cache_bytes = 0  # searched once: a column copy of its full vectors would not pay
+            return subset
 
     def _snapshot(self, stages: Sequence[Stage], k: int) -> tuple[_Snapshot, list[Stage]]:
         """A consistent view of the data and the search plan for it, building missing views."""
         with self._lock:
             plan = resolve_stages(stages, self.dim, k, max(len(self._ids), 1))
-            needed = _views_for(plan, self.dim, self.storage)
+            needed = _views_for(plan, self.dim, len(self._ids), self.view_cache_bytes)
             for key in needed:
                 view = self._views.pop(key) if key in self._views else _build_view(key, self._vectors)
                 self._views[key] = view  # most recently used last
@@ -652,10 +657,10 @@ class FunnelIndex(VectorIndex):
         """Top ``stage.keep`` of every vector; sorted (score, then insertion order) only when ``ordered``."""
         dim, keep = stage.dim, stage.keep
         prefix = _unit_rows(query[:, :dim], "float32")
-        key = _view_key(stage, self.dim, self.storage)
+        key = (stage.codec, dim)
         if stage.codec == "float32":
-            base = snap.vectors if key is None else snap.views[key]
-            scores, rows = top_k_inner_product(prefix, base, keep)
+            # a prefix always has its view; the full size has one when it fits the view budget
+            scores, rows = top_k_inner_product(prefix, snap.views.get(key, snap.vectors), keep)
         elif stage.codec in APPROXIMATE:
             scores, rows = snap.views[key].search(prefix, keep, stage.probe)
             lost = np.flatnonzero((rows < 0).any(axis=1))  # the index found fewer than keep: scan those queries
@@ -788,17 +793,19 @@ def _sort_hits(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
-def _view_key(stage: Stage, full_dim: int, storage: str) -> tuple[str, int] | None:
-    """Cache key of the view a first stage scans; ``None`` when it scans the stored vectors."""
-    if stage.codec == "float32" and stage.dim == full_dim:
-        return None
-    return (stage.codec, stage.dim)
+def _views_for(plan: Sequence[Stage], full_dim: int, count: int, budget: int) -> set[tuple[str, int]]:
+    """Keys of the views a resolved plan reads: the first stage's scan view, and int8 codes for re-ranks.
 
-
-def _views_for(plan: Sequence[Stage], full_dim: int, storage: str) -> set[tuple[str, int]]:
-    """Keys of the views a resolved plan reads: the first stage's scan view, and int8 codes for re-ranks."""
-    first = _view_key(plan[0], full_dim, storage)
-    return {("int8", s.dim) for s in plan[1:] if s.codec == "int8"} | ({first} if first else set())
+    A float32 scan of the full vectors reads a :class:`ColumnBlocks` copy of them when that takes at
+    most half of ``budget`` (it is faster at every batch size, see :mod:`matryoshka.retrieval.exact`;
+    the other half leaves room for prefix views, so switching funnels does not rebuild views), else the
+    stored vectors themselves.
+    """
+    first = plan[0]
+    scans = {(first.codec, first.dim)}
+    if first.codec == "float32" and first.dim == full_dim and 2 * count * full_dim * 4 > budget:
+        scans = set()
+    return {("int8", s.dim) for s in plan[1:] if s.codec == "int8"} | scans
 
 
 def _prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
@@ -809,10 +816,10 @@ def _prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
 def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
     codec, dim = key
     if codec == "float32":
-        prefixes = np.empty((len(vectors), dim), dtype=np.float32)
-        for i, block in enumerate(_prefix_blocks(vectors, dim)):
-            prefixes[i * _BLOCK_ROWS : i * _BLOCK_ROWS + len(block)] = block
-        return prefixes
+        columns = ColumnBlocks([], dim)
+        for block in _prefix_blocks(vectors, dim):
+            columns = columns.extended(block)
+        return columns
     if codec in APPROXIMATE:
         return _ApproxView.build(codec, vectors, dim)
     view: Any
@@ -833,9 +840,7 @@ def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: in
     """A copy of ``view`` with ``rows`` appended (searches in flight keep the old one)."""
     codec, dim = key
     prefix = np.concatenate(list(_prefix_blocks(rows, dim))) if len(rows) else np.zeros((0, dim), np.float32)
-    if codec == "float32":
-        return np.concatenate([view, prefix])
-    if codec in APPROXIMATE:
+    if codec == "float32" or codec in APPROXIMATE:
         return view.extended(prefix)
     extended: Any = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)  # type: ignore[attr-defined]
     extended.add(np.packbits(prefix > 0, axis=1) if codec == "binary" else prefix)
