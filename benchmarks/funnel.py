@@ -60,6 +60,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from matryoshka.adapt import fit_rotation  # noqa: E402
 from matryoshka.retrieval import FunnelIndex, format_stages, parse_stages  # noqa: E402
 from matryoshka.retrieval.exact import ColumnBlocks, top_k_inner_product  # noqa: E402
+from matryoshka.retrieval.index import hnsw_link_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 #: Funnels on the rotated (Matryoshka) vectors.
@@ -490,10 +491,6 @@ def row_text(row: dict) -> str:
             + f"  build {row['build_seconds']:.1f}s  {row['structure_bytes_per_vector']:,.0f} B/vec")
 
 
-def _graph_bytes(hnsw: Any) -> int:
-    return int(hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4)
-
-
 def _cached_peer(base: np.ndarray, args: argparse.Namespace, label: str) -> tuple[Path, Path]:
     digest = hashlib.sha256(base[:: max(1, len(base) // 4096)].tobytes() + str(base.shape).encode()).hexdigest()[:16]
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -518,7 +515,7 @@ def faiss_hnsw(base: np.ndarray, args: argparse.Namespace):
         faiss.write_index(index, str(path))
         write_atomic(meta, json.dumps({"build_seconds": build}))
         log(f"faiss hnsw: built in {build:.0f}s")
-    structure = len(base) * base.shape[1] * 4 + _graph_bytes(index.hnsw)
+    structure = len(base) * base.shape[1] * 4 + hnsw_link_bytes(index.hnsw)
     faiss.omp_set_num_threads(1)
 
     def searcher(ef: int):

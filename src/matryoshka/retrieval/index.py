@@ -864,6 +864,11 @@ def ivf_lists(count: int) -> int:
     return max(1, min(int(4 * np.sqrt(count)), count // IVF_TRAIN_PER_LIST))
 
 
+def hnsw_link_bytes(hnsw: Any) -> int:
+    """Bytes of a FAISS HNSW graph's links (neighbour ids, per-node offsets and levels), vectors excluded."""
+    return int(hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4)
+
+
 class _ApproxView:
     """An approximate FAISS index over unit prefixes (``hnsw``: ``IndexHNSWFlat``; ``ivf``:
     ``IndexIVFFlat``; inner product), plus a tail of rows added since it was built, scanned exactly.
@@ -935,9 +940,7 @@ class _ApproxView:
 
     def nbytes(self) -> int:
         if self.codec == "hnsw":
-            hnsw = self.index.hnsw
-            links = hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4
-            stored = self.index.ntotal * self.index.d * 4 + links
+            stored = self.index.ntotal * self.index.d * 4 + hnsw_link_bytes(self.index.hnsw)
         else:  # each listed vector and its 8-byte id, plus the centroids
             stored = self.index.ntotal * (self.index.d * 4 + 8) + self.index.nlist * self.index.d * 4
         return int(stored + self.tail.nbytes)
