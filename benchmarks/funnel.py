@@ -159,15 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         return top_k_inner_product(q, columns, args.k)[1]
 
     probe = np.concatenate([dev_rows[:64], test_rows[:64]])  # exact at 1 thread is slow: recall on 128 queries
-    for name, search, build, structure in (
-        ("exact: faiss.knn", faiss_exact, 0.0, base.nbytes),
-        ("exact: numpy row blocks (the stored rows)", row_blocks, 0.0, base.nbytes),
-        (EXACT_INDEX, column_blocks, copy_seconds, columns.nbytes),
+    for name, search, build, structure, total in (
+        ("exact: faiss.knn", faiss_exact, 0.0, base.nbytes, base.nbytes),
+        ("exact: numpy row blocks (the stored rows)", row_blocks, 0.0, base.nbytes, base.nbytes),
+        (EXACT_INDEX, column_blocks, copy_seconds, columns.nbytes, base.nbytes + columns.nbytes),
     ):
         with threadpool_limits(1):
             found = np.concatenate([search(queries[probe[i : i + 64]]) for i in range(0, len(probe), 64)])
             qps = {b: measure_qps(search, test_queries["base"], b, args.min_time) for b in BATCHES}
-        total = base.nbytes + (columns.nbytes if search is column_blocks else 0)
         rows.append(result_row(name, "exact", recalls(found, probe), qps, build, structure=structure, total=total, n=len(base)))
         log(f"{name:<48} " + row_text(rows[-1]))
 

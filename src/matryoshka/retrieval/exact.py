@@ -57,8 +57,8 @@ def top_k_inner_product(
         base: ``(count, dim)`` float32 or float16 (a memory map works; float16 blocks are widened), or
             the same vectors as :class:`ColumnBlocks` (faster for batches).
         k: hits per query; more than ``count`` returns ``count``.
-        block_rows: rows per block (default: :data:`BLOCK_ROWS_SINGLE` for one query, else
-            :data:`BLOCK_ROWS_BATCH`).
+        block_rows: rows per block over stored rows (default: :data:`BLOCK_ROWS_SINGLE` for one
+            query, else :data:`BLOCK_ROWS_BATCH`); :class:`ColumnBlocks` keep their own blocks.
 
     Returns:
         ``(scores, rows)``, both ``(batch, min(k, count))``, sorted by score descending and then by
@@ -115,8 +115,8 @@ class ColumnBlocks:
     The same numbers as a ``(count, dim)`` array, laid out for batched scans: ``queries @ block`` reads
     each block as BLAS's favoured operand (no packing of the large matrix), which on the development
     machine ran a batch of 32 at ~46 GFLOP/s against ~35 for the row-major product (1 thread, 1M x 384,
-    ``benchmarks/funnel.py``). It costs a second copy of the vectors, so the index builds one only
-    for batched scans and within its view budget.
+    ``benchmarks/funnel.py``). The index's float32 prefix views are stored this way; for the full
+    vectors it is a second copy, so the index makes one only within its view budget.
 
     Immutable: :meth:`extended` returns a new one that shares every full block with this one.
 
@@ -220,7 +220,6 @@ class _Selection:
             self._pending_size += len(local)
         if unset or self._pending_size > 4 * self.batch * self.k:
             self._merge()
-            self._unset = bool(np.isneginf(self.threshold).any())
 
     def _merge(self) -> None:
         """Fold the pending candidates into the running top k and raise the thresholds."""
@@ -237,6 +236,7 @@ class _Selection:
         picked = order[starts[:, None] + np.arange(self.k)]
         self.scores, self.rows = scores[picked], rows[picked]
         self.threshold = self.scores[:, -1].copy()
+        self._unset = bool(np.isneginf(self.threshold).any())
 
     def _above_kth(
         self, query: np.ndarray, scores: np.ndarray, rows: np.ndarray
