@@ -9,6 +9,9 @@ tokenizer, pooling and normalization are the same code for all of them):
   int8 weights;
 - ``layers-N``: the 2D-Matryoshka model (``matryoshka train --layers``) cut to N of its 6 layers, on
   torch, and ``openvino+layers-3``, both levers at once;
+- ``distilled-LN``: a model cut to N layers and then trained toward the 6-layer model
+  (``matryoshka cut`` then ``matryoshka train --teacher``), when ``--distilled`` names one, on torch
+  and as ``openvino+distilled-LN``;
 - ``static``: the static Matryoshka model (``matryoshka static``), when ``--static`` names one.
 
 Two stages, so that the timing runs on a quiet machine and the (long) quality runs need not:
@@ -19,7 +22,9 @@ Two stages, so that the timing runs on a quiet machine and the (long) quality ru
 ``--stage speed`` measures texts/s at batch 1 and 64, on short texts (STS-B test sentences) and long
 ones (SciFact abstracts, cut at the model's 256 tokens), with 1 and 2 threads. Every round times
 every variant on the same texts in a rotating order; a ratio to torch is taken within each round and
-the median over rounds is reported. Both stages write ``benchmarks/results/encode/``; the report
+the median over rounds is reported. ``--only a,b`` times just those variants (and torch, in the same
+rounds) and merges their rows into ``speed.json``, so one new variant need not re-time all the others;
+each row records its run. Both stages write ``benchmarks/results/encode/``; the report
 (``results.md``) is rebuilt from whatever stages have run.
 """
 
@@ -43,14 +48,17 @@ from matryoshka.evaluation.retrieval import encode_dataset, score_vectors
 from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
 from matryoshka.files import write_atomic
 from matryoshka.models import load_model, model_dimension, quiet_loading
+from matryoshka.runtime import num_layers
 
 OUT = Path("benchmarks/results/encode")
 LAYERS_MODEL = Path("runs/layers/minilm-2d-inbatch")  # chosen on STS-B dev over the cosent recipe (layers-dev*/)
 STATIC_MODEL = Path("runs/static/minilm-static-mrl")
 
 
-def variants(layers_model: Path, static_model: Path | None) -> dict[str, Callable[[], Any]]:
-    """Name → loader; loaders read ``torch.get_num_threads()`` for their thread count."""
+def variants(
+    layers_model: Path, static_model: Path | None, distilled: Path | None = None, only: set[str] | None = None
+) -> dict[str, Callable[[], Any]]:
+    """Name → loader (all, or torch and ``only``); loaders read ``torch.get_num_threads()`` for their thread count."""
     table: dict[str, Callable[[], Any]] = {
         "torch": lambda: load_model(),
         "onnx": lambda: load_model(backend="onnx"),
@@ -64,6 +72,15 @@ def variants(layers_model: Path, static_model: Path | None) -> dict[str, Callabl
         table["openvino+layers-3"] = lambda: load_model(str(layers_model), layers=3, backend="openvino")
     if static_model is not None and static_model.is_dir():
         table["static"] = lambda: load_model(str(static_model))
+    if distilled is not None and distilled.is_dir():
+        depth = num_layers(load_model(str(distilled)))
+        table[f"distilled-L{depth}"] = lambda: load_model(str(distilled))
+        table[f"openvino+distilled-L{depth}"] = lambda: load_model(str(distilled), backend="openvino")
+    if only is not None:
+        missing = only - set(table)
+        if missing:
+            raise SystemExit(f"--only names unknown variants {sorted(missing)}; known: {', '.join(table)}")
+        table = {name: load for name, load in table.items() if name == "torch" or name in only}
     return table
 
 
@@ -88,7 +105,8 @@ def _time_encode(model: Any, texts: list[str], batch: int) -> float:
 
 def speed_stage(args: argparse.Namespace) -> dict[str, Any]:
     texts = texts_for_speed()
-    table = variants(args.layers_model, args.static)
+    table = variants(args.layers_model, args.static, args.distilled, args.only)
+    run = time.strftime("%Y-%m-%d %H:%M") + (f" (--only {','.join(sorted(args.only))})" if args.only else " (all)")
     settings = [(kind, batch) for kind in ("short", "long") for batch in (1, 64)]
     # batch 1 encodes fewer texts so one round stays short; every variant gets the same texts
     sample = {("short", 1): texts["short"][:96], ("short", 64): texts["short"],
@@ -115,7 +133,7 @@ def speed_stage(args: argparse.Namespace) -> dict[str, Any]:
             rows[f"{name}|{kind}|{batch}|{threads}"] = {
                 "variant": name, "texts": kind, "batch": batch, "threads": threads,
                 "texts_per_s": round(statistics.median(rates), 1), "ratio_to_torch": round(statistics.median(ratios), 2),
-                "rounds": [round(r, 1) for r in rates],
+                "rounds": [round(r, 1) for r in rates], "run": run,
             }
         del models
     return {"rows": rows, "rounds": args.rounds, "threads": args.threads,
@@ -128,7 +146,7 @@ def quality_stage(args: argparse.Namespace, done: dict[str, Any]) -> dict[str, A
     gold = [p.score for p in sts]
     scifact = load_beir("scifact", split="test")
     out = dict(done)
-    for name, load in variants(args.layers_model, args.static).items():
+    for name, load in variants(args.layers_model, args.static, args.distilled, args.only).items():
         if name in out and not args.redo:
             continue
         started = time.perf_counter()
@@ -169,9 +187,13 @@ def report(speed: dict[str, Any] | None, quality: dict[str, Any] | None) -> str:
         rows = speed["rows"]
         names = list(dict.fromkeys(r["variant"] for r in rows.values()))
         cols = [(kind, batch, threads) for threads in speed["threads"] for kind in ("short", "long") for batch in (1, 64)]
+        runs = sorted({r.get("run", "") for r in rows.values()} - {""})
         lines += ["## Speed: ratio to torch (median over rounds), texts/s in brackets", "",
-                  f"{speed['rounds']} interleaved rounds; short = STS-B test sentences, long = SciFact abstracts.", "",
-                  "| variant | " + " | ".join(f"{k} b{b} t{t}" for k, b, t in cols) + " |",
+                  f"{speed['rounds']} interleaved rounds; short = STS-B test sentences, long = SciFact abstracts.", ""]
+        if len(runs) > 1:
+            lines += [f"Rows come from {len(runs)} runs ({'; '.join(runs)}). Each ratio is against torch timed in "
+                      "the same rounds of its own run; the torch row shows the first run's texts/s.", ""]
+        lines += ["| variant | " + " | ".join(f"{k} b{b} t{t}" for k, b, t in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
         for name in names:
             cells = []
@@ -192,6 +214,9 @@ def main() -> None:
     parser.add_argument("--static", type=Path, default=STATIC_MODEL)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--redo", action="store_true", help="Quality: rescore variants already in quality.json.")
+    parser.add_argument("--distilled", type=Path, default=None, help="A cut-then-distilled model (train --teacher).")
+    parser.add_argument("--only", type=lambda v: {x.strip() for x in v.split(",") if x.strip()}, default=None,
+                        help="Comma-separated variants to run (torch is always timed); speed rows are merged.")
     args = parser.parse_args()
     quiet_loading()
     out = args.out
@@ -200,7 +225,12 @@ def main() -> None:
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else None
     quality = json.loads(quality_path.read_text()) if quality_path.exists() else None
     if args.stage == "speed":
-        speed = speed_stage(args)
+        measured = speed_stage(args)
+        if args.only and speed is not None:  # keep the other variants' rows, and torch's from the first run
+            kept = {k: v for k, v in speed["rows"].items() if v["variant"] not in args.only}
+            new = {k: v for k, v in measured["rows"].items() if v["variant"] != "torch" or k not in kept}
+            measured = {**speed, "rows": {**kept, **new}}
+        speed = measured
         write_atomic(speed_path, (json.dumps(speed, indent=2) + "\n").encode())
     elif args.stage == "quality":
         quality = quality_stage(args, quality or {})

@@ -133,3 +133,32 @@ def test_cli_cut_and_evaluate_layers_grid(tmp_path):
     assert all(v > 0 for v in grid["texts_per_second"].values())
     assert (tmp_path / "eval" / "layers-all-MiniLM-L6-v2.png").stat().st_size > 1000
     assert "| 3 |" in (tmp_path / "eval" / "layers-all-MiniLM-L6-v2.md").read_text()
+
+
+def _cosine_gap(student, teacher, texts):
+    a = student.encode(texts, normalize_embeddings=True)
+    b = teacher.encode(texts, normalize_embeddings=True)
+    return float(np.mean((a @ a.T - b @ b.T) ** 2))
+
+
+def test_cli_train_with_a_teacher_distills_the_full_depth_model_into_a_cut_one(tmp_path, model):
+    from matryoshka.data import load_distillation_pairs
+
+    texts = [t for pair in load_distillation_pairs(("stsb",))[:32] for t in pair]
+    assert runner.invoke(app, ["cut", "--layers", "2", "--out", str(tmp_path / "cut2")]).exit_code == 0
+    before = _cosine_gap(SentenceTransformer(str(tmp_path / "cut2"), device="cpu"), model, texts)
+    result = runner.invoke(app, ["train", "-m", str(tmp_path / "cut2"), "--teacher", "all-MiniLM-L6-v2",
+                                 "--distill-loss", "inbatch", "--pairs", "stsb", "--max-examples", "64",
+                                 "--batch-size", "8", "--max-steps", "24", "--lr", "2e-4",
+                                 "--out", str(tmp_path / "student")])
+    assert result.exit_code == 0, result.output
+    student = SentenceTransformer(str(tmp_path / "student"), device="cpu")
+    assert num_layers(student) == 2
+    assert _cosine_gap(student, model, texts) < 0.7 * before  # it learned the 6-layer model's similarities
+
+
+def test_a_teacher_with_the_nli_objective_is_an_error(model):
+    from matryoshka.training import TrainConfig, train
+
+    with pytest.raises(ValueError, match="nli objective"):
+        train(model, TrainConfig(objective="nli"), teacher=model)

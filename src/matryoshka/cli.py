@@ -156,11 +156,15 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     layers: Annotated[bool, typer.Option("--layers", help="Also train every layer count (Matryoshka2dLoss), "
                                           "so `--layers N` at encoding time is faster and still good.")] = False,
+    teacher: Annotated[str | None, typer.Option(
+        "--teacher", help="distill: the model whose full-size similarities are taught (default: --model as it is "
+        "before training). With a model saved by `cut`, this distills the full-depth model into fewer layers.")] = None,
 ) -> None:
     """Fine-tune a model with MatryoshkaLoss (or the plain loss with --standard) and save it.
 
     Without --data it self-distills on the built-in pairs (or trains on NLI triplets); with --data it
-    trains on your file or data set.
+    trains on your file or data set. `cut` then `train --teacher` gives a smaller, faster model that
+    learns the full-depth model's similarities.
     """
     from matryoshka.data.errors import DataError
     from matryoshka.models import ModelLoadError, load_model, quiet_loading
@@ -200,9 +204,10 @@ def train(
     quiet_loading()
     try:
         loaded = load_model(model)
+        teacher_model = load_model(teacher) if teacher is not None else None
         with progress_bar(console) as bar:
             task = bar.add_task(f"training ({objective})", total=None)
-            result = run_training(loaded, config, out,
+            result = run_training(loaded, config, out, teacher=teacher_model,
                                   progress=lambda step, total, loss: bar.update(task, completed=step, total=total))
     except (ValueError, ModelLoadError) as exc:
         fail(str(exc))

@@ -379,6 +379,8 @@ def train(
     """
     config = config or TrainConfig()
     config.validate(model_dimension(model))
+    if teacher is not None and config.objective == "nli":
+        raise ValueError("the nli objective learns from its triplets, not from a teacher; drop the teacher")
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length
     if train_dataset is None:
