@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
 
@@ -19,6 +20,8 @@ from matryoshka.runtime import (
     backend_label,
     cut_layers,
     export_root,
+    keep_layers,
+    layer_list,
     num_layers,
 )
 
@@ -94,6 +97,36 @@ def test_layer_cut_model_loads_with_plain_sentence_transformers(tmp_path, model)
         cut_layers(plain, 4)
 
 
+def test_keep_layers_keeps_the_chosen_blocks_in_order_and_saves_as_a_plain_model(tmp_path, model):
+    kept = keep_layers(load_model(), [0, 5])
+    assert num_layers(kept) == 2
+    original = layer_list(model)
+    for block, source in zip(layer_list(kept), (original[0], original[5]), strict=True):
+        for a, b in zip(block.parameters(), source.parameters(), strict=True):
+            assert torch.equal(a, b)
+    kept.save(str(tmp_path / "kept"))
+    plain = SentenceTransformer(str(tmp_path / "kept"), device="cpu")
+    np.testing.assert_allclose(plain.encode(TEXTS), kept.encode(TEXTS), atol=1e-5)
+    # first and last layer stay much closer to the full model than the first two do
+    assert _cosines(kept, model).mean() > _cosines(load_model(layers=2), model).mean()
+    for bad in ([], [5, 0], [0, 0], [0, 6], [-1, 2]):
+        with pytest.raises(ValueError, match="layer indices must be increasing"):
+            keep_layers(load_model(), bad)
+
+
+def test_cli_cut_keep_and_its_errors(tmp_path):
+    result = runner.invoke(app, ["cut", "--keep", "0,3,5", "--out", str(tmp_path / "k")])
+    assert result.exit_code == 0, result.output
+    assert num_layers(SentenceTransformer(str(tmp_path / "k"), device="cpu")) == 3
+    for args, message in ((["--keep", "0,x"], "comma-separated layer numbers"),
+                          (["--keep", "5,0"], "layer indices must be increasing"),
+                          ([], "exactly one of --layers"),
+                          (["--layers", "2", "--keep", "0,5"], "exactly one of --layers")):
+        bad = runner.invoke(app, ["cut", *args, "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 1 and message in bad.output, bad.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_layer_cut_runs_on_a_backend(model):
     torch_cut, onnx_cut = load_model(layers=2), load_model(layers=2, backend="onnx")
     assert _cosines(onnx_cut, torch_cut).min() >= 0.999
@@ -141,19 +174,21 @@ def _cosine_gap(student, teacher, texts):
     return float(np.mean((a @ a.T - b @ b.T) ** 2))
 
 
-def test_cli_train_with_a_teacher_distills_the_full_depth_model_into_a_cut_one(tmp_path, model):
+@pytest.mark.parametrize("distill_loss", ["inbatch", "vector"])
+def test_cli_train_with_a_teacher_distills_the_full_depth_model_into_a_cut_one(tmp_path, model, distill_loss):
     from matryoshka.data import load_distillation_pairs
 
     texts = [t for pair in load_distillation_pairs(("stsb",))[:32] for t in pair]
     assert runner.invoke(app, ["cut", "--layers", "2", "--out", str(tmp_path / "cut2")]).exit_code == 0
     before = _cosine_gap(SentenceTransformer(str(tmp_path / "cut2"), device="cpu"), model, texts)
     result = runner.invoke(app, ["train", "-m", str(tmp_path / "cut2"), "--teacher", "all-MiniLM-L6-v2",
-                                 "--distill-loss", "inbatch", "--pairs", "stsb", "--max-examples", "64",
+                                 "--distill-loss", distill_loss, "--pairs", "stsb", "--max-examples", "64",
                                  "--batch-size", "8", "--max-steps", "24", "--lr", "2e-4",
-                                 "--out", str(tmp_path / "student")])
+                                 "--max-seq-length", "32", "--out", str(tmp_path / "student")])
     assert result.exit_code == 0, result.output
     student = SentenceTransformer(str(tmp_path / "student"), device="cpu")
     assert num_layers(student) == 2
+    assert student.max_seq_length == model.max_seq_length  # the cap was for training only
     assert _cosine_gap(student, model, texts) < 0.7 * before  # it learned the 6-layer model's similarities
 
 

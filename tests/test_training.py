@@ -2,7 +2,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from matryoshka.losses import InBatchSimilarityDistillationLoss
+from matryoshka.losses import InBatchSimilarityDistillationLoss, prefix_vector_mse, similarity_mse
 from matryoshka.models import build_static_model, load_model
 from matryoshka.training import TrainConfig, build_dataset, train
 
@@ -30,6 +30,21 @@ def test_distillation_loss_is_zero_for_the_teacher_itself(model):
     shuffled = torch.tensor(dataset["label"][::-1])  # wrong teacher rows: a real error signal
     with torch.no_grad():
         assert loss(features, shuffled).item() > 0.1
+
+
+def test_the_vector_term_pins_the_teachers_axes_which_cosines_alone_do_not():
+    generator = torch.Generator().manual_seed(0)
+    table = torch.nn.functional.normalize(torch.randn(16, 1, 32, generator=generator), dim=-1)
+    labels = torch.arange(16)
+    rotation, _ = torch.linalg.qr(torch.randn(32, 32, generator=generator))
+    rotated = [table[:, 0] @ rotation]  # same cosines, other axes
+    assert similarity_mse(rotated, table, labels).item() == pytest.approx(0.0, abs=1e-10)
+    assert prefix_vector_mse(rotated, table, labels).item() > 0.5
+    prefix = [3.0 * table[:, 0, :8]]  # the teacher's own 8-d prefix, at any length, is the target at size 8
+    assert prefix_vector_mse(prefix, table, labels).item() == pytest.approx(0.0, abs=1e-10)
+    assert prefix_vector_mse(prefix, table, labels.flip(0)).item() > 0.1
+    with pytest.raises(ValueError, match="vector_weight"):
+        InBatchSimilarityDistillationLoss(None, table, vector_weight=-1.0)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

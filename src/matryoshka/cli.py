@@ -143,7 +143,8 @@ def train(
     data_split: Annotated[str, typer.Option(help="Split of a hub data set or BEIR --data.")] = "train",
     distill_weight: Annotated[float, typer.Option(
         min=0.0, help="retrieval: weight of a term keeping the untouched model's full-size similarities.")] = 0.0,
-    distill_loss: Annotated[str, typer.Option(help="For distill: cosine, cosent (ranking) or inbatch.")] = "cosent",
+    distill_loss: Annotated[str, typer.Option(help="For distill: cosine, cosent (ranking), inbatch, or vector "
+        "(inbatch plus each text's vector; for a model cut to fewer layers).")] = "cosent",
     dims: Annotated[str, typer.Option(help="Dimensions MatryoshkaLoss scores.")] = "384,256,128,64,32,16",
     weights: Annotated[str | None, typer.Option(help="One weight per dimension, e.g. 1,1,1,2,4,4.")] = None,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,
@@ -154,6 +155,7 @@ def train(
     pairs: Annotated[str, typer.Option(help="Pair sources for distill: stsb,snli,wordnet.")] = "stsb,snli",
     checkpoint_steps: Annotated[int | None, typer.Option(min=1, help="Save a checkpoint every N steps.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    max_seq_length: Annotated[int | None, typer.Option(min=8, help="Cap on tokens per training text.")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="Also train every layer count (Matryoshka2dLoss), "
                                           "so `--layers N` at encoding time is faster and still good.")] = False,
     teacher: Annotated[str | None, typer.Option(
@@ -200,6 +202,7 @@ def train(
         checkpoint_steps=checkpoint_steps,
         seed=seed,
         layers=layers,
+        max_seq_length=max_seq_length,
     )
     quiet_loading()
     try:
@@ -218,21 +221,37 @@ def train(
 @app.command()
 def cut(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the cut model.")],
-    layers: Annotated[int, typer.Option("--layers", min=1, help="Transformer layers to keep.")],
+    layers: Annotated[int | None, typer.Option("--layers", min=1, help="Keep the first N transformer layers.")] = None,
+    keep: Annotated[str | None, typer.Option(
+        "--keep", help="Keep these layers instead, e.g. 0,3,5: a far better start for `train --teacher`.")] = None,
     model: ModelOption = None,
 ) -> None:
-    """Save a model cut to its first N layers: a plain sentence-transformers model every command takes.
+    """Save a model cut to fewer layers: a plain sentence-transformers model every command takes.
 
-    Pair it with a model trained by `train --layers` (Matryoshka2dLoss), which keeps its quality there.
+    `--layers N` pairs with a model trained by `train --layers` (Matryoshka2dLoss). `--keep 0,3,5`
+    keeps the first and last layers of an untouched model, the start for distilling it (`train --teacher`).
     """
     from matryoshka.models import ModelLoadError, load_model
+    from matryoshka.runtime import keep_layers
     from matryoshka.training import save_model_atomic
 
+    if (layers is None) == (keep is None):
+        fail("give exactly one of --layers N and --keep I,J,...")
     try:
-        saved = save_model_atomic(load_model(model, layers=layers), out)
+        indices = [int(part) for part in keep.split(",") if part.strip()] if keep is not None else []
+    except ValueError:
+        fail(f"--keep takes comma-separated layer numbers, got {keep!r}")
+    try:
+        if keep is not None:
+            cut_model = keep_layers(load_model(model), indices)
+            what = f"layers {','.join(map(str, indices))}"
+        else:
+            cut_model = load_model(model, layers=layers)
+            what = f"{layers} layers"
+        saved = save_model_atomic(cut_model, out)
     except (ValueError, ModelLoadError) as exc:
         fail(str(exc))
-    console.print(f"saved {model or 'all-MiniLM-L6-v2'} cut to {layers} layers to {saved}")
+    console.print(f"saved {model or 'all-MiniLM-L6-v2'} cut to {what} to {saved}")
 
 
 @app.command()

@@ -63,7 +63,7 @@ from matryoshka.losses import InBatchSimilarityDistillationLoss, RankingDistilla
 from matryoshka.models import model_dimension
 
 Objective = Literal["distill", "nli", "retrieval"]
-DistillLoss = Literal["cosine", "cosent", "inbatch"]
+DistillLoss = Literal["cosine", "cosent", "inbatch", "vector"]
 DEFAULT_DIMS: tuple[int, ...] = (384, 256, 128, 64, 32, 16)
 
 
@@ -75,7 +75,9 @@ class TrainConfig:
         objective: ``distill`` (self-distillation on text pairs), ``nli`` (MNRL on NLI triplets) or
             ``retrieval`` (MNRL on query-document pairs, e.g. ``data="scifact"``).
         distill_loss: for ``distill``: ``cosent`` (default; a ranking loss on the teacher's cosine per
-            pair), ``cosine`` (squared error on it) or ``inbatch`` (all pairs of texts).
+            pair), ``cosine`` (squared error on it), ``inbatch`` (all pairs of texts) or ``vector``
+            (``inbatch`` plus each text's vector pulled toward the teacher's; best for a student cut
+            to fewer layers of the teacher).
         matryoshka: wrap the loss in ``MatryoshkaLoss``; ``False`` trains the standard baseline.
         dims: truncation sizes scored by ``MatryoshkaLoss``; must include the full size.
         weights: one weight per entry of ``dims``; ``None`` weighs all equally.
@@ -94,7 +96,8 @@ class TrainConfig:
         data_split: split of a hub data set or BEIR directory.
         distill_weight: for ``retrieval``: weight of the term that keeps the untouched model's
             full-size cosines between the batch's texts (0 turns it off).
-        max_seq_length: cap on tokens per text (``None``: the model's own).
+        max_seq_length: cap on tokens per training text (``None``: the model's own); the trained
+            model keeps its own cap for encoding.
         layers: also train every layer count (``Matryoshka2dLoss``, or ``AdaptiveLayerLoss`` for the
             standard twin), so the first layers alone give usable embeddings and encoding with
             ``load_model(..., layers=N)`` is faster.
@@ -130,7 +133,7 @@ class TrainConfig:
         if self.distill_weight < 0:
             raise ValueError("distill_weight must not be negative")
         if self.distill_loss not in get_args(DistillLoss):
-            raise ValueError(f"distill_loss must be 'cosine', 'cosent' or 'inbatch', got {self.distill_loss!r}")
+            raise ValueError(f"distill_loss must be 'cosine', 'cosent', 'inbatch' or 'vector', got {self.distill_loss!r}")
         if not self.dims or any(d <= 0 or d > full_dim for d in self.dims):
             raise ValueError(f"dims must be in 1..{full_dim}, got {list(self.dims)}")
         if self.matryoshka and full_dim not in self.dims:
@@ -183,7 +186,7 @@ def teacher_embeddings(
 
 
 def pair_dataset(pairs: Sequence[Sequence[str]], table: torch.Tensor, distill_loss: DistillLoss) -> Dataset:
-    """Pairs labelled for ``distill_loss``: the teacher's cosine (``cosine``, ``cosent``) or the row's table index (``inbatch``)."""
+    """Pairs labelled for ``distill_loss``: the teacher's cosine (``cosine``, ``cosent``) or the row's table index (``inbatch``, ``vector``)."""
     if distill_loss in ("cosine", "cosent"):
         unit = torch.nn.functional.normalize(table.float(), dim=-1)
         labels: list[float] | list[int] = (unit[:, 0] * unit[:, 1]).sum(-1).tolist()
@@ -286,10 +289,11 @@ def build_loss(model: SentenceTransformer, config: TrainConfig, teacher_table: t
         base: torch.nn.Module = MultipleNegativesRankingLoss(model)
     elif config.objective == "retrieval":
         base = RankingDistillationLoss(model, teacher_table, config.distill_weight)
-    elif config.distill_loss == "inbatch" or (teacher_table is not None and teacher_table.shape[1] == 1):
+    elif config.distill_loss in ("inbatch", "vector") or (teacher_table is not None and teacher_table.shape[1] == 1):
         if teacher_table is None:
             raise ValueError("the distill objective needs the teacher's embedding table")
-        base = InBatchSimilarityDistillationLoss(model, teacher_table)
+        base = InBatchSimilarityDistillationLoss(
+            model, teacher_table, vector_weight=1.0 if config.distill_loss == "vector" else 0.0)
     elif config.distill_loss == "cosent":
         base = CoSENTLoss(model)
     else:
@@ -381,8 +385,27 @@ def train(
     config.validate(model_dimension(model))
     if teacher is not None and config.objective == "nli":
         raise ValueError("the nli objective learns from its triplets, not from a teacher; drop the teacher")
+    own_max_seq_length = model.max_seq_length
     if config.max_seq_length:
-        model.max_seq_length = config.max_seq_length
+        model.max_seq_length = config.max_seq_length  # for training only: restored below, before the model is saved
+    try:
+        return _train(model, config, output_dir, teacher, rows, train_dataset, teacher_table, progress,
+                      own_max_seq_length)
+    finally:
+        model.max_seq_length = own_max_seq_length
+
+
+def _train(
+    model: SentenceTransformer,
+    config: TrainConfig,
+    output_dir: str | os.PathLike[str],
+    teacher: SentenceTransformer | None,
+    rows: Sequence[Sequence[str]] | None,
+    train_dataset: Dataset | None,
+    teacher_table: torch.Tensor | None,
+    progress: Callable[[int, int, float | None], None] | None,
+    own_max_seq_length: int | None,
+) -> TrainResult:
     if train_dataset is None:
         if config.objective in ("distill", "retrieval") and teacher is None:
             teacher = model
@@ -425,6 +448,7 @@ def train(
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
+    model.max_seq_length = own_max_seq_length
     save_model_atomic(model, output_dir)
     checkpoints = Path(str(args.output_dir))
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
