@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 import torch
+from sentence_transformers import SentenceTransformer
 
-from matryoshka.data.sts import load_sts
+from matryoshka.data.sts import StsPair, load_sts
 from matryoshka.evaluation.sts import evaluate_sts
 from matryoshka.models import load_model
 from matryoshka.runtime import keep_layers, num_layers
@@ -32,8 +33,8 @@ SUBSETS = ((0, 1, 2, 3, 4, 5), (0, 1), (0, 3), (0, 4), (0, 5), (1, 5),
            (0, 1, 2), (0, 1, 5), (0, 2, 5), (0, 3, 5), (0, 4, 5), (0, 2, 4, 5))
 
 
-def score(model: object) -> dict[str, float]:
-    scores = evaluate_sts(model, load_sts("dev"), dims=DIMS)  # type: ignore[arg-type]
+def score(model: SentenceTransformer, pairs: list[StsPair]) -> dict[str, float]:
+    scores = evaluate_sts(model, pairs, dims=DIMS)
     return {str(d): round(100 * s, 2) for d, s in scores.items()}
 
 
@@ -62,18 +63,19 @@ def main() -> None:
     rows: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
     command = "python benchmarks/" + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
     when = time.strftime("%Y-%m-%d %H:%M")
+    dev = load_sts("dev")
     if args.stage == "subsets":
         for subset in SUBSETS:
             model = keep_layers(load_model(), subset)
             name = f"all-MiniLM-L6-v2 layers {','.join(map(str, subset))}"
-            rows[name] = {"layers": len(subset), "scores": score(model), "command": command, "run": when}
+            rows[name] = {"layers": len(subset), "scores": score(model, dev), "command": command, "run": when}
             print(name, rows[name]["scores"], flush=True)
     else:
         if not args.dirs:
             parser.error("models needs at least one model directory")
         for directory in args.dirs:
             model = load_model(str(directory))
-            rows[str(directory)] = {"layers": num_layers(model), "scores": score(model), "command": command, "run": when}
+            rows[str(directory)] = {"layers": num_layers(model), "scores": score(model, dev), "command": command, "run": when}
             print(directory, rows[str(directory)]["scores"], flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2) + "\n")

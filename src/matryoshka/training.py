@@ -385,15 +385,16 @@ def train(
     config.validate(model_dimension(model))
     if teacher is not None and config.objective == "nli":
         raise ValueError("the nli objective learns from its triplets, not from a teacher; drop the teacher")
-    if not config.max_seq_length:  # static models have no settable cap; nothing to change or restore
-        return _train(model, config, output_dir, teacher, rows, train_dataset, teacher_table, progress, None)
-    own_max_seq_length = model.max_seq_length
-    model.max_seq_length = config.max_seq_length  # for training only: restored before the model is saved
+    own_max_seq_length = model.max_seq_length if config.max_seq_length else None  # static models have no settable cap
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length  # for training only: restored before the model is saved
     try:
-        return _train(model, config, output_dir, teacher, rows, train_dataset, teacher_table, progress,
-                      own_max_seq_length)
+        result = _train(model, config, output_dir, teacher, rows, train_dataset, teacher_table, progress)
     finally:
-        model.max_seq_length = own_max_seq_length
+        if own_max_seq_length is not None:
+            model.max_seq_length = own_max_seq_length
+    save_model_atomic(model, output_dir)
+    return result
 
 
 def _train(
@@ -405,8 +406,8 @@ def _train(
     train_dataset: Dataset | None,
     teacher_table: torch.Tensor | None,
     progress: Callable[[int, int, float | None], None] | None,
-    own_max_seq_length: int | None,
 ) -> TrainResult:
+    """:func:`train`'s steps, without the save."""
     if train_dataset is None:
         if config.objective in ("distill", "retrieval") and teacher is None:
             teacher = model
@@ -449,9 +450,6 @@ def _train(
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    if own_max_seq_length is not None:
-        model.max_seq_length = own_max_seq_length
-    save_model_atomic(model, output_dir)
     checkpoints = Path(str(args.output_dir))
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
