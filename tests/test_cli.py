@@ -107,8 +107,12 @@ def test_compare_end_to_end_on_a_tiny_budget(tmp_path, tiny_beir):
     meta = json.loads((tmp_path / "results.json").read_text())["metadata"]
     assert meta["kept_from_previous_run"] == sorted(expected - {"base", "matryoshka"})
     quick = invoke("compare", "--quick", "--out", tmp_path / "quick", "--eval-limit", 40, "--retrieval", tiny_beir,
-                   "--cache", tmp_path / "cache")
+                   "--cache", tmp_path / "cache", "--max-steps", 2, "--max-examples", 32)
     assert quick.exit_code == 0, quick.output
+    sts_rows = json.loads((tmp_path / "quick" / "results.json").read_text())
+    assert {"base", "top-layer-standard", "top-layer-matryoshka"} | adaptors <= set(sts_rows)
+    assert not {"standard", "matryoshka"} & set(sts_rows)  # no full fine-tune in a quick run
+    assert sts_rows["metadata"]["recipes"]["top_layer"]["max_steps"] == 2
     rows = json.loads((tmp_path / "quick" / "retrieval.json").read_text())
     assert {"base", "base+rotation", "adaptor-standard", "adaptor-matryoshka"} == {k for k in rows if k not in (
         "task", "metric", "retention", "metrics", "metadata")}

@@ -330,12 +330,14 @@ def print_results(results: object) -> None:
         cells = [f"{100 * by_dim[d]:.2f}" if d in by_dim else "" for d in dims]
         kept = f"{100 * retention[name][kept_at]:.1f}%" if kept_at in by_dim else ""
         table.add_row(name, *cells, kept)
-    Console().print(table)
+    stdout = Console()
+    # Piped, Rich assumes 80 columns, which cut the retention header beside long model names.
+    (stdout if stdout.is_terminal else Console(width=120)).print(table)
 
 
 @app.command()
 def compare(
-    quick: Annotated[bool, typer.Option("--quick", help="Cap training to a few dozen steps (minutes on 2 cores).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Baselines, adaptor twins and top-layer twins only: no full fine-tune (minutes on 2 cores).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/compare"),
     model: ModelOption = None,
     no_static: Annotated[bool, typer.Option("--no-static", help="Skip the StaticEmbedding variant.")] = False,
@@ -357,7 +359,8 @@ def compare(
 ) -> None:
     """Make Matryoshka models from one base; score them per dimension on STS-B and SciFact beside the baselines.
 
-    --quick fits the rotation and the adaptor twins only (minutes); the full run also fine-tunes.
+    --quick fits the rotation and the adaptor twins, and tunes the last layer (STS-B), in minutes; the full run
+    also fine-tunes whole models.
     """
     from dataclasses import replace
 

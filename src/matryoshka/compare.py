@@ -9,6 +9,10 @@ Two tables, STS-B test (Spearman) and a retrieval set (SciFact test, nDCG@10), e
   same losses, data and steps, at full size only (from the identity) or at every prefix. On STS-B it
   learns from STS-B train's gold scores and starts at the identity; on retrieval from the set's train
   (query, document) pairs, starting at the rotation. Seconds to minutes to fit.
+- ``top-layer-standard`` / ``top-layer-matryoshka`` (STS-B, ``--quick``): the base's last transformer
+  layer fine-tuned on cached inputs over STS-B train's pairs, self-distilled, at full size only or at
+  every prefix (:mod:`matryoshka.top_layer`); about a minute each. On STS-B a linear adaptor cannot
+  re-pack much: the base's own prefixes are already good there, and its rotation is worse.
 
 The full run also fine-tunes models (``--quick`` skips this, which is what lets it finish in minutes):
 
@@ -59,6 +63,7 @@ from matryoshka.static import (
     static_training_pairs,
     teacher_table,
 )
+from matryoshka.top_layer import TopLayerConfig, cache_layer_inputs, tune_top_layer
 from matryoshka.training import (
     DEFAULT_DIMS,
     TrainConfig,
@@ -108,6 +113,9 @@ class CompareConfig:
         default_factory=lambda: LearnedConfig(steps=300, learning_rate=3e-4, keep_weight=10.0)
     )
     adaptor_pairs: int = 6000
+    #: Also fine-tune the base's last layer on the same STS-B train pairs (both twins, self-distilled on
+    #: cached inputs, a minute each; :mod:`matryoshka.top_layer`). ``quick()`` turns it on.
+    top_layer: TopLayerConfig | None = None
     #: Where encodings are kept between runs (``None``: not kept).
     cache_dir: Path | None = Path("runs/cache")
     quick_mode: bool = False
@@ -147,6 +155,9 @@ class CompareConfig:
         self.adaptor_pairs = min(self.adaptor_pairs, max_examples)
         self.adaptor = replace(self.adaptor, steps=min(self.adaptor.steps, 10 * max_steps))
         self.sts_adaptor = replace(self.sts_adaptor, steps=min(self.sts_adaptor.steps, 10 * max_steps))
+        if self.top_layer is not None:
+            self.top_layer = replace(self.top_layer, max_steps=max_steps, batch_size=min(self.top_layer.batch_size,
+                                                                                       max_examples))
 
     @property
     def static(self) -> TrainConfig:
@@ -155,7 +166,10 @@ class CompareConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> CompareConfig:
-        """A run of minutes on 2 cores: the baselines and both adaptor twins, no fine-tuning.
+        """A run of minutes on 2 cores: the baselines, the adaptor twins and the top-layer twins.
+
+        The full fine-tunes (every layer, NLI, static) are left out; the top-layer twins train one layer
+        on cached inputs instead (about a minute each).
 
         Retrieval is scored on a sub-corpus (every judged document plus 500 others), which makes the
         absolute nDCG higher than on the whole corpus; the comparison between rows is what it shows.
@@ -165,6 +179,7 @@ class CompareConfig:
         config.run_finetune = False
         config.retrieval_corpus = 500 if config.retrieval_corpus is None else config.retrieval_corpus
         config.adaptor = replace(config.adaptor, steps=min(config.adaptor.steps, 300))
+        config.top_layer = TopLayerConfig() if config.top_layer is None else config.top_layer
         return config
 
 
@@ -438,13 +453,16 @@ def _fit_adaptors(
 
 
 def _sts_rows(
-    config: CompareConfig, base: Any, test: list[Any], log: Callable[[str], None]
+    config: CompareConfig, base: Any, test: list[Any], log: Callable[[str], None],
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
     """STS-B test for the base, its rotation and the adaptor twins, fitted on STS-B *train* pairs.
 
     The STS recipe differs from the retrieval one in two ways chosen on STS-B dev: the adaptors learn
     from the train pairs' gold scores (CoSENT at every prefix), and the Matryoshka twin starts at the
-    identity, because the rotation onto principal axes lowers STS-B at small sizes.
+    identity, because the rotation onto principal axes lowers STS-B at small sizes. With
+    ``config.top_layer`` the base's last layer is also fine-tuned on the same pairs (both twins,
+    self-distilled: the gold scores are not used).
     """
     sentences, left, right = sentence_rows(test)
     vectors = cached_encode(base, sentences, config.cache_dir, config.base_model)
@@ -452,7 +470,10 @@ def _sts_rows(
     train = load_sts("train")[: config.adaptor_pairs]
     fit_texts, fit_left, fit_right = sentence_rows(train)
     started = time.perf_counter()
-    fit_vectors = cached_encode(base, fit_texts, config.cache_dir, config.base_model)
+    inputs = cache_layer_inputs(base, fit_texts) if config.top_layer is not None else None
+    # The cache pass yields the base's vectors of the same texts; no second encoding for the adaptors.
+    fit_vectors = (inputs.vectors.numpy() if inputs is not None
+                   else cached_encode(base, fit_texts, config.cache_dir, config.base_model))
     scored = (fit_vectors[fit_left], fit_vectors[fit_right], np.array([p.score for p in train], dtype=np.float32))
     encoded = time.perf_counter()
     adaptors = _fit_adaptors(fit_vectors, config.sts_adaptor, config.dims, None, scored, start_at_rotation=False)
@@ -462,8 +483,26 @@ def _sts_rows(
         scores[label] = spearman_by_dim(mapped[left], mapped[right], gold, config.dims)
     log(f"STS-B adaptors fitted on {len(train):,} STS-B train pairs ({len(fit_texts):,} texts; "
         f"{encoded - started:.0f}s encoding, {time.perf_counter() - encoded:.0f}s fitting)")
-    info = {"fit_pairs": len(train), "fit_texts": len(fit_texts),
-            "seconds": {k: a.info.get("seconds") for k, a in adaptors.items()}}
+    info: dict[str, Any] = {"fit_pairs": len(train), "fit_texts": len(fit_texts),
+                            "seconds": {k: a.info.get("seconds") for k, a in adaptors.items()}}
+    if inputs is not None and config.top_layer is not None:
+        pairs = np.stack([fit_left, fit_right], axis=1)
+        for label, matryoshka in (("top-layer-standard", False), ("top-layer-matryoshka", True)):
+            tick = time.perf_counter()
+            recipe = replace(config.top_layer, matryoshka=matryoshka, dims=config.dims, seed=config.seed)
+
+            def report(step: int, total: int, loss: float, label: str = label) -> None:
+                if progress is not None:
+                    progress(label, step, total)
+
+            tuned = tune_top_layer(base, inputs, pairs, recipe, progress=report)
+            encoded_test = tuned.encode(sentences, batch_size=128, convert_to_numpy=True)
+            scores[label] = spearman_by_dim(encoded_test[left], encoded_test[right], gold, config.dims)
+            info["seconds"][label] = round(time.perf_counter() - tick, 1)
+        info["top_layer_cache_seconds"] = inputs.seconds
+        log(f"last layer fine-tuned on {len(train):,} STS-B train pairs, both twins "
+            f"({inputs.seconds:.0f}s caching its inputs, {info['seconds']['top-layer-standard']:.0f}s + "
+            f"{info['seconds']['top-layer-matryoshka']:.0f}s training)")
     return scores, info
 
 
@@ -544,9 +583,7 @@ def run_compare(
     test = load_sts("test")[: config.eval_limit]
     base_name = resolve_model_name(config.base_model)
     base = load_model(config.base_model)
-    scores, sts_adaptors = _sts_rows(config, base, test, log)
-    for label in scores:
-        log(f"{label}: {json.dumps({d: round(v, 4) for d, v in scores[label].items()})}")
+    scores, sts_adaptors = _sts_rows(config, base, test, log, progress)
     runs: dict[str, Any] = {}
     datasets: dict[tuple[Any, ...], Any] = {}
     kept, reusable = _previous_results(config, len(test)) if config.keep_previous else ({}, {})
@@ -568,7 +605,8 @@ def run_compare(
         log(f"{label}: kept from {out / 'results.json'}")
     # A reused model's run record is the previous run's own object; a retrained one has a new record.
     reused = [label for label, (_, run) in reusable.items() if runs.get(label) is run]
-    order = ["base", "base+rotation", "adaptor-standard", "adaptor-matryoshka", "standard", "matryoshka",
+    order = ["base", "base+rotation", "adaptor-standard", "adaptor-matryoshka", "top-layer-standard",
+             "top-layer-matryoshka", "standard", "matryoshka",
              "nli-standard", "nli-matryoshka", "static-distill", "static-standard", "static-matryoshka"]
     scores = {k: scores[k] for k in order if k in scores}
     metadata = {
@@ -580,7 +618,8 @@ def run_compare(
         "recipes": {"distill": asdict(config.distill), "nli": asdict(config.nli), "static": asdict(config.static),
                     "static_build": {k: v for k, v in asdict(config.static_build).items()
                                      if k not in ("training", "cache_dir")},
-                    "adaptor": asdict(config.adaptor), "sts_adaptor": asdict(config.sts_adaptor)},
+                    "adaptor": asdict(config.adaptor), "sts_adaptor": asdict(config.sts_adaptor),
+                    "top_layer": asdict(config.top_layer) if config.top_layer is not None else None},
         "adaptors": sts_adaptors,
         "runs": runs,
         "torch_threads": torch.get_num_threads(),

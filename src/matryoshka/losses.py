@@ -10,13 +10,30 @@ far more signal at no extra encoding cost. It is written here because no library
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
+
+from matryoshka.errors import InputError
+
+
+def check_prefixes(dims: Sequence[int], weights: Sequence[float] | None, full_dim: int, need_full: bool = True) -> None:
+    """Raise :class:`InputError` unless ``dims`` are prefixes of a ``full_dim``-d model, one weight each.
+
+    ``need_full``: the full size must be among them, so that a Matryoshka loss keeps full-size quality.
+    """
+    if not dims or any(d <= 0 or d > full_dim for d in dims):
+        raise InputError(f"dims must be in 1..{full_dim}, got {list(dims)}")
+    if need_full and full_dim not in dims:
+        raise InputError(f"dims must include the full size {full_dim} so full-size quality is trained")
+    if weights is not None and len(weights) != len(dims):
+        raise InputError(f"{len(weights)} weights for {len(dims)} dims")
+    if weights is not None and any(w < 0 for w in weights):
+        raise InputError("weights must not be negative")
 
 
 class InBatchSimilarityDistillationLoss(nn.Module):

@@ -59,7 +59,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from matryoshka.files import ordinary_mode
-from matryoshka.losses import InBatchSimilarityDistillationLoss, RankingDistillationLoss
+from matryoshka.losses import InBatchSimilarityDistillationLoss, RankingDistillationLoss, check_prefixes
 from matryoshka.models import model_dimension
 
 Objective = Literal["distill", "nli", "retrieval"]
@@ -134,14 +134,7 @@ class TrainConfig:
             raise ValueError("distill_weight must not be negative")
         if self.distill_loss not in get_args(DistillLoss):
             raise ValueError(f"distill_loss must be 'cosine', 'cosent', 'inbatch' or 'vector', got {self.distill_loss!r}")
-        if not self.dims or any(d <= 0 or d > full_dim for d in self.dims):
-            raise ValueError(f"dims must be in 1..{full_dim}, got {list(self.dims)}")
-        if self.matryoshka and full_dim not in self.dims:
-            raise ValueError(f"dims must include the full size {full_dim} so full-size quality is trained")
-        if self.weights is not None and len(self.weights) != len(self.dims):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.dims)} dims")
-        if self.weights is not None and any(w < 0 for w in self.weights):
-            raise ValueError("weights must not be negative")
+        check_prefixes(self.dims, self.weights, full_dim, need_full=self.matryoshka)
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (in-batch losses need other rows)")
         if self.learning_rate <= 0:

@@ -1,0 +1,69 @@
+"""Choose the top-layer recipe of ``matryoshka compare --quick`` on STS-B *dev* (never test).
+
+The last layer of all-MiniLM-L6-v2 is fine-tuned on cached inputs (:mod:`matryoshka.top_layer`) over
+STS-B train's sentence pairs, self-distilled (the gold scores are not used), one epoch; each variant is
+scored by Spearman on STS-B dev per dimension. Writes ``benchmarks/results/compare-quick/top-layer-dev.md``.
+
+    python benchmarks/top_layer_dev.py
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+
+from matryoshka.data import load_sts
+from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
+from matryoshka.files import write_atomic
+from matryoshka.models import load_model, quiet_loading
+from matryoshka.top_layer import TopLayerConfig, cache_layer_inputs, tune_top_layer
+
+DIMS = (384, 256, 128, 64, 32, 16)
+
+
+def main() -> None:
+    quiet_loading()
+    torch.set_num_threads(2)
+    model = load_model(device="cpu")
+    train, dev = load_sts("train"), load_sts("dev")
+    texts, left, right = sentence_rows(train)
+    inputs = cache_layer_inputs(model, texts)
+    pairs = np.stack([left, right], axis=1)
+    dev_texts, dev_left, dev_right = sentence_rows(dev)
+    gold = [p.score for p in dev]
+    chosen = TopLayerConfig()
+    variants = {
+        "lr 5e-5, CoSENT only": replace(chosen, learning_rate=5e-5, inbatch_weight=0.0),
+        "lr 5e-5, CoSENT + in-batch": replace(chosen, learning_rate=5e-5),
+        "lr 1e-4, CoSENT + in-batch (chosen)": chosen,
+        "lr 2e-4, CoSENT only": replace(chosen, learning_rate=2e-4, inbatch_weight=0.0),
+        "standard twin: chosen, full size only": replace(chosen, matryoshka=False),
+    }
+    lines = ["# Top-layer recipe chosen on STS-B dev (self-distilled on STS-B train pairs; Spearman x 100)", "",
+             "Command: `python benchmarks/top_layer_dev.py`. One epoch (180 steps of 32 pairs), weights "
+             f"{','.join(map(str, chosen.weights or ()))}, 2 threads; caching the last layer's inputs for "
+             f"{len(texts):,} texts took {inputs.seconds:.0f} s.", "",
+             "| variant | " + " | ".join(map(str, DIMS)) + " | seconds |", "|---|" + "---:|" * (len(DIMS) + 1)]
+
+    def row(name: str, scored: SentenceTransformer, seconds: float | None) -> None:
+        vectors = scored.encode(dev_texts, batch_size=128, convert_to_numpy=True)
+        score = spearman_by_dim(vectors[dev_left], vectors[dev_right], gold, DIMS)
+        lines.append(f"| {name} | " + " | ".join(f"{100 * score[d]:.2f}" for d in DIMS)
+                     + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
+        print(lines[-1], flush=True)
+
+    row("base", model, None)
+    for name, config in variants.items():
+        started = time.perf_counter()
+        tuned = tune_top_layer(model, inputs, pairs, config)
+        row(name, tuned, time.perf_counter() - started)
+    write_atomic(Path("benchmarks/results/compare-quick/top-layer-dev.md"), ("\n".join(lines) + "\n").encode())
+
+
+if __name__ == "__main__":
+    main()
