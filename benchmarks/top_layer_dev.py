@@ -3,12 +3,16 @@
 The last layer of all-MiniLM-L6-v2 is fine-tuned on cached inputs (:mod:`matryoshka.top_layer`) over
 STS-B train's sentence pairs, self-distilled (the gold scores are not used), one epoch; each variant is
 scored by Spearman on STS-B dev per dimension. Writes ``benchmarks/results/compare-quick/top-layer-dev.md``.
+With ``--seeds``, trains only the chosen recipe and its standard twin once per seed, to see whether the
+Matryoshka twin's lead at small sizes outlasts the seed (``top-layer-seeds-dev.md``).
 
     python benchmarks/top_layer_dev.py
+    python benchmarks/top_layer_dev.py --seeds 0,1,2
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +31,9 @@ DIMS = (384, 256, 128, 64, 32, 16)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds: the chosen recipe and its twin only")
+    args = parser.parse_args()
     quiet_loading()
     torch.set_num_threads(2)
     model = load_model(device="cpu")
@@ -37,22 +44,28 @@ def main() -> None:
     dev_texts, dev_left, dev_right = sentence_rows(dev)
     gold = [p.score for p in dev]
     chosen = TopLayerConfig()
-    variants = {
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    variants = {f"seed {seed}, {kind}": replace(chosen, seed=seed, matryoshka=kind == "matryoshka")
+                for seed in seeds for kind in ("matryoshka", "standard twin")} if seeds else {
         "lr 5e-5, CoSENT only": replace(chosen, learning_rate=5e-5, inbatch_weight=0.0),
         "lr 5e-5, CoSENT + in-batch": replace(chosen, learning_rate=5e-5),
         "lr 1e-4, CoSENT + in-batch (chosen)": chosen,
         "lr 2e-4, CoSENT only": replace(chosen, learning_rate=2e-4, inbatch_weight=0.0),
         "standard twin: chosen, full size only": replace(chosen, matryoshka=False),
     }
-    lines = ["# Top-layer recipe chosen on STS-B dev (self-distilled on STS-B train pairs; Spearman x 100)", "",
-             "Command: `python benchmarks/top_layer_dev.py`. One epoch (180 steps of 32 pairs), weights "
+    title = "Top-layer recipe and its twin over seeds" if seeds else "Top-layer recipe chosen"
+    command = f"python benchmarks/top_layer_dev.py{f' --seeds {args.seeds}' if seeds else ''}"
+    lines = [f"# {title} on STS-B dev (self-distilled on STS-B train pairs; Spearman x 100)", "",
+             f"Command: `{command}`. One epoch (180 steps of 32 pairs), weights "
              f"{','.join(map(str, chosen.weights or ()))}, 2 threads; caching the last layer's inputs for "
              f"{len(texts):,} texts took {inputs.seconds:.0f} s.", "",
              "| variant | " + " | ".join(map(str, DIMS)) + " | seconds |", "|---|" + "---:|" * (len(DIMS) + 1)]
 
+    scores: dict[str, dict[int, float]] = {}
+
     def row(name: str, scored: SentenceTransformer, seconds: float | None) -> None:
         vectors = scored.encode(dev_texts, batch_size=128, convert_to_numpy=True)
-        score = spearman_by_dim(vectors[dev_left], vectors[dev_right], gold, DIMS)
+        score = scores[name] = spearman_by_dim(vectors[dev_left], vectors[dev_right], gold, DIMS)
         lines.append(f"| {name} | " + " | ".join(f"{100 * score[d]:.2f}" for d in DIMS)
                      + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
         print(lines[-1], flush=True)
@@ -62,7 +75,15 @@ def main() -> None:
         started = time.perf_counter()
         tuned = tune_top_layer(model, inputs, pairs, config)
         row(name, tuned, time.perf_counter() - started)
-    write_atomic(Path("benchmarks/results/compare-quick/top-layer-dev.md"), ("\n".join(lines) + "\n").encode())
+    name = "top-layer-dev.md"
+    if seeds:
+        name = "top-layer-seeds-dev.md"
+        lines += ["", "Matryoshka twin minus standard twin, per seed (points):", "",
+                  "| seed | " + " | ".join(map(str, DIMS)) + " |", "|---|" + "---:|" * len(DIMS)]
+        for seed in seeds:
+            ours, twin = scores[f"seed {seed}, matryoshka"], scores[f"seed {seed}, standard twin"]
+            lines.append(f"| {seed} | " + " | ".join(f"{100 * (ours[d] - twin[d]):+.2f}" for d in DIMS) + " |")
+    write_atomic(Path("benchmarks/results/compare-quick") / name, ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":
