@@ -79,6 +79,38 @@ def _retrieval(qrels: Any, ids: list[str], docs: np.ndarray, qids: list[str], qu
     return score_vectors(qrels, ids, docs, qids, queries, DIMS)
 
 
+def _encode_all(model: Any, name: str | Path | None, sets: dict[str, Any], sentences: list[str],
+                cache: Path) -> dict[str, Any]:
+    """Each BEIR set's (doc ids, doc vectors, query ids, query vectors) and the STS-B sentences' vectors."""
+    vectors: dict[str, Any] = {}
+    for key, data in sets.items():
+        ids = list(data.corpus)
+        vectors[key] = (ids, cached_encode(model, [data.corpus[i] for i in ids], cache, name, show_progress_bar=True),
+                        list(data.queries), cached_encode(model, list(data.queries.values()), cache, name))
+    vectors["stsb"] = cached_encode(model, sentences, cache, name)
+    return vectors
+
+
+def _score_all(vectors: dict[str, Any], sets: dict[str, Any], sts: tuple[list[int], list[int], list[float]],
+               by_set: dict[str, Any] | None = None) -> dict[str, dict[str, dict[int, float]]]:
+    """One row of every table: retrieval metrics per BEIR set and STS-B Spearman, after ``by_set``'s
+    adaptor of each set (STS-B takes SciFact's)."""
+    left, right, gold = sts
+    row: dict[str, dict[str, dict[int, float]]] = {}
+    for key in sets:
+        ids, docs, qids, queries = vectors[key]
+        adaptor = (by_set or {}).get(key)
+        if adaptor is not None:
+            docs, queries = adaptor.apply(docs), adaptor.apply(queries)
+        row[key] = _retrieval(sets[key].qrels, ids, docs, qids, queries)
+    sts_vectors = vectors["stsb"]
+    sts_adaptor = (by_set or {}).get("scifact")
+    if sts_adaptor is not None:
+        sts_vectors = sts_adaptor.apply(sts_vectors)
+    row["stsb"] = {"spearman_cosine": spearman_by_dim(sts_vectors[left], sts_vectors[right], gold, DIMS)}
+    return row
+
+
 def stage_score(models: Path, out: Path, cache: Path, sts_model: Path | None) -> None:
     """Encode (cached), fit the adaptors, score every row, write results.{json,md} and a plot."""
     quiet_loading()
@@ -89,18 +121,9 @@ def stage_score(models: Path, out: Path, cache: Path, sts_model: Path | None) ->
     sentences, left, right = sentence_rows(sts)
     gold = [p.score for p in sts]
 
-    def encode_all(model: Any, name: str | Path | None) -> dict[str, Any]:
-        vectors: dict[str, Any] = {}
-        for key, data in sets.items():
-            ids = list(data.corpus)
-            vectors[key] = (ids, cached_encode(model, [data.corpus[i] for i in ids], cache, name, show_progress_bar=True),
-                            list(data.queries), cached_encode(model, list(data.queries.values()), cache, name))
-        vectors["stsb"] = cached_encode(model, sentences, cache, name)
-        return vectors
-
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    base_vectors = encode_all(base, None)
+    base_vectors = _encode_all(base, None, sets, sentences, cache)
     train_queries = cached_encode(base, [train_set.queries[q] for q in train_set.qrels], cache, None)
     timings["encode base (cached after the first run)"] = round(time.perf_counter() - started, 1)
     sci_ids, sci_docs = base_vectors["scifact"][0], base_vectors["scifact"][1]
@@ -133,17 +156,8 @@ def stage_score(models: Path, out: Path, cache: Path, sts_model: Path | None) ->
     scores: dict[str, dict[str, dict[str, dict[int, float]]]] = {"scifact": {}, "npl": {}, "stsb": {}}
 
     def score_model(label: str, vectors: dict[str, Any], by_set: dict[str, Any] | None = None) -> None:
-        for key in ("scifact", "npl"):
-            ids, docs, qids, queries = vectors[key]
-            adaptor = (by_set or {}).get(key)
-            if adaptor is not None:
-                docs, queries = adaptor.apply(docs), adaptor.apply(queries)
-            scores[key][label] = _retrieval(sets[key].qrels, ids, docs, qids, queries)
-        sts_vectors = vectors["stsb"]
-        sts_adaptor = (by_set or {}).get("scifact")
-        if sts_adaptor is not None:
-            sts_vectors = sts_adaptor.apply(sts_vectors)
-        scores["stsb"][label] = {"spearman_cosine": spearman_by_dim(sts_vectors[left], sts_vectors[right], gold, DIMS)}
+        for key, row in _score_all(vectors, sets, (left, right, gold), by_set).items():
+            scores[key][label] = row
 
     score_model("base", base_vectors)
     for label in ("base+rotation", "base+adaptor (unsupervised)", "base+adaptor (supervised)"):
@@ -159,7 +173,7 @@ def stage_score(models: Path, out: Path, cache: Path, sts_model: Path | None) ->
             continue
         model = load_model(path)
         tick = time.perf_counter()
-        score_model(label, encode_all(model, path))
+        score_model(label, _encode_all(model, path, sets, sentences, cache))
         timings[f"encode {label} (cached after the first run)"] = round(time.perf_counter() - tick, 1)
 
     carried = []
@@ -257,13 +271,8 @@ def stage_merge(out: Path, cache: Path, rows: dict[str, Path]) -> None:
             raise SystemExit(f"{label}: no model at {path}")
         model = load_model(path)
         tick = time.perf_counter()
-        for key, data in sets.items():
-            ids = list(data.corpus)
-            docs = cached_encode(model, [data.corpus[i] for i in ids], cache, path, show_progress_bar=True)
-            queries = cached_encode(model, list(data.queries.values()), cache, path)
-            scores[key][label] = _retrieval(data.qrels, ids, docs, list(data.queries), queries)
-        vectors = cached_encode(model, sentences, cache, path)
-        scores["stsb"][label] = {"spearman_cosine": spearman_by_dim(vectors[left], vectors[right], gold, DIMS)}
+        for key, row in _score_all(_encode_all(model, path, sets, sentences, cache), sets, (left, right, gold)).items():
+            scores[key][label] = row
         meta["seconds"][f"encode {label} (merged later)"] = round(time.perf_counter() - tick, 1)
         carried_label = f"{label} (carried over)"
         for by_label in scores.values():

@@ -22,7 +22,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from matryoshka.data import load_sts
-from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
+from matryoshka.evaluation.sts import evaluate_sts, sentence_rows
 from matryoshka.files import write_atomic
 from matryoshka.models import load_model, quiet_loading
 from matryoshka.top_layer import TopLayerConfig, cache_layer_inputs, tune_top_layer
@@ -41,8 +41,6 @@ def main() -> None:
     texts, left, right = sentence_rows(train)
     inputs = cache_layer_inputs(model, texts)
     pairs = np.stack([left, right], axis=1)
-    dev_texts, dev_left, dev_right = sentence_rows(dev)
-    gold = [p.score for p in dev]
     chosen = TopLayerConfig()
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     variants = {f"seed {seed}, {kind}": replace(chosen, seed=seed, matryoshka=kind == "matryoshka")
@@ -64,8 +62,7 @@ def main() -> None:
     scores: dict[str, dict[int, float]] = {}
 
     def row(name: str, scored: SentenceTransformer, seconds: float | None) -> None:
-        vectors = scored.encode(dev_texts, batch_size=128, convert_to_numpy=True)
-        score = scores[name] = spearman_by_dim(vectors[dev_left], vectors[dev_right], gold, DIMS)
+        score = scores[name] = evaluate_sts(scored, dev, DIMS, batch_size=128)
         lines.append(f"| {name} | " + " | ".join(f"{100 * score[d]:.2f}" for d in DIMS)
                      + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
         print(lines[-1], flush=True)

@@ -496,8 +496,7 @@ def _sts_rows(
                     progress(label, step, total)
 
             tuned = tune_top_layer(base, inputs, pairs, recipe, progress=report)
-            encoded_test = tuned.encode(sentences, batch_size=128, convert_to_numpy=True)
-            scores[label] = spearman_by_dim(encoded_test[left], encoded_test[right], gold, config.dims)
+            scores[label] = evaluate_sts(tuned, test, config.dims, batch_size=128)
             info["seconds"][label] = round(time.perf_counter() - tick, 1)
         info["top_layer_cache_seconds"] = inputs.seconds
         log(f"last layer fine-tuned on {len(train):,} STS-B train pairs, both twins "

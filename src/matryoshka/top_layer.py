@@ -125,18 +125,22 @@ def _padded(states: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return hidden, mask
 
 
+def _after_transformer(model: SentenceTransformer, tokens: Tensor, mask: Tensor) -> Tensor:
+    """The model's own modules after the transformer (pooling, ...) on its token embeddings."""
+    features: dict[str, Tensor] = {"token_embeddings": tokens, "attention_mask": mask}
+    for module in list(model)[1:]:
+        features = module(features)
+    return features["sentence_embedding"]
+
+
 def _run_top(model: SentenceTransformer, layer: torch.nn.Module, hidden: Tensor, mask: Tensor) -> Tensor:
-    """The last layer on ``hidden``, then the model's own modules after the transformer (pooling...)."""
+    """The last layer on ``hidden``, then the model's own modules after the transformer."""
     from transformers.masking_utils import create_bidirectional_mask
 
     inner = encoder(model)
     attention = create_bidirectional_mask(config=inner.config, inputs_embeds=hidden, attention_mask=mask)
     out = layer(hidden, attention_mask=attention)
-    features: dict[str, Tensor] = {"token_embeddings": out[0] if isinstance(out, tuple) else out,
-                                   "attention_mask": mask}
-    for module in list(model)[1:]:
-        features = module(features)
-    return features["sentence_embedding"]
+    return _after_transformer(model, out[0] if isinstance(out, tuple) else out, mask)
 
 
 def cache_layer_inputs(
@@ -167,10 +171,7 @@ def cache_layer_inputs(
                 hidden, mask = output.hidden_states[-2], batch["attention_mask"]
                 pooled = _run_top(model, last, hidden, mask)
                 if start == 0:
-                    features: dict[str, Tensor] = {"token_embeddings": output.last_hidden_state, "attention_mask": mask}
-                    for module in list(model)[1:]:
-                        features = module(features)
-                    gap = float((features["sentence_embedding"] - pooled).abs().max())
+                    gap = float((_after_transformer(model, output.last_hidden_state, mask) - pooled).abs().max())
                     if not gap <= REPLAY_TOLERANCE:
                         raise ModelError(f"{type(inner).__name__}'s last layer does not reproduce its output from "
                                          f"cached inputs (gap {gap:.2g}); top-layer tuning cannot train this model")
