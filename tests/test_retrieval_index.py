@@ -326,3 +326,47 @@ def test_ivf_first_stage_probes_lists_and_takes_appends() -> None:
     index.add(extra, [f"n{i}" for i in range(20)])
     hits = index.search(extra[:5], 1, parse_stages("16:ivf:300:1000,full:float32:10"))
     assert [row[0].id for row in hits] == [f"n{i}" for i in range(5)]
+
+
+def test_ivfpq_first_stage_scans_4bit_codes_and_grows_from_an_exact_tail() -> None:
+    rng = np.random.default_rng(6)
+    scale = np.linspace(3, 0.3, 32)
+    vectors = (rng.standard_normal((20_000, 32)) * scale).astype(np.float32)
+    queries = (rng.standard_normal((40, 32)) * scale).astype(np.float32)
+    index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(20_000)])
+    flat = ids(index.search(queries, 10, parse_stages("16:float32:300,full:float32:10")))
+    codes = parse_stages("16:ivfpq:300:1000,full:float32:10")  # probes every list: only the 4-bit codes differ
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids(index.search(queries, 10, codes)), flat)])
+    assert overlap >= 0.97
+    one_list = ids(index.search(queries, 10, parse_stages("16:ivfpq:300:1,full:float32:10")))
+    assert all(len(row) == 10 for row in one_list)  # the probe widens until the shortlist fills
+    view = index.view_bytes(codes)
+    assert 20_000 * (8 + 8) <= view < 20_000 * 16 * 4  # 16 dims of 4 bits and an id per vector, not float prefixes
+
+    small = FunnelIndex.from_vectors(vectors[:1000], [f"d{i}" for i in range(1000)])
+    # too few rows to train codebooks: the view scans its prefixes exactly, so it equals the flat scan
+    assert ids(small.search(queries, 10, codes)) == ids(small.search(queries, 10, parse_stages("16:float32:300,full:float32:10")))
+    small.add(vectors[1000:], [f"d{i}" for i in range(1000, 20_000)])  # a tail this long is trained into an index
+    grown = ids(small.search(queries, 10, codes))
+    assert small._views[("ivfpq", 16)].index is not None
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(grown, flat)]) >= 0.97
+
+
+def test_int8_rerank_scores_the_stored_codes() -> None:
+    import faiss
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((3000, 24)).astype(np.float32)
+    queries = rng.standard_normal((5, 24)).astype(np.float32)
+    index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(3000)])
+    hits = index.search(queries, 50, parse_stages("full:float32:3000,16:int8:50"))
+    view = index._views[("int8", 16)]
+    prefix = vectors[:, :16] / np.linalg.norm(vectors[:, :16], axis=1, keepdims=True)
+    decoded = view.sa_decode(view.sa_encode(prefix))  # FAISS's own decoding of the same codes
+    for query, row in zip(queries, hits):
+        q = query[:16] / np.linalg.norm(query[:16])
+        expected = decoded @ q
+        got = np.array([h.score for h in row])
+        np.testing.assert_allclose(got, expected[[int(h.id[1:]) for h in row]], atol=1e-5)
+        assert got[-1] >= np.sort(expected)[-50] - 1e-5  # the 50 best by the decoded codes
+    assert isinstance(view, faiss.IndexScalarQuantizer)

@@ -122,13 +122,17 @@ def test_bytes_per_vector() -> None:
     assert bytes_per_vector(Stage(64, "float16", 1), 384) == 128
     assert bytes_per_vector(Stage(64, "int8", 1), 384) == 64
     assert bytes_per_vector(Stage(256, "binary", 1), 384) == 32
+    assert bytes_per_vector(Stage(64, "ivfpq", 1), 384) == 32
 
 
 def test_probe_is_only_for_approximate_stages() -> None:
     assert str(Stage(64, "ivf", 200, probe=32)) == "64:ivf:200:32"
     assert parse_stages("64:ivf:200:32,full:float32:10")[0] == Stage(64, "ivf", 200, 32)
-    with pytest.raises(ValueError, match="only an hnsw or ivf stage takes a probe"):
+    assert parse_stages("64:ivfpq:10000:512,128:int8:500,full:float32:10")[0] == Stage(64, "ivfpq", 10000, 512)
+    with pytest.raises(ValueError, match="only an hnsw, ivf or ivfpq stage takes a probe"):
         Stage(64, "float32", 200, probe=400)
+    with pytest.raises(ValueError, match="only a first\nstage|only a first stage"):
+        parse_stages("full:float32:1000,64:ivfpq:100")
 
 
 def test_engines_run_an_approximate_shortlist_as_their_float_shortlist() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -38,6 +39,56 @@ def check_against_manifest(path: Path) -> None:
     data = (path / "vectors.bin").read_bytes()[: meta["bytes"]]
     size = meta["chunk_bytes"]
     assert meta["sha256_chunks"] == [hashlib.sha256(data[i : i + size]).hexdigest() for i in range(0, len(data), size)]
+
+
+@pytest.fixture(autouse=True, params=["direct", "buffered"])
+def tail(request, monkeypatch) -> str:
+    """Every test runs with both writers: O_DIRECT blocks (small, so blocks split rows and appends) and the page cache."""
+    monkeypatch.setattr(store, "DIRECT_IO", request.param == "direct" and store.DIRECT_IO)
+    monkeypatch.setattr(store, "_DIRECT_BYTES", 2 * store._DIRECT_ALIGN)
+    return request.param
+
+
+def direct_io_works(folder: Path) -> bool:
+    probe = folder / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+def test_the_log_writes_with_o_direct_where_the_file_system_allows(tmp_path: Path, tail: str) -> None:
+    if not (hasattr(os, "O_DIRECT") and direct_io_works(tmp_path)):
+        pytest.skip("no O_DIRECT on this platform or file system")
+    index = FunnelIndex.open(tmp_path / "ix", dim=DIM, checkpoint_seconds=None)
+    data = rows(3000, 40)  # 3000 x 64 bytes: 23 direct blocks of 8 KiB and a partial one
+    for start in range(0, 3000, 333):
+        index.upsert([str(i) for i in range(start, min(start + 333, 3000))], data[start : start + 333])
+        if start == 999:
+            index.flush()  # a sync in the middle of a block: padded, cut back, rewritten by the next write
+            assert (tmp_path / "ix" / "vectors.bin").stat().st_size == 1332 * DIM * 4
+    assert isinstance(index._log._tail, store._DirectTail if tail == "direct" else store._BufferedTail)
+    index.close()
+    check_against_manifest(tmp_path / "ix")
+    assert (tmp_path / "ix" / "vectors.bin").stat().st_size == 3000 * DIM * 4
+    np.testing.assert_allclose(FunnelIndex.load(tmp_path / "ix")._vectors, unit(data), rtol=1e-6)
+
+
+def test_a_file_system_that_refuses_o_direct_gets_page_cache_writes(tmp_path: Path, monkeypatch) -> None:
+    def refuse(*args: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument (simulated: no O_DIRECT here)")
+
+    monkeypatch.setattr(store, "_DirectTail", refuse)
+    index = FunnelIndex.open(tmp_path / "ix", dim=DIM, checkpoint_seconds=None)
+    index.upsert(["a"], rows(1, 41))
+    index.flush()
+    index.upsert(["b", "c"], rows(2, 42))
+    assert isinstance(index._log._tail, store._BufferedTail)
+    index.close()
+    check_against_manifest(tmp_path / "ix")
+    assert FunnelIndex.load(tmp_path / "ix").ids == ["a", "b", "c"]
 
 
 @pytest.fixture(params=[store.CHUNK_BYTES, 1000], ids=["64MiB-chunks", "1000-byte-chunks"])
@@ -213,23 +264,26 @@ def test_save_elsewhere_leaves_the_log_alone(tmp_path: Path) -> None:
     assert inode(path) != inode(tmp_path / "copy")
 
 
-def test_a_failed_stream_write_falls_back_to_a_full_save(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("count", [1, 300], ids=["in-the-last-block", "in-full-blocks"])
+def test_a_failed_stream_write_falls_back_to_a_full_save(tmp_path: Path, monkeypatch, count: int) -> None:
+    """A write that fails (the last block at a sync, or full blocks on the direct writer's thread)."""
     path = tmp_path / "ix"
     index = FunnelIndex.open(path, dim=DIM, checkpoint_seconds=None)
     index.upsert(["a"], rows(1, 18))
     index.flush()
     monkeypatch.setattr(store.os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left (simulated)")))
-    index.upsert(["b"], rows(1, 19))
+    added = [f"b{i}" for i in range(count)]
+    index.upsert(added, rows(count, 19))
     assert index._log is not None
     index._log.mark().done.wait()
     monkeypatch.undo()
     index.flush()
     check_against_manifest(path)
-    assert FunnelIndex.load(path).ids == ["a", "b"]
+    assert FunnelIndex.load(path).ids == ["a", *added]
     index.upsert(["c"], rows(1, 23))  # no more streaming from this index: its saves write in full
     assert index._log is None
     index.close()
-    assert FunnelIndex.load(path).ids == ["a", "b", "c"]
+    assert FunnelIndex.load(path).ids == ["a", *added, "c"]
 
 
 def test_no_hard_links_falls_back_to_full_saves(tmp_path: Path, monkeypatch) -> None:

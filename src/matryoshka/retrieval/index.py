@@ -687,12 +687,13 @@ class FunnelIndex(VectorIndex):
         for start in range(0, len(rows), chunk):
             cand = rows[start : start + chunk]
             n_q, n_c = cand.shape
+            if stage.codec == "int8":  # scored on the stored codes: a quarter of the float prefix's reads
+                scores = _int8_scores(snap.views[("int8", dim)], cand, prefix[start : start + n_q])
+                out_scores[start : start + n_q], out_rows[start : start + n_q] = _top(scores, cand, keep)
+                continue
             vectors = _gather_prefix(snap.vectors, cand.ravel(), dim)
             if stage.codec == "float16":
                 vectors = vectors.astype(np.float16).astype(np.float32)
-            elif stage.codec == "int8":
-                sq = snap.views[("int8", dim)]
-                vectors = sq.sa_decode(sq.sa_encode(vectors))
             if stage.codec == "binary":
                 codes = np.packbits(vectors > 0, axis=1).reshape(n_q, n_c, -1)
                 q_codes = np.packbits(prefix[start : start + n_q] > 0, axis=1)
@@ -702,6 +703,26 @@ class FunnelIndex(VectorIndex):
                 scores = np.matmul(vectors.reshape(n_q, n_c, dim), prefix[start : start + n_q, :, None])[..., 0]
             out_scores[start : start + n_q], out_rows[start : start + n_q] = _top(scores, cand, keep)
         return out_scores, out_rows
+
+
+def _int8_scores(view: Any, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+    """Inner products of ``prefix`` (one row per query) with the decoded int8 codes of ``rows`` (its candidates).
+
+    FAISS's 8-bit scalar quantizer decodes code ``c`` of dimension ``i`` as ``vmin[i] + (c + 0.5) / 255 *
+    vdiff[i]``, so a score is one product with the gathered codes plus a per-query constant; the codes
+    are read in place, not decoded into a float copy (``sa_decode`` of every candidate cost more than
+    the scan it saves).
+    """
+    dim = view.d
+    trained = faiss.vector_to_array(view.sq.trained)
+    vmin, vdiff = trained[:dim], trained[dim : 2 * dim]
+    codes = faiss.rev_swig_ptr(view.codes.data(), view.ntotal * view.code_size).reshape(view.ntotal, view.code_size)
+    weights = (prefix * (vdiff / 255.0)).astype(np.float32)
+    offsets = prefix @ (vmin + 0.5 * vdiff / 255.0).astype(np.float32)
+    scores = np.empty(rows.shape, dtype=np.float32)
+    for i, (candidates, weight) in enumerate(zip(rows, weights)):  # one matrix-vector product per query
+        np.matmul(np.take(codes, candidates, axis=0).astype(np.float32), weight, out=scores[i])
+    return scores + offsets[:, None]
 
 
 def _timing(stage: Stage, candidates: int, seconds: float) -> StageTiming:
@@ -853,6 +874,13 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 #: Training points per inverted list for an ``ivf`` stage's k-means (FAISS warns below 39).
 IVF_TRAIN_PER_LIST = 40
+#: Below this many rows an ``ivfpq`` view holds its rows in the exactly-scanned tail (its 16-level
+#: codebooks and its lists need this much to train, and a scan of so few prefixes is quick anyway).
+IVFPQ_MIN_ROWS = 4096
+#: FAISS's fast-scan search variant for ``ivfpq`` (``IndexIVFFastScan.implem``; 0 lets FAISS choose).
+#: 11 (SIMD scan, results kept in a heap) ran a 1M-vector, 8,000-hit search 10-20% faster than FAISS's
+#: choice for so many hits on the development machine (1 thread, ``benchmarks/funnel.py``'s vectors).
+IVFPQ_IMPLEM = 11
 #: Rows appended after an approximate index was built are scanned exactly until they reach this share
 #: of it (or :data:`_TAIL_MIN` rows); then a copy of the index takes them in.
 _TAIL_SHARE = 0.25
@@ -871,12 +899,17 @@ def hnsw_link_bytes(hnsw: Any) -> int:
 
 class _ApproxView:
     """An approximate FAISS index over unit prefixes (``hnsw``: ``IndexHNSWFlat``; ``ivf``:
-    ``IndexIVFFlat``; inner product), plus a tail of rows added since it was built, scanned exactly.
+    ``IndexIVFFlat``; ``ivfpq``: ``IndexIVFPQFastScan`` with one 4-bit code per dimension; inner
+    product), plus a tail of rows added since it was built, scanned exactly.
     Immutable: appends return a new view, so searches in flight keep theirs, and the index is copied
     only when its tail has grown by a quarter (amortised constant work per appended row)."""
 
     def __init__(self, codec: str, index: Any, tail: np.ndarray) -> None:
-        self.codec, self.index, self.tail = codec, index, tail
+        self.codec, self.index, self.tail = codec, index, tail  # index None: too few rows yet (ivfpq)
+
+    @property
+    def indexed(self) -> int:
+        return 0 if self.index is None else int(self.index.ntotal)
 
     @classmethod
     def build(cls, codec: str, vectors: np.ndarray, dim: int) -> _ApproxView:
@@ -884,9 +917,16 @@ class _ApproxView:
         if codec == "hnsw":
             index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        elif codec == "ivfpq" and len(vectors) < IVFPQ_MIN_ROWS:
+            tail = np.concatenate(list(_prefix_blocks(vectors, dim))) if len(vectors) else np.zeros((0, dim), np.float32)
+            return cls(codec, None, tail)
         else:
             lists = ivf_lists(len(vectors))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+            if codec == "ivfpq":
+                index = faiss.index_factory(dim, f"IVF{lists},PQ{dim}x4fs", faiss.METRIC_INNER_PRODUCT)
+                index.implem = IVFPQ_IMPLEM
+            else:
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
             sample = np.linspace(0, max(len(vectors) - 1, 0), min(len(vectors), lists * IVF_TRAIN_PER_LIST))
             index.train(_unit_rows(vectors[sample.astype(np.int64), :dim], "float32"))
         for block in _prefix_blocks(vectors, dim):
@@ -895,8 +935,10 @@ class _ApproxView:
 
     def extended(self, prefix: np.ndarray) -> _ApproxView:
         tail = np.concatenate([self.tail, prefix])
-        if len(tail) < max(_TAIL_MIN, _TAIL_SHARE * self.index.ntotal):
+        if len(tail) < max(_TAIL_MIN, _TAIL_SHARE * self.indexed):
             return _ApproxView(self.codec, self.index, tail)
+        if self.index is None:
+            return _ApproxView.build(self.codec, tail, tail.shape[1])
         index = faiss.clone_index(self.index)
         index.add(tail)
         return _ApproxView(self.codec, index, np.zeros((0, tail.shape[1]), np.float32))
@@ -908,22 +950,26 @@ class _ApproxView:
         the graph walk ran dry) is searched again with a 4× wider probe; rows stay ``-1`` only when
         even the widest probe falls short (the caller then scans that query exactly).
         """
-        keep = min(keep, self.index.ntotal + len(self.tail))
-        size = min(keep, self.index.ntotal)
-        if self.codec == "hnsw":
-            width, widest = max(probe or keep, keep), max(self.index.ntotal, keep)
-        else:
-            width, widest = min(probe or max(1, self.index.nlist // 64), self.index.nlist), self.index.nlist
-        scores, rows = self._search(prefix, size, width)
-        short = np.flatnonzero((rows < 0).any(axis=1))
-        while len(short) and width < widest:
-            width = min(widest, width * 4)
-            scores[short], rows[short] = self._search(prefix[short], size, width)
-            short = short[(rows[short] < 0).any(axis=1)]
+        indexed = self.indexed
+        keep = min(keep, indexed + len(self.tail))
+        size = min(keep, indexed)
+        scores = np.zeros((len(prefix), 0), np.float32)
+        rows = np.zeros((len(prefix), 0), np.int64)
+        if indexed:
+            if self.codec == "hnsw":
+                width, widest = max(probe or keep, keep), max(indexed, keep)
+            else:
+                width, widest = min(probe or max(1, self.index.nlist // 64), self.index.nlist), self.index.nlist
+            scores, rows = self._search(prefix, size, width)
+            short = np.flatnonzero((rows < 0).any(axis=1))
+            while len(short) and width < widest:
+                width = min(widest, width * 4)
+                scores[short], rows[short] = self._search(prefix[short], size, width)
+                short = short[(rows[short] < 0).any(axis=1)]
         if len(self.tail):
             tail_scores, tail_rows = top_k_inner_product(prefix, self.tail, keep)
             scores = np.concatenate([scores, tail_scores], axis=1)
-            rows = np.concatenate([rows, tail_rows + self.index.ntotal], axis=1)
+            rows = np.concatenate([rows, tail_rows + indexed], axis=1)
             order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
             scores, rows = np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
         return scores, rows
@@ -939,8 +985,14 @@ class _ApproxView:
             return self.index.search(prefix, size, params=params)
 
     def nbytes(self) -> int:
-        if self.codec == "hnsw":
+        if self.index is None:
+            stored = 0
+        elif self.codec == "hnsw":
             stored = self.index.ntotal * self.index.d * 4 + hnsw_link_bytes(self.index.hnsw)
+        elif self.codec == "ivfpq":  # each listed code and its 8-byte id, the centroids and the codebooks
+            pq = self.index.pq
+            stored = self.index.ntotal * (self.index.code_size + 8) + self.index.nlist * self.index.d * 4
+            stored += pq.M * pq.ksub * pq.dsub * 4
         else:  # each listed vector and its 8-byte id, plus the centroids
             stored = self.index.ntotal * (self.index.d * 4 + 8) + self.index.nlist * self.index.d * 4
         return int(stored + self.tail.nbytes)

@@ -34,6 +34,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import mmap
 import os
 import queue
 import shutil
@@ -72,7 +73,12 @@ _STORAGES = ("float32", "float16")
 _HASH_CHUNK = 8 << 20
 #: ``vectors.bin`` is checksummed in pieces of this many bytes (the manifest's ``chunk_bytes``).
 CHUNK_BYTES = 64 << 20
-_SYNC_BYTES = 16 << 20  # a VectorLog starts writing back what it streamed every this many bytes
+_SYNC_BYTES = 16 << 20  # a buffered VectorLog starts writing back what it streamed every this many bytes
+_DIRECT_BYTES = 8 << 20  # a direct VectorLog writes in blocks of this many bytes
+_DIRECT_BUFFERS = 3  # ... staged in this many buffers (one filling, the others being written)
+_DIRECT_ALIGN = 4096  # offset, length and memory alignment of a direct write (covers 512 and 4096-byte sectors)
+#: Write streamed rows with ``O_DIRECT`` where the platform and file system allow it (see :class:`_DirectTail`).
+DIRECT_IO = hasattr(os, "O_DIRECT")
 _LOG_QUEUE = 64  # appends a VectorLog holds before an append waits for the disk
 
 
@@ -495,9 +501,11 @@ class _Mark:
 class VectorLog:
     """Streams rows appended to an index into its ``vectors.bin`` while they are ingested.
 
-    A background thread writes each appended block after the committed bytes, hashes it chunk by
-    chunk, and syncs every 64 MiB, so by the next save most of the new rows are on disk already and
-    a save links the file into its new directory (see the module docstring) instead of writing it.
+    A background thread writes each appended block after the committed bytes (with ``O_DIRECT``
+    where the file system allows it, see :class:`_DirectTail`; else through the page cache, starting
+    writeback every 16 MiB) and hashes it chunk by chunk, so by the next save most of the new rows are
+    on disk already and a save links the file into its new directory (see the module docstring)
+    instead of writing it.
     Nothing written here counts until a save commits a manifest that lists it.
 
     Raises (on construction):
@@ -530,12 +538,13 @@ class VectorLog:
             self._partial = hashlib.sha256(os.pread(fd, size - full * CHUNK_BYTES, full * CHUNK_BYTES))
             if size % CHUNK_BYTES and self._partial.hexdigest() != committed["sha256_chunks"][full]:
                 raise StaleLogError(f"{self.target / VECTORS} does not match its manifest")
+            self._tail = _open_tail(self.target / VECTORS, fd, size)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
         self._closed = False
-        self._offset = self._synced = size
+        self._offset = size
         self._error: BaseException | None = None
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=_LOG_QUEUE)
         self._thread = threading.Thread(target=self._run, name="matryoshka-vector-log", daemon=True)
@@ -590,6 +599,7 @@ class VectorLog:
         if self._thread.is_alive():
             self._queue.put(("stop", None))
             self._thread.join()
+        self._tail.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
@@ -604,8 +614,7 @@ class VectorLog:
                 if kind == "rows":
                     self._write(_bytes_of(item))
                 else:
-                    _datasync(self._fd)
-                    self._synced = self._offset
+                    self._tail.sync()
                     tail = [self._partial.hexdigest()] if self._offset % CHUNK_BYTES else []
                     item.entry = {"bytes": self._offset, "chunk_bytes": CHUNK_BYTES, "sha256_chunks": self._chunks + tail}
             except BaseException as exc:  # noqa: BLE001 - reported to the next save
@@ -621,19 +630,151 @@ class VectorLog:
         while pos < len(data):
             room = CHUNK_BYTES - self._offset % CHUNK_BYTES
             piece = data[pos : pos + room]
-            done = 0
-            while done < len(piece):
-                done += os.pwrite(self._fd, piece[done:], self._offset + done)
+            self._tail.write(piece)
             self._partial.update(piece)
             self._offset += len(piece)
             pos += len(piece)
             if self._offset % CHUNK_BYTES == 0:
                 self._chunks.append(self._partial.hexdigest())
                 self._partial = hashlib.sha256()
+
+
+def _open_tail(path: Path, fd: int, size: int) -> _BufferedTail | _DirectTail:
+    """The writer for the bytes after ``size``: direct I/O where it works, else the page cache."""
+    if DIRECT_IO:
+        try:
+            return _DirectTail(path, fd, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+    return _BufferedTail(fd, size)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+
+
+class _BufferedTail:
+    """Appends through the page cache, starting writeback every :data:`_SYNC_BYTES` so the disk keeps busy."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd, self._offset, self._synced = fd, offset, offset
+
+    def write(self, data: memoryview) -> None:
+        _pwrite_all(self._fd, data, self._offset)
+        self._offset += len(data)
         if self._offset - self._synced >= _SYNC_BYTES:
             if not _start_writeback(self._fd, self._synced, self._offset - self._synced):
                 _datasync(self._fd)
             self._synced = self._offset
+
+    def sync(self) -> None:
+        """Every byte written so far on disk."""
+        _datasync(self._fd)
+        self._synced = self._offset
+
+    def close(self) -> None:
+        pass
+
+
+class _DirectTail:
+    """Appends with ``O_DIRECT`` writes of whole aligned blocks, staged in page-aligned buffers.
+
+    Why: a large buffered write is throttled by the kernel's dirty-page writeback, so its rate falls as
+    the file grows, and a bulk load's time per vector grows with its size. Measured here with ``dd``
+    (2026-12-04): buffered plus ``fdatasync``, 1.6 GB/s for 150 MB but 362 MB/s for 1.5 GB; ``O_DIRECT``,
+    775 MB/s for both. A full buffer goes to a thread of its own, which writes it while the log's thread
+    hashes and stages the next one (:data:`_DIRECT_BUFFERS` buffers; a write waits when all are full).
+    The last, partial block stays staged: a sync writes it padded, cuts the file back to its true
+    length, and the next write rewrites that block with more rows after it.
+
+    Raises (on construction):
+        OSError: ``EINVAL``/``EOPNOTSUPP`` where the file system refuses ``O_DIRECT`` (the caller then
+            writes through the page cache).
+    """
+
+    def __init__(self, path: Path, fd: int, offset: int) -> None:
+        self._fd, self._offset = fd, offset
+        self._base = offset - offset % _DIRECT_ALIGN
+        head = os.pread(fd, offset - self._base, self._base)
+        self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        self._buffers = [mmap.mmap(-1, _DIRECT_BYTES) for _ in range(_DIRECT_BUFFERS)]  # page-aligned, as O_DIRECT needs
+        self._free: queue.Queue[mmap.mmap] = queue.Queue()
+        for buffer in self._buffers[1:]:
+            self._free.put(buffer)
+        self._full: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
+        self._current = self._buffers[0]
+        self._current[: len(head)] = head
+        self._filled = len(head)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="matryoshka-direct-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data: memoryview) -> None:
+        pos = 0
+        while pos < len(data):
+            count = min(len(data) - pos, _DIRECT_BYTES - self._filled)
+            self._current[self._filled : self._filled + count] = data[pos : pos + count]
+            self._filled += count
+            self._offset += count
+            pos += count
+            if self._filled == _DIRECT_BYTES:
+                self._raise_error()
+                self._full.put((self._current, self._base))
+                self._base += _DIRECT_BYTES
+                self._current = self._free.get()  # waits while every other buffer is still being written
+                self._filled = 0
+
+    def sync(self) -> None:
+        """Write the staged bytes (the last block padded, then cut off), then ``fdatasync``."""
+        self._full.join()
+        self._raise_error()
+        whole = self._filled - self._filled % _DIRECT_ALIGN
+        padded = whole + (_DIRECT_ALIGN if self._filled > whole else 0)
+        if padded:
+            self._current[self._filled : padded] = bytes(padded - self._filled)
+            with memoryview(self._current) as view:
+                _pwrite_all(self._direct, view[:padded], self._base)
+            if padded > self._filled:
+                os.ftruncate(self._fd, self._offset)
+        _datasync(self._fd)
+        rest = self._filled - whole
+        self._current[:rest] = self._current[whole : self._filled]
+        self._base += whole
+        self._filled = rest
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._full.put(None)
+            self._thread.join()
+        with contextlib.suppress(OSError):
+            os.close(self._direct)
+        for buffer in self._buffers:
+            with contextlib.suppress(BufferError):  # a failed write's traceback may still hold a view: gc frees it
+                buffer.close()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            item = self._full.get()
+            try:
+                if item is None:
+                    return
+                buffer, base = item
+                if self._error is None:
+                    with memoryview(buffer) as view:
+                        _pwrite_all(self._direct, view, base)
+            except BaseException as exc:  # noqa: BLE001 - raised by the next write or sync
+                self._error = exc
+            finally:
+                if item is not None:
+                    self._free.put(item[0])
+                self._full.task_done()
 
 
 def _datasync(fd: int) -> None:

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 Codec = Literal["float32", "float16", "int8", "binary"]
-#: The codecs the HTTP API takes (the library's ``hnsw``/``ivf`` prefix indexes are not served).
+#: The codecs the HTTP API takes (the library's ``hnsw``/``ivf``/``ivfpq`` prefix indexes are not served).
 API_CODECS: tuple[str, ...] = get_args(Codec)
 
 
