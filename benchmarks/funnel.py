@@ -609,9 +609,9 @@ def usearch_hnsw(base: np.ndarray, args: argparse.Namespace):
     return build, structure, [(ef, searcher(ef)) for ef in PEER_EF]
 
 
-def qps_of(report: dict, row: dict, batch: int) -> float:
-    """A config's q/s at ``batch``: the median of the interleaved head to head when it ran there, else its row's."""
-    rounds = report.get("head_to_head", {}).get(row["config"], {}).get(f"batch={batch}")
+def qps_of(h2h: dict | None, row: dict, batch: int) -> float:
+    """A config's q/s at ``batch``: the median of the interleaved head to head ``h2h`` when it ran there, else its row's."""
+    rounds = (h2h or {}).get(row["config"], {}).get(f"batch={batch}")
     return float(np.median(rounds)) if rounds else float(row["qps"][f"batch={batch}"])
 
 
@@ -619,49 +619,49 @@ def verdicts(report: dict) -> dict[str, Any]:
     """The issue's targets, each with the numbers behind it (configs chosen on dev recall, q/s from the head to head)."""
     t, rows, data, machine = report["targets"], report["results"], report["data"], report["machine"]
     n, dim = data["n"], data["dim"]
+    h2h = report.get("head_to_head")
     # the index's exact stage runs over the stored rows, or over a column-block copy within its view budget
     index_rows = [r for r in rows if r["config"] in (EXACT_ROWS, EXACT_INDEX)]
-    scan = max(index_rows, key=lambda r: qps_of(report, r, 1))
-    product = max(index_rows, key=lambda r: qps_of(report, r, 32))
+    scan = max(index_rows, key=lambda r: qps_of(h2h, r, 1))
+    product = max(index_rows, key=lambda r: qps_of(h2h, r, 32))
     faiss_exact = next(r for r in rows if r["config"].startswith("exact: faiss"))
-    strong = strongest_exact(report)
-    gb_s = qps_of(report, scan, 1) * n * dim * 4 / 1e9
-    gflops = qps_of(report, product, 32) * 2 * n * dim / 1e9
-    faiss_gb_s = qps_of(report, faiss_exact, 1) * n * dim * 4 / 1e9
+    strong = strongest_exact(rows, h2h)
+    gb_s = qps_of(h2h, scan, 1) * n * dim * 4 / 1e9
+    gflops = qps_of(h2h, product, 32) * 2 * n * dim / 1e9
+    faiss_gb_s = qps_of(h2h, faiss_exact, 1) * n * dim * 4 / 1e9
     bound = max(machine["bandwidth_gb_s"], faiss_gb_s)  # a probe that FAISS's scan outruns is no bound
     out: dict[str, Any] = {
         "exact_bandwidth": {"config": scan["config"], "effective_gb_s": gb_s, "bound_gb_s": bound, "share": gb_s / bound,
                             "faiss_gb_s": faiss_gb_s, "met": gb_s >= t["bandwidth_share"] * bound},
         "exact_peak": {"config": product["config"], "gflops": gflops, "share": gflops / machine["peak_gflops"],
-                       "faiss_gflops": qps_of(report, faiss_exact, 32) * 2 * n * dim / 1e9,
+                       "faiss_gflops": qps_of(h2h, faiss_exact, 32) * 2 * n * dim / 1e9,
                        "met": gflops >= t["peak_share"] * machine["peak_gflops"]},
     }
-    h2h = report.get("head_to_head")
     if h2h:  # compare only configs measured side by side
         rows = [r for r in rows if r["config"] in h2h]
     eligible = [r for r in rows if r["kind"] == "funnel" and r["first_dim"] <= t["max_first_dim"]
                 and r["recall@10"]["dev"] >= t["recall"]]
     for batch, key in ((1, "speedup_batch1"), (32, "speedup_batch32")):
         setting = f"batch={batch}"
-        best = max(eligible, key=lambda r: qps_of(report, r, batch), default=None)
+        best = max(eligible, key=lambda r: qps_of(h2h, r, batch), default=None)
         if best is None:
             out[setting] = {"config": None, "met": False}
             continue
-        speedup = qps_of(report, best, batch) / strong[setting]
-        out[setting] = {"config": best["config"], "recall_test": best["recall@10"]["test"], "qps": qps_of(report, best, batch),
+        speedup = qps_of(h2h, best, batch) / strong[setting]
+        out[setting] = {"config": best["config"], "recall_test": best["recall@10"]["test"], "qps": qps_of(h2h, best, batch),
                         "speedup": speedup, "met": speedup >= t[key] and best["recall@10"]["test"] >= t["recall"]}
     peers = [r for r in rows if r["kind"] == "hnsw" and r["recall@10"]["dev"] >= t["recall"]]
-    peer = max(peers, key=lambda r: qps_of(report, r, 1), default=None)
-    best = max(eligible, key=lambda r: qps_of(report, r, 1), default=None)
+    peer = max(peers, key=lambda r: qps_of(h2h, r, 1), default=None)
+    best = max(eligible, key=lambda r: qps_of(h2h, r, 1), default=None)
     if peer is None or best is None:
         out["vs_hnsw"] = {"peer": peer and peer["config"], "funnel": best and best["config"], "met": False,
                           "note": "no full-vector HNSW config reached the recall" if peer is None else "no funnel did"}
     else:
         build_ratio = peer["build_seconds"] / max(best["build_seconds"], 1e-9)
-        ratio = qps_of(report, best, 1) / qps_of(report, peer, 1)
+        ratio = qps_of(h2h, best, 1) / qps_of(h2h, peer, 1)
         out["vs_hnsw"] = {
             "peer": peer["config"], "funnel": best["config"], "qps_ratio": ratio,
-            "qps_ratio_batch32": qps_of(report, best, 32) / qps_of(report, peer, 32),
+            "qps_ratio_batch32": qps_of(h2h, best, 32) / qps_of(h2h, peer, 32),
             "structure_ratio": best["structure_bytes_per_vector"] / peer["structure_bytes_per_vector"],
             "build_speedup": build_ratio,
             "met": ratio >= 1.0
@@ -671,16 +671,16 @@ def verdicts(report: dict) -> dict[str, Any]:
     return out
 
 
-def strongest_exact(report: dict) -> dict[str, float]:
-    """The fastest exact implementation's q/s per batch size: the baseline every speed-up is quoted against."""
-    exact = [r for r in report["results"] if r["kind"] == "exact"]
-    return {f"batch={b}": max(qps_of(report, r, b) for r in exact) for b in BATCHES}
+def strongest_exact(rows: list[dict], h2h: dict | None = None) -> dict[str, float]:
+    """The fastest exact implementation's q/s per batch size (from ``h2h`` where given): the baseline every
+    speed-up is quoted against."""
+    return {f"batch={b}": max(qps_of(h2h, r, b) for r in rows if r["kind"] == "exact") for b in BATCHES}
 
 
 def markdown(report: dict) -> str:
     data, env, machine, v, t = report["data"], report["environment"], report["machine"], report["verdicts"], report["targets"]
     rows = report["results"]
-    sequential = strongest_exact({"results": rows})  # the all-configs table: each row's own measurement
+    sequential = strongest_exact(rows)  # the all-configs table: each row's own measurement
     met = lambda ok: "**met**" if ok else "**missed**"  # noqa: E731
     lines = [
         "# Funnel benchmark: Matryoshka-prefix funnels, a strong exact baseline and full-vector HNSW",

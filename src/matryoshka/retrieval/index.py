@@ -686,23 +686,28 @@ class FunnelIndex(VectorIndex):
         out_rows = np.empty((len(rows), keep), dtype=np.int64)
         for start in range(0, len(rows), chunk):
             cand = rows[start : start + chunk]
-            n_q, n_c = cand.shape
+            queries = prefix[start : start + len(cand)]
             if stage.codec == "int8":  # scored on the stored codes: a quarter of the float prefix's reads
-                scores = _int8_scores(snap.views[("int8", dim)], cand, prefix[start : start + n_q])
-                out_scores[start : start + n_q], out_rows[start : start + n_q] = _top(scores, cand, keep)
-                continue
-            vectors = _gather_prefix(snap.vectors, cand.ravel(), dim)
-            if stage.codec == "float16":
-                vectors = vectors.astype(np.float16).astype(np.float32)
-            if stage.codec == "binary":
-                codes = np.packbits(vectors > 0, axis=1).reshape(n_q, n_c, -1)
-                q_codes = np.packbits(prefix[start : start + n_q] > 0, axis=1)
-                distances = _POPCOUNT[codes ^ q_codes[:, None, :]].sum(axis=2)
-                scores = np.cos(np.pi * distances / dim).astype(np.float32)
+                scores = _int8_scores(snap.views[("int8", dim)], cand, queries)
             else:
-                scores = np.matmul(vectors.reshape(n_q, n_c, dim), prefix[start : start + n_q, :, None])[..., 0]
-            out_scores[start : start + n_q], out_rows[start : start + n_q] = _top(scores, cand, keep)
+                scores = _gathered_scores(snap.vectors, cand, queries, stage.codec)
+            out_scores[start : start + len(cand)], out_rows[start : start + len(cand)] = _top(scores, cand, keep)
         return out_scores, out_rows
+
+
+def _gathered_scores(vectors: np.ndarray, rows: np.ndarray, prefix: np.ndarray, codec: str) -> np.ndarray:
+    """Scores of ``prefix`` (one row per query) against the stored vectors' prefixes of ``rows`` (its
+    candidates) under ``codec`` (``float32``, ``float16`` or ``binary``)."""
+    (n_q, n_c), dim = rows.shape, prefix.shape[1]
+    gathered = _gather_prefix(vectors, rows.ravel(), dim)
+    if codec == "float16":
+        gathered = gathered.astype(np.float16).astype(np.float32)
+    if codec == "binary":
+        codes = np.packbits(gathered > 0, axis=1).reshape(n_q, n_c, -1)
+        q_codes = np.packbits(prefix > 0, axis=1)
+        distances = _POPCOUNT[codes ^ q_codes[:, None, :]].sum(axis=2)
+        return np.cos(np.pi * distances / dim).astype(np.float32)
+    return np.matmul(gathered.reshape(n_q, n_c, dim), prefix[:, :, None])[..., 0]
 
 
 def _int8_scores(view: Any, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
@@ -834,6 +839,11 @@ def _prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
         yield _unit_rows(vectors[start : start + _BLOCK_ROWS, :dim], "float32")
 
 
+def _prefixes(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The unit ``dim``-prefixes of ``vectors`` as one float32 array (``(0, dim)`` for no rows)."""
+    return np.concatenate(list(_prefix_blocks(vectors, dim))) if len(vectors) else np.zeros((0, dim), np.float32)
+
+
 def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
     codec, dim = key
     if codec == "float32":
@@ -860,7 +870,7 @@ def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
 def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: int) -> Any:
     """A copy of ``view`` with ``rows`` appended (searches in flight keep the old one)."""
     codec, dim = key
-    prefix = np.concatenate(list(_prefix_blocks(rows, dim))) if len(rows) else np.zeros((0, dim), np.float32)
+    prefix = _prefixes(rows, dim)
     if codec == "float32" or codec in APPROXIMATE:
         return view.extended(prefix)
     extended: Any = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)  # type: ignore[attr-defined]
@@ -918,8 +928,7 @@ class _ApproxView:
             index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         elif codec == "ivfpq" and len(vectors) < IVFPQ_MIN_ROWS:
-            tail = np.concatenate(list(_prefix_blocks(vectors, dim))) if len(vectors) else np.zeros((0, dim), np.float32)
-            return cls(codec, None, tail)
+            return cls(codec, None, _prefixes(vectors, dim))
         else:
             lists = ivf_lists(len(vectors))
             if codec == "ivfpq":

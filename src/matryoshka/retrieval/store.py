@@ -684,8 +684,9 @@ class _DirectTail:
 
     Why: a large buffered write is throttled by the kernel's dirty-page writeback, so its rate falls as
     the file grows. Measured here with ``dd`` (twice on 2026-12-04): buffered plus ``fdatasync``,
-    1.6 GB/s for 150 MB but 362-608 MB/s for 1.5 GB; ``O_DIRECT``, 0.78-2.3 GB/s, the same at both sizes. A full buffer goes to a thread of its own, which writes it while the log's thread
-    hashes and stages the next one (:data:`_DIRECT_BUFFERS` buffers; a write waits when all are full).
+    1.6 GB/s for 150 MB but 362-608 MB/s for 1.5 GB; ``O_DIRECT``, 0.78-2.3 GB/s, the same at both
+    sizes. A full buffer goes to a thread of its own, which writes it while the log's thread hashes
+    and stages the next one (:data:`_DIRECT_BUFFERS` buffers; a write waits when all are full).
     The last, partial block stays staged: a sync writes it padded, cuts the file back to its true
     length, and the next write rewrites that block with more rows after it.
 
