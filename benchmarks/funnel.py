@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from matryoshka.adapt import fit_rotation  # noqa: E402
-from matryoshka.retrieval import FunnelIndex, format_stages, parse_stages  # noqa: E402
+from matryoshka.retrieval import FunnelIndex, Stage, format_stages, parse_stages  # noqa: E402
 from matryoshka.retrieval.exact import ColumnBlocks, top_k_inner_product  # noqa: E402
 from matryoshka.retrieval.index import hnsw_link_bytes  # noqa: E402
 
@@ -190,16 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         index.view_cache_bytes = 1 << 40  # keep every view this run builds
         for spec in specs:
             stages = parse_stages(spec)
-            faiss.omp_set_num_threads(args.build_threads)
-            with threadpool_limits(args.build_threads):
-                build_started = time.perf_counter()
-                index.prepare(stages)
-                build = time.perf_counter() - build_started
-            faiss.omp_set_num_threads(1)
+            search, build = prepared_search(index, stages, args.k, args.build_threads)
             with threadpool_limits(1):
-                def search(q: np.ndarray, stages=stages, index=index) -> np.ndarray:
-                    return np.array([[int(h.id) for h in hits] for hits in index.search(q, k=args.k, stages=stages)])
-
                 found = np.concatenate([search(view_queries[i : i + 64]) for i in range(0, len(view_queries), 64)])
                 qps = {b: measure_qps(search, test_queries[view], b, args.min_time) for b in BATCHES}
             structure = index.view_bytes(stages)
@@ -249,6 +241,23 @@ def main(argv: list[str] | None = None) -> int:
     write_report(report, args.out)
     log(f"wrote funnel.json, funnel.md and funnel.png under {args.out} in {time.time() - started:.0f}s")
     return 0
+
+
+def prepared_search(index: FunnelIndex, stages: list[Stage], k: int, build_threads: int) -> tuple[Any, float]:
+    """Build the views ``stages`` scan (on ``build_threads``, timed) and return a search of ``k`` hits
+    per query through them, as an array of row numbers (ids are row numbers here), with the build's seconds.
+    FAISS is left at 1 thread, as every search is measured."""
+    faiss.omp_set_num_threads(build_threads)
+    with threadpool_limits(build_threads):
+        started = time.perf_counter()
+        index.prepare(stages)
+        build = time.perf_counter() - started
+    faiss.omp_set_num_threads(1)
+
+    def search(q: np.ndarray) -> np.ndarray:
+        return np.array([[int(h.id) for h in hits] for hits in index.search(q, k=k, stages=stages)])
+
+    return search, build
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -47,6 +47,7 @@ from funnel import (  # noqa: E402
     load_query_texts,
     log,
     measure_qps,
+    prepared_search,
     scale_up,
     write_atomic,
 )
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     split = np.random.default_rng(fargs.seed + 2).permutation(len(queries))
     dev = queries[np.sort(split[: len(split) // 2])]  # the split funnel.py chooses its configs on
 
-    adaptors = {"rotation": (fit_seconds(lambda: fit_rotation(real)))}
+    adaptors = {"rotation": fit_seconds(lambda: fit_rotation(real))}
     for name, orthogonal in (("learned, orthogonal", True), ("learned, free", False)):
         config = LearnedConfig(steps=args.steps, orthogonal=orthogonal, threads=2)
         adaptors[name] = cached_fit(real, config, args.cache)
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     base = scale_up(real, args.n, fargs.noise, fargs.seed, shape=fargs.noise_shape)
     with threadpool_limits(2):
         _, base_truth = top_k_inner_product(dev, base, 10, block_rows=16_384)
-    faiss.omp_set_num_threads(2)
     rows: list[dict[str, Any]] = []
     searchers: dict[tuple[str, str], tuple[Any, np.ndarray]] = {}
     for name, (adaptor, seconds) in adaptors.items():
@@ -115,18 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         index.view_cache_bytes = 1 << 40
         del vectors
         for spec in SPECS:
-            stages = parse_stages(spec)
-            with threadpool_limits(2):
-                build_started = time.perf_counter()
-                index.prepare(stages)
-                build = time.perf_counter() - build_started
-            faiss.omp_set_num_threads(1)
+            search, build = prepared_search(index, parse_stages(spec), 10, build_threads=2)
             with threadpool_limits(1):
-                def search(q: np.ndarray, stages=stages, index=index) -> np.ndarray:
-                    return np.array([[int(h.id) for h in hits] for hits in index.search(q, k=10, stages=stages)])
-
                 found = np.concatenate([search(view_queries[i : i + 64]) for i in range(0, len(view_queries), 64)])
-            faiss.omp_set_num_threads(2)
             row["funnels"].append({"spec": spec, "recall": recall(found, truth), "build_seconds": round(build, 1)})
             searchers[(name, spec)] = (search, view_queries)
             log(f"  {spec}: recall {row['funnels'][-1]['recall']:.4f}")

@@ -336,11 +336,14 @@ def test_filtered_search_scans_instead_of_building_a_graph() -> None:
     assert ids(hits) == ids(exact) and all(int(h.id[1:]) % 2 == 0 for h in hits[0])
 
 
+def falling_variance(rng: np.random.Generator, rows: int) -> np.ndarray:
+    """32-dim Gaussian rows whose spread falls from 3 to 0.3 across the dimensions, as a Matryoshka model's does."""
+    return (rng.standard_normal((rows, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
+
+
 def test_ivf_first_stage_probes_lists_and_takes_appends() -> None:
     rng = np.random.default_rng(5)
-    scale = np.linspace(3, 0.3, 32)
-    vectors = (rng.standard_normal((8000, 32)) * scale).astype(np.float32)
-    queries = (rng.standard_normal((30, 32)) * scale).astype(np.float32)
+    vectors, queries = falling_variance(rng, 8000), falling_variance(rng, 30)
     index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(8000)])
     flat = ids(index.search(queries, 10, parse_stages("16:float32:300,full:float32:10")))
     every = ids(index.search(queries, 10, parse_stages("16:ivf:300:1000,full:float32:10")))  # probes every list
@@ -349,7 +352,7 @@ def test_ivf_first_stage_probes_lists_and_takes_appends() -> None:
     few = ids(index.search(queries, 10, parse_stages("16:ivf:300:1,full:float32:10")))
     assert all(len(row) == 10 for row in few)
     assert 0.5 < np.mean([len(set(a) & set(b)) / 10 for a, b in zip(few, flat)]) < 1.0
-    extra = (rng.standard_normal((20, 32)) * scale).astype(np.float32)
+    extra = falling_variance(rng, 20)
     index.add(extra, [f"n{i}" for i in range(20)])
     hits = index.search(extra[:5], 1, parse_stages("16:ivf:300:1000,full:float32:10"))
     assert [row[0].id for row in hits] == [f"n{i}" for i in range(5)]
@@ -357,9 +360,7 @@ def test_ivf_first_stage_probes_lists_and_takes_appends() -> None:
 
 def test_ivfpq_first_stage_scans_4bit_codes_and_grows_from_an_exact_tail() -> None:
     rng = np.random.default_rng(6)
-    scale = np.linspace(3, 0.3, 32)
-    vectors = (rng.standard_normal((20_000, 32)) * scale).astype(np.float32)
-    queries = (rng.standard_normal((40, 32)) * scale).astype(np.float32)
+    vectors, queries = falling_variance(rng, 20_000), falling_variance(rng, 40)
     index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(20_000)])
     flat = ids(index.search(queries, 10, parse_stages("16:float32:300,full:float32:10")))
     codes = parse_stages("16:ivfpq:300:1000,full:float32:10")  # probes every list: only the 4-bit codes differ
