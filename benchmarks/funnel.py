@@ -60,8 +60,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from matryoshka.adapt import fit_rotation  # noqa: E402
 from matryoshka.retrieval import FunnelIndex, Stage, format_stages, parse_stages  # noqa: E402
+from matryoshka.retrieval.approximate import hnsw_link_bytes  # noqa: E402
 from matryoshka.retrieval.exact import ColumnBlocks, top_k_inner_product  # noqa: E402
-from matryoshka.retrieval.index import hnsw_link_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 #: Funnels on the rotated (Matryoshka) vectors.

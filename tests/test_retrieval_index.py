@@ -140,6 +140,8 @@ def test_ties_break_by_insertion_order() -> None:
         "16:binary:3",
         "16:binary:25,full:float32:3",
         "full:float32:25,16:binary:3",
+        "full:float32:25,16:binary:4,full:float32:3",  # an unsorted middle stage cuts through the tie
+        "16:binary:25,full:float32:4,full:float32:3",
     ):
         [hits] = index.search(base, k=3, stages=parse_stages(spec))
         assert [h.id for h in hits] == ["dup0", "dup1", "dup2"], spec

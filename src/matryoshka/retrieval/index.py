@@ -38,6 +38,7 @@ import faiss
 import numpy as np
 
 from matryoshka.embeddings import encode
+from matryoshka.retrieval.approximate import ApproxView
 from matryoshka.retrieval.exact import ColumnBlocks, serial_when_small, top_k_inner_product
 from matryoshka.retrieval.filters import (
     Filter,
@@ -46,6 +47,7 @@ from matryoshka.retrieval.filters import (
     check_metadata,
     matches,
 )
+from matryoshka.retrieval.prefixes import prefix_blocks, prefixes, unit_rows
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import APPROXIMATE, PRESETS, Stage, as_float_scan, resolve_stages, validate_stages
 from matryoshka.retrieval.types import Hit, StageTiming, stage_timing
@@ -58,7 +60,6 @@ if TYPE_CHECKING:
 Storage = Literal["float32", "float16"]
 STORAGES: tuple[str, ...] = get_args(Storage)
 
-_BLOCK_ROWS = 65_536  # rows per block when deriving views or scanning float16 storage
 _RERANK_BYTES = 32 << 20  # gathered candidate vectors per re-rank chunk
 _INT8_TRAIN_ROWS = 262_144  # rows (evenly spaced) that set the int8 ranges
 #: Default budget for cached first-stage views (prefixes, sign bits, int8 codes). Every distinct
@@ -200,7 +201,7 @@ class FunnelIndex(VectorIndex):
         ids = _check_ids(ids, len(array))
         texts = _check_texts(texts, len(array))
         meta = _check_metadata_list(metadata, len(array))
-        return cls(_unit_rows(array, storage), ids, texts, model_name, stages, storage, meta)
+        return cls(unit_rows(array, storage), ids, texts, model_name, stages, storage, meta)
 
     @classmethod
     def open(
@@ -297,7 +298,7 @@ class FunnelIndex(VectorIndex):
         ``candidates`` is how many vectors the stage scored per query; ``seconds`` covers the whole
         batch and leaves out building a cached view on first use (see :meth:`prepare`).
         """
-        query = _unit_rows(np.atleast_2d(np.asarray(queries)), "float32")
+        query = unit_rows(np.atleast_2d(np.asarray(queries)), "float32")
         if query.shape[1] != self.dim:
             raise ValueError(f"queries have {query.shape[1]} dims but the index holds {self.dim}-dim vectors")
         wanted = check_filter(filter)
@@ -316,10 +317,10 @@ class FunnelIndex(VectorIndex):
         start = time.perf_counter()
         scores, rows = self._scan(snap, query, plan[0], ordered=len(plan) == 1)
         timings.append(_timing(plan[0], count, time.perf_counter() - start))
-        for stage in plan[1:]:
+        for position, stage in enumerate(plan[1:], start=2):
             candidates = rows.shape[1]
             start = time.perf_counter()
-            scores, rows = self._rerank(snap, query, rows, stage)
+            scores, rows = self._rerank(snap, query, rows, stage, ordered=position == len(plan))
             timings.append(_timing(stage, candidates, time.perf_counter() - start))
         texts = snap.texts
         hits = [
@@ -355,7 +356,7 @@ class FunnelIndex(VectorIndex):
         new_ids = _check_ids(ids, len(array))
         new_texts = _check_texts(texts, len(array))
         new_meta = _check_metadata_list(metadata, len(array))
-        self._append(_unit_rows(array, self.storage), new_ids, new_texts, new_meta)
+        self._append(unit_rows(array, self.storage), new_ids, new_texts, new_meta)
 
     def _append(
         self,
@@ -662,7 +663,7 @@ class FunnelIndex(VectorIndex):
     def _scan(self, snap: _Snapshot, query: np.ndarray, stage: Stage, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
         """Top ``stage.keep`` of every vector; sorted (score, then insertion order) only when ``ordered``."""
         dim, keep = stage.dim, stage.keep
-        prefix = _unit_rows(query[:, :dim], "float32")
+        prefix = unit_rows(query[:, :dim], "float32")
         key = (stage.codec, dim)
         if stage.codec == "float32":
             # a prefix always has its view; the full size has one when it fits the view budget
@@ -683,10 +684,12 @@ class FunnelIndex(VectorIndex):
         return _sort_hits(scores, rows) if ordered else (scores, rows)
 
     def _rerank(
-        self, snap: _Snapshot, query: np.ndarray, rows: np.ndarray, stage: Stage
+        self, snap: _Snapshot, query: np.ndarray, rows: np.ndarray, stage: Stage, ordered: bool
     ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``stage.keep`` of each query's candidate ``rows`` by ``stage``'s view; sorted only when
+        ``ordered`` (a later stage re-scores them anyway)."""
         dim, keep = stage.dim, min(stage.keep, rows.shape[1])
-        prefix = _unit_rows(query[:, :dim], "float32")
+        prefix = unit_rows(query[:, :dim], "float32")
         chunk = max(1, _RERANK_BYTES // max(1, rows.shape[1] * dim * 4))
         out_scores = np.empty((len(rows), keep), dtype=np.float32)
         out_rows = np.empty((len(rows), keep), dtype=np.int64)
@@ -697,7 +700,7 @@ class FunnelIndex(VectorIndex):
                 scores = _int8_scores(snap.views[("int8", dim)], cand, queries)
             else:
                 scores = _gathered_scores(snap.vectors, cand, queries, stage.codec)
-            out_scores[start : start + len(cand)], out_rows[start : start + len(cand)] = _top(scores, cand, keep)
+            out_scores[start : start + len(cand)], out_rows[start : start + len(cand)] = _top(scores, cand, keep, ordered)
         return out_scores, out_rows
 
 
@@ -806,18 +809,6 @@ def _check_metadata_list(metadata: Sequence[Metadata | None] | None, count: int)
     return [check_metadata(m) for m in metadata]
 
 
-def _unit_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), block by block, as ``dtype``."""
-    out = np.empty(vectors.shape, dtype=dtype)
-    for start in range(0, len(vectors), _BLOCK_ROWS):
-        block = np.asarray(vectors[start : start + _BLOCK_ROWS], dtype=np.float32)
-        if not np.isfinite(block).all():
-            raise ValueError("vectors contain NaN or infinity")
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        out[start : start + len(block)] = block / np.where(norms == 0, 1.0, norms)
-    return out
-
-
 def _gather_prefix(vectors: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarray:
     """Unit-length ``dim``-prefixes of the stored rows ``rows`` (stored full rows are already unit)."""
     if dim == vectors.shape[1]:
@@ -828,19 +819,24 @@ def _gather_prefix(vectors: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarra
     return prefix
 
 
-def _top(scores: np.ndarray, rows: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``keep`` best per query by score, ties to the earlier row, sorted; a partition, not a full sort."""
-    if keep < scores.shape[1]:
-        picked = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-        top_scores, top_rows = np.take_along_axis(scores, picked, axis=1), np.take_along_axis(rows, picked, axis=1)
-        cutoff = top_scores.min(axis=1, keepdims=True)
-        # where the partition split a tie at the cut-off, redo that query with the exact order
-        split = np.flatnonzero((scores == cutoff).sum(axis=1) > (top_scores == cutoff).sum(axis=1))
-        for i in split:
-            order = np.lexsort((rows[i], -scores[i]))[:keep]
-            top_scores[i], top_rows[i] = scores[i][order], rows[i][order]
+def _top(scores: np.ndarray, rows: np.ndarray, keep: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` best per query by score, ties at the cut-off to the earlier row; sorted (score, then
+    row) only when ``ordered``. A partition of the scores' values, which is about twice as fast as an
+    indirect ``argpartition``, then the rows above the cut-off value and as many tied ones as fit."""
+    count = scores.shape[1]
+    if keep < count:
+        cutoffs = np.partition(scores, count - keep, axis=1)[:, count - keep]
+        top_scores = np.empty((len(scores), keep), dtype=scores.dtype)
+        top_rows = np.empty((len(scores), keep), dtype=rows.dtype)
+        for i, (row_scores, cutoff) in enumerate(zip(scores, cutoffs)):
+            above = np.flatnonzero(row_scores > cutoff)
+            tied = np.flatnonzero(row_scores == cutoff)
+            if len(above) + len(tied) > keep:
+                tied = tied[np.argsort(rows[i][tied], kind="stable")[: keep - len(above)]]
+            picked = np.concatenate([above, tied])
+            top_scores[i], top_rows[i] = row_scores[picked], rows[i][picked]
         scores, rows = top_scores, top_rows
-    return _sort_hits(scores, rows)
+    return _sort_hits(scores, rows) if ordered else (scores, rows)
 
 
 def _sort_hits(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -864,25 +860,15 @@ def _views_for(plan: Sequence[Stage], full_dim: int, count: int, budget: int) ->
     return {("int8", s.dim) for s in plan[1:] if s.codec == "int8"} | scans
 
 
-def _prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
-    for start in range(0, len(vectors), _BLOCK_ROWS):
-        yield _unit_rows(vectors[start : start + _BLOCK_ROWS, :dim], "float32")
-
-
-def _prefixes(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """The unit ``dim``-prefixes of ``vectors`` as one float32 array (``(0, dim)`` for no rows)."""
-    return np.concatenate(list(_prefix_blocks(vectors, dim))) if len(vectors) else np.zeros((0, dim), np.float32)
-
-
 def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
     codec, dim = key
     if codec == "float32":
         columns = ColumnBlocks([], dim)
-        for block in _prefix_blocks(vectors, dim):
+        for block in prefix_blocks(vectors, dim):
             columns = columns.extended(block)
         return columns
     if codec in APPROXIMATE:
-        return _ApproxView.build(codec, vectors, dim)
+        return ApproxView.build(codec, vectors, dim)
     view: Any
     if codec == "binary":
         view = faiss.IndexBinaryFlat(dim)
@@ -891,8 +877,8 @@ def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
         view = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
         if codec == "int8":
             sample = np.linspace(0, max(len(vectors) - 1, 0), min(len(vectors), _INT8_TRAIN_ROWS)).astype(np.int64)
-            view.train(_unit_rows(vectors[sample, :dim], "float32") if len(sample) else np.zeros((1, dim), "float32"))
-    for block in _prefix_blocks(vectors, dim):
+            view.train(unit_rows(vectors[sample, :dim], "float32") if len(sample) else np.zeros((1, dim), "float32"))
+    for block in prefix_blocks(vectors, dim):
         view.add(np.packbits(block > 0, axis=1) if codec == "binary" else block)
     return view
 
@@ -900,141 +886,12 @@ def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
 def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: int) -> Any:
     """A copy of ``view`` with ``rows`` appended (searches in flight keep the old one)."""
     codec, dim = key
-    prefix = _prefixes(rows, dim)
+    prefix = prefixes(rows, dim)
     if codec == "float32" or codec in APPROXIMATE:
         return view.extended(prefix)
     extended: Any = faiss.clone_index(view) if codec != "binary" else faiss.clone_binary_index(view)  # type: ignore[attr-defined]
     extended.add(np.packbits(prefix > 0, axis=1) if codec == "binary" else prefix)
     return extended
-
-
-#: Neighbours per node of the HNSW graph a ``hnsw`` stage searches (FAISS's ``M``; level 0 keeps 2M).
-HNSW_M = 16
-#: Candidate list while the graph is built (FAISS's ``efConstruction``; its default is 40).
-HNSW_EF_CONSTRUCTION = 64
-#: Training points per inverted list for an ``ivf`` stage's k-means (FAISS warns below 39).
-IVF_TRAIN_PER_LIST = 40
-#: Below this many rows an ``ivfpq`` view holds its rows in the exactly-scanned tail (its 16-level
-#: codebooks and its lists need this much to train, and a scan of so few prefixes is quick anyway).
-IVFPQ_MIN_ROWS = 4096
-#: FAISS's fast-scan search variant for ``ivfpq`` (``IndexIVFFastScan.implem``; 0 lets FAISS choose).
-#: 11 (SIMD scan, results kept in a heap) ran a 1M-vector, 8,000-hit search 10-20% faster than FAISS's
-#: choice for so many hits on the development machine (1 thread, ``benchmarks/funnel.py``'s vectors).
-IVFPQ_IMPLEM = 11
-#: Rows appended after an approximate index was built are scanned exactly until they reach this share
-#: of it (or :data:`_TAIL_MIN` rows); then a copy of the index takes them in.
-_TAIL_SHARE = 0.25
-_TAIL_MIN = 16_384
-
-
-def ivf_lists(count: int) -> int:
-    """Inverted lists for ``count`` vectors: 4·sqrt(count) (4,000 at 1M), at most count / 40, at least 1."""
-    return max(1, min(int(4 * np.sqrt(count)), count // IVF_TRAIN_PER_LIST))
-
-
-def hnsw_link_bytes(hnsw: Any) -> int:
-    """Bytes of a FAISS HNSW graph's links (neighbour ids, per-node offsets and levels), vectors excluded."""
-    return int(hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4)
-
-
-class _ApproxView:
-    """An approximate FAISS index over unit prefixes (``hnsw``: ``IndexHNSWFlat``; ``ivf``:
-    ``IndexIVFFlat``; ``ivfpq``: ``IndexIVFPQFastScan`` with one 4-bit code per dimension; inner
-    product), plus a tail of rows added since it was built, scanned exactly.
-    Immutable: appends return a new view, so searches in flight keep theirs, and the index is copied
-    only when its tail has grown by a quarter (amortised constant work per appended row)."""
-
-    def __init__(self, codec: str, index: Any, tail: np.ndarray) -> None:
-        self.codec, self.index, self.tail = codec, index, tail  # index None: too few rows yet (ivfpq)
-
-    @property
-    def indexed(self) -> int:
-        return 0 if self.index is None else int(self.index.ntotal)
-
-    @classmethod
-    def build(cls, codec: str, vectors: np.ndarray, dim: int) -> _ApproxView:
-        index: Any
-        if codec == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        elif codec == "ivfpq" and len(vectors) < IVFPQ_MIN_ROWS:
-            return cls(codec, None, _prefixes(vectors, dim))
-        else:
-            lists = ivf_lists(len(vectors))
-            if codec == "ivfpq":
-                index = faiss.index_factory(dim, f"IVF{lists},PQ{dim}x4fs", faiss.METRIC_INNER_PRODUCT)
-                index.implem = IVFPQ_IMPLEM
-            else:
-                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-            sample = np.linspace(0, max(len(vectors) - 1, 0), min(len(vectors), lists * IVF_TRAIN_PER_LIST))
-            index.train(_unit_rows(vectors[sample.astype(np.int64), :dim], "float32"))
-        for block in _prefix_blocks(vectors, dim):
-            index.add(block)
-        return cls(codec, index, np.zeros((0, dim), np.float32))
-
-    def extended(self, prefix: np.ndarray) -> _ApproxView:
-        tail = np.concatenate([self.tail, prefix])
-        if len(tail) < max(_TAIL_MIN, _TAIL_SHARE * self.indexed):
-            return _ApproxView(self.codec, self.index, tail)
-        if self.index is None:
-            return _ApproxView.build(self.codec, tail, tail.shape[1])
-        index = faiss.clone_index(self.index)
-        index.add(tail)
-        return _ApproxView(self.codec, index, np.zeros((0, tail.shape[1]), np.float32))
-
-    def search(self, prefix: np.ndarray, keep: int, probe: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate top ``keep`` by prefix cosine, merged with the tail's exact top ``keep``.
-
-        A query for which the index finds fewer than ``keep`` (its probed lists hold fewer vectors, or
-        the graph walk ran dry) is searched again with a 4× wider probe; rows stay ``-1`` only when
-        even the widest probe falls short (the caller then scans that query exactly).
-        """
-        indexed = self.indexed
-        keep = min(keep, indexed + len(self.tail))
-        size = min(keep, indexed)
-        scores = np.zeros((len(prefix), 0), np.float32)
-        rows = np.zeros((len(prefix), 0), np.int64)
-        if indexed:
-            if self.codec == "hnsw":
-                width, widest = max(probe or keep, keep), max(indexed, keep)
-            else:
-                width, widest = min(probe or max(1, self.index.nlist // 64), self.index.nlist), self.index.nlist
-            scores, rows = self._search(prefix, size, width)
-            short = np.flatnonzero((rows < 0).any(axis=1))
-            while len(short) and width < widest:
-                width = min(widest, width * 4)
-                scores[short], rows[short] = self._search(prefix[short], size, width)
-                short = short[(rows[short] < 0).any(axis=1)]
-        if len(self.tail):
-            tail_scores, tail_rows = top_k_inner_product(prefix, self.tail, keep)
-            scores = np.concatenate([scores, tail_scores], axis=1)
-            rows = np.concatenate([rows, tail_rows + indexed], axis=1)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
-            scores, rows = np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
-        return scores, rows
-
-    def _search(self, prefix: np.ndarray, size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        params: Any
-        if self.codec == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=width)  # type: ignore[attr-defined]
-        else:
-            params = faiss.SearchParametersIVF()
-            params.nprobe = width
-        with serial_when_small(len(prefix) * self.index.ntotal):
-            return self.index.search(prefix, size, params=params)
-
-    def nbytes(self) -> int:
-        if self.index is None:
-            stored = 0
-        elif self.codec == "hnsw":
-            stored = self.index.ntotal * self.index.d * 4 + hnsw_link_bytes(self.index.hnsw)
-        elif self.codec == "ivfpq":  # each listed code and its 8-byte id, the centroids and the codebooks
-            pq = self.index.pq
-            stored = self.index.ntotal * (self.index.code_size + 8) + self.index.nlist * self.index.d * 4
-            stored += pq.M * pq.ksub * pq.dsub * 4
-        else:  # each listed vector and its 8-byte id, plus the centroids
-            stored = self.index.ntotal * (self.index.d * 4 + 8) + self.index.nlist * self.index.d * 4
-        return int(stored + self.tail.nbytes)
 
 
 def _view_bytes(codec: str, dim: int, view: Any, count: int) -> int:
