@@ -310,11 +310,14 @@ def test_concurrent_searches_and_updates_stay_consistent() -> None:
     assert all(f"new{i}" in index for i in range(0, 80, 4))
 
 
+def falling_variance(rng: np.random.Generator, rows: int) -> np.ndarray:
+    """32-dim Gaussian rows whose spread falls from 3 to 0.3 across the dimensions, as a Matryoshka model's does."""
+    return (rng.standard_normal((rows, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
+
+
 def test_hnsw_first_stage_finds_the_prefix_neighbours_and_takes_appends() -> None:
     rng = np.random.default_rng(3)
-    # leading dims carry most of the variance, as in a Matryoshka model
-    vectors = (rng.standard_normal((4000, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
-    queries = (rng.standard_normal((30, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
+    vectors, queries = falling_variance(rng, 4000), falling_variance(rng, 30)
     index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(4000)])
     graph = parse_stages("16:hnsw:300:400,full:float32:10")
     flat = parse_stages("16:float32:300,full:float32:10")
@@ -322,7 +325,7 @@ def test_hnsw_first_stage_finds_the_prefix_neighbours_and_takes_appends() -> Non
                                                                 ids(index.search(queries, 10, flat)))])
     assert overlap >= 0.95  # the graph finds (nearly) the flat scan's shortlist
     assert index.view_bytes(graph) > 4000 * 16 * 4  # the graph holds its prefixes and its links
-    extra = (rng.standard_normal((50, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
+    extra = falling_variance(rng, 50)
     index.add(extra, [f"n{i}" for i in range(50)])
     hits = index.search(extra[:5], 1, graph)  # rows appended after the graph was built are searched too
     assert [row[0].id for row in hits] == [f"n{i}" for i in range(5)]
@@ -336,11 +339,6 @@ def test_filtered_search_scans_instead_of_building_a_graph() -> None:
     hits = index.search(vectors[:1], 5, graph, filter={"even": True})
     exact = index.search(vectors[:1], 5, parse_stages("8:float32:50,full:float32:5"), filter={"even": True})
     assert ids(hits) == ids(exact) and all(int(h.id[1:]) % 2 == 0 for h in hits[0])
-
-
-def falling_variance(rng: np.random.Generator, rows: int) -> np.ndarray:
-    """32-dim Gaussian rows whose spread falls from 3 to 0.3 across the dimensions, as a Matryoshka model's does."""
-    return (rng.standard_normal((rows, 32)) * np.linspace(3, 0.3, 32)).astype(np.float32)
 
 
 def test_ivf_first_stage_probes_lists_and_takes_appends() -> None:
