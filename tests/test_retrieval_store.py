@@ -117,6 +117,15 @@ def test_index_without_texts_and_empty_index(tmp_path: Path) -> None:
     FunnelIndex.from_vectors(np.ones((2, 8)), ["a", "b"]).save(tmp_path / "plain")
     assert "texts.json" not in read_manifest(tmp_path / "plain")["files"]
     assert FunnelIndex.load(tmp_path / "plain").search(np.ones(8), k=1)[0][0].text is None
+    upserted = FunnelIndex.from_vectors(np.zeros((0, 8)), [])
+    upserted.upsert(["a", "b"], np.ones((2, 8)))  # upsert fills absent texts and metadata with None
+    upserted.save(tmp_path / "upserted")
+    assert sorted(read_manifest(tmp_path / "upserted")["files"]) == ["ids.json", "vectors.bin"]
+    upserted.upsert(["c"], np.ones((1, 8)), texts=["t"], metadata=[{"lang": "en"}])
+    upserted.save(tmp_path / "upserted")
+    again = FunnelIndex.load(tmp_path / "upserted")
+    assert [again.metadata(i) for i in "abc"] == [None, None, {"lang": "en"}]
+    assert {h.id: h.text for h in again.search(np.ones(8), k=3)[0]} == {"a": None, "b": None, "c": "t"}
     FunnelIndex.from_vectors(np.zeros((0, 8)), []).save(tmp_path / "empty")
     assert len(FunnelIndex.load(tmp_path / "empty")) == 0
 
@@ -415,8 +424,7 @@ def test_version_1_index_loads_and_the_next_save_writes_version_2(tmp_path: Path
     opened.upsert(["new"], np.ones((1, 16), np.float32))
     opened.close()
     assert read_manifest(path)["format_version"] == 2
-    assert sorted(p.name for p in path.iterdir()) == ["ids.json", "manifest.json", "metadata.json", "texts.json",
-                                                      "vectors.bin"]
+    assert sorted(p.name for p in path.iterdir()) == ["ids.json", "manifest.json", "vectors.bin"]
     again = FunnelIndex.load(path)
     assert again.ids == [*index.ids, "new"]
     np.testing.assert_array_equal(again._vectors[:40], index._vectors)

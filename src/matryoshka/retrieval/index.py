@@ -374,6 +374,12 @@ class FunnelIndex(VectorIndex):
             # Lists grow in place: a search in flight holds the old vectors array and reads only rows below
             # its length, so it never sees the appended entries.
             start = len(self._ids)
+            # All-None lists (what ``upsert`` passes when none were given) store nothing, so an index that
+            # never held texts or metadata writes no texts.json or metadata.json.
+            if new_texts is not None and all(text is None for text in new_texts):
+                new_texts = None
+            if new_meta is not None and all(meta is None for meta in new_meta):
+                new_meta = None
             if self._texts is None and new_texts is not None:
                 self._texts = [None] * start
             if self._texts is not None:
