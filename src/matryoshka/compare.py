@@ -568,7 +568,7 @@ def _retrieval_rows(
 def run_compare(
     config: CompareConfig | None = None, log: Any = print, progress: Callable[[str, int, int], None] | None = None,
 ) -> list[Results]:
-    """Fit, train, evaluate; write ``results.{json,md}`` (STS-B), ``retrieval.{json,md}`` and ``results.png``.
+    """Fit, train, evaluate; write ``results.{json,md}`` (STS-B), ``retrieval.{json,md,png}`` and ``results.png``.
 
     Returns the STS-B results, then the retrieval results when ``config.retrieval`` is set.
     ``progress(label, step, total)`` is called after every training step of every fine-tuned model.
