@@ -56,6 +56,33 @@ def test_evaluate_stsb_writes_json_markdown_and_plot(tmp_path):
     assert "retention" in (tmp_path / "results.md").read_text()
 
 
+def test_evaluate_defaults_to_each_models_own_ladder(tmp_path):
+    """Without --dims a model narrower than 384 is scored at its full size and the ladder below it."""
+    from matryoshka.models import build_static_model
+
+    build_static_model(embedding_dim=96, seed=0).save(str(tmp_path / "narrow"))
+    result = invoke("evaluate", "-m", tmp_path / "narrow", "-m", "all-MiniLM-L6-v2", "--limit", 40,
+                    "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(data["narrow"]) == {"96", "64", "32", "16"}
+    assert set(data["all-MiniLM-L6-v2"]) == {"384", "256", "128", "64", "32", "16"}
+    assert data["retention"]["narrow"]["96"] == 1.0
+    assert data["metadata"]["dims"] == [384, 256, 128, 96, 64, 32, 16]
+
+
+def test_dimension_ladder_starts_at_the_full_size():
+    from matryoshka.embeddings import dimension_ladder
+    from matryoshka.errors import DimensionError
+
+    assert dimension_ladder(768) == [768, 384, 256, 128, 64, 32, 16]
+    assert dimension_ladder(384) == [384, 256, 128, 64, 32, 16]
+    assert dimension_ladder(100) == [100, 64, 32, 16]
+    assert dimension_ladder(8) == [8]
+    with pytest.raises(DimensionError):
+        dimension_ladder(0)
+
+
 def test_evaluate_bad_dims():
     result = invoke("evaluate", "--dims", "384,abc")
     assert result.exit_code != 0

@@ -258,7 +258,9 @@ def cut(
 def evaluate(
     models: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model(s) to score; repeat the option.")] = None,
     task: Annotated[str, typer.Option(help="stsb, or a retrieval set: scifact, npl, or a BEIR directory.")] = "stsb",
-    dims: Annotated[str, typer.Option(help="Dimensions to score.")] = "384,256,128,64,32,16",
+    dims: Annotated[str | None, typer.Option(
+        help="Dimensions to score, e.g. 384,64. Default: each model's full size, then every one of "
+        "384,256,128,64,32,16 below it.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for results.json/.md/.png.")] = Path("runs/evaluate"),
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
     limit: Annotated[int | None, typer.Option(min=10, help="STS only: score the first N pairs.")] = None,
@@ -278,7 +280,7 @@ def evaluate(
     from matryoshka.model_identity import model_label, short_name
     from matryoshka.models import ModelLoadError, load_model
 
-    dim_list = parse_ints(dims, "--dims")
+    dim_list = parse_ints(dims, "--dims") if dims is not None else None
     names: list[str | None] = [*models] if models else [None]
     scores: dict[str, dict[int, float]] = {}
     metrics: dict[str, dict[str, dict[int, float]]] = {}
@@ -306,7 +308,8 @@ def evaluate(
     except (ValueError, ModelLoadError) as exc:
         fail(str(exc))
     results = Results(task=f"{task}-{split}", metric=metric, scores=scores, metrics=metrics,
-                      metadata={"models": [n or "all-MiniLM-L6-v2" for n in names], "dims": dim_list,
+                      metadata={"models": [n or "all-MiniLM-L6-v2" for n in names],
+                                "dims": sorted({d for by_dim in scores.values() for d in by_dim}, reverse=True),
                                 "backend": backend, "quantize": quantize, "command": command})
     paths = results.save(out)
     print_results(results)

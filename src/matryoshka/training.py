@@ -58,13 +58,15 @@ from sentence_transformers.sentence_transformer.losses import (
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from matryoshka.embeddings import DIMENSION_LADDER
 from matryoshka.files import ordinary_mode
 from matryoshka.losses import InBatchSimilarityDistillationLoss, RankingDistillationLoss, check_prefixes
 from matryoshka.models import model_dimension
 
 Objective = Literal["distill", "nli", "retrieval"]
 DistillLoss = Literal["cosine", "cosent", "inbatch", "vector"]
-DEFAULT_DIMS: tuple[int, ...] = (384, 256, 128, 64, 32, 16)
+#: Prefixes a run trains at unless told otherwise (the base model is 384-d).
+DEFAULT_DIMS: tuple[int, ...] = DIMENSION_LADDER
 
 
 @dataclass

@@ -37,10 +37,19 @@ class TaskScores:
 
 
 def score_on_task(
-    model: SentenceTransformer, task: str, dims: Sequence[int], split: str = "test", limit: int | None = None,
+    model: SentenceTransformer, task: str, dims: Sequence[int] | None, split: str = "test", limit: int | None = None,
     show_progress_bar: bool = False,
 ) -> TaskScores:
-    """Score ``model`` at ``dims`` on ``stsb`` (Spearman) or a BEIR set (nDCG@10 and more), timing the encoding."""
+    """Score ``model`` at ``dims`` on ``stsb`` (Spearman) or a BEIR set (nDCG@10 and more), timing the encoding.
+
+    ``dims=None`` scores the model's full size and the usual prefixes below it
+    (:func:`matryoshka.embeddings.dimension_ladder`), so a 256- or 768-dim model needs no list.
+    """
+    from matryoshka.embeddings import dimension_ladder
+    from matryoshka.models import model_dimension
+
+    if dims is None:
+        dims = dimension_ladder(model_dimension(model))
     started = time.perf_counter()
     if task == "stsb":
         from matryoshka.data import load_sts
@@ -151,7 +160,7 @@ class LayerGrid:
 def evaluate_layers(
     name: str | None,
     layers: Sequence[int],
-    dims: Sequence[int],
+    dims: Sequence[int] | None,
     task: str = "stsb",
     split: str = "test",
     limit: int | None = None,
@@ -159,7 +168,8 @@ def evaluate_layers(
     quantize: str | None = None,
     label: str | None = None,
 ) -> LayerGrid:
-    """Cut model ``name`` to each of ``layers``, score it at ``dims`` on ``task`` and time its encoding."""
+    """Cut model ``name`` to each of ``layers``, score it at ``dims`` on ``task`` and time its encoding
+    (``dims=None``: the model's full size and the usual prefixes below it, as :func:`score_on_task`)."""
     from matryoshka.models import load_model
     from matryoshka.runtime import num_layers
 
