@@ -309,8 +309,8 @@ def evaluate(
         fail(str(exc))
     results = Results(task=f"{task}-{split}", metric=metric, scores=scores, metrics=metrics,
                       metadata={"models": [n or "all-MiniLM-L6-v2" for n in names],
-                                "dims": sorted({d for by_dim in scores.values() for d in by_dim}, reverse=True),
                                 "backend": backend, "quantize": quantize, "command": command})
+    results.metadata["dims"] = results.dims  # the ladder may differ per model: record what was scored
     paths = results.save(out)
     print_results(results)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -322,7 +322,7 @@ def print_results(results: object) -> None:
 
     assert isinstance(results, Results)
     retention = results.retention()
-    dims = sorted({d for by_dim in results.scores.values() for d in by_dim}, reverse=True)
+    dims = results.dims
     kept_at = dims[-2] if len(dims) > 2 else dims[-1]
     table = Table(title=f"{results.task}: {results.metric} × 100 per dimension", title_justify="left")
     table.add_column("model", no_wrap=True, min_width=min(24, max(len(n) for n in results.scores)))

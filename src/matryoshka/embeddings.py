@@ -38,8 +38,6 @@ def dimension_ladder(full_dim: int) -> list[int]:
     return [full_dim, *(d for d in DIMENSION_LADDER if d < full_dim)]
 
 
-
-
 def check_dim(dim: int | None, full_dim: int) -> int:
     """Validate ``dim`` against ``full_dim`` and return it (``None`` means the full size)."""
     if dim is None:

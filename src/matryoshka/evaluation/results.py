@@ -44,6 +44,11 @@ class Results:
             raise ValueError(f"model names {bad} collide with reserved result keys {RESERVED_KEYS}")
         self.metrics.setdefault(self.metric, self.scores)
 
+    @property
+    def dims(self) -> list[int]:
+        """Every dimension some model was scored at, largest first."""
+        return sorted({d for by_dim in self.scores.values() for d in by_dim}, reverse=True)
+
     def retention(self) -> dict[str, dict[int, float]]:
         """Score at each dimension divided by the score at the model's largest dimension."""
         out = {}
@@ -95,7 +100,7 @@ class Results:
     def to_markdown(self) -> str:
         """A table with one row per dimension and, per model, the score and its retention."""
         names = list(self.scores)
-        dims = sorted({d for by_dim in self.scores.values() for d in by_dim}, reverse=True)
+        dims = self.dims
         retention = self.retention()
         lines = [
             f"**{self.task}**, {self.metric} per dimension (retention = score at d / score at full size)",
@@ -125,7 +130,7 @@ class Results:
         for name, by_dim in self.scores.items():
             dims = sorted(by_dim)
             ax.plot(dims, [by_dim[d] for d in dims], marker="o", label=name)
-        all_dims = sorted({d for by_dim in self.scores.values() for d in by_dim})
+        all_dims = sorted(self.dims)
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_dims, [str(d) for d in all_dims])
         ax.minorticks_off()
