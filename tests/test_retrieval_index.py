@@ -398,3 +398,63 @@ def test_int8_rerank_scores_the_stored_codes() -> None:
         np.testing.assert_allclose(got, expected[[int(h.id[1:]) for h in row]], atol=1e-5)
         assert got[-1] >= np.sort(expected)[-50] - 1e-5  # the 50 best by the decoded codes
     assert isinstance(view, faiss.IndexScalarQuantizer)
+
+
+def clustered(rng: np.random.Generator, rows: int, centres: np.ndarray) -> np.ndarray:
+    """Rows scattered around ``centres`` (structure a neighbour graph can find, as real embeddings have)."""
+    return (centres[rng.integers(0, len(centres), rows)] + 0.35 * rng.standard_normal((rows, centres.shape[1]))).astype(np.float32)
+
+
+def test_neighbour_graph_links_each_vector_to_its_nearest_others() -> None:
+    from matryoshka.retrieval.neighbours import GRAPH_DEGREE, NeighbourGraph
+
+    rng = np.random.default_rng(8)
+    vectors = clustered(rng, 12_000, rng.standard_normal((40, 32)))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    graph = NeighbourGraph.build(vectors)
+    assert graph.links.shape == (12_000, GRAPH_DEGREE) and graph.nbytes == 12_000 * GRAPH_DEGREE * 4
+    sample = np.arange(0, 12_000, 40)
+    exact = np.argsort(-(vectors[sample] @ vectors.T), axis=1)[:, 1:5]  # column 0 is the vector itself
+    assert not (graph.links[sample] == sample[:, None]).any()  # a vector is never its own neighbour
+    found = np.mean([len(set(a) & set(b)) / 4 for a, b in zip(graph.links[sample, :4].tolist(), exact.tolist())])
+    assert found >= 0.8  # an approximate graph: most of each vector's 4 nearest
+    scores = np.einsum("nd,ngd->ng", vectors[sample], vectors[graph.links[sample]])
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+    few = NeighbourGraph.build(vectors[:5])  # one list: an exact graph, padded where fewer than 16 others exist
+    assert (few.links[:, :4] >= 0).all() and (few.links[:, 4:] == -1).all()
+    assert set(few.links[0, :4].tolist()) == {1, 2, 3, 4}
+    grown = few.extended(1)  # 6 rows: the new one has no neighbours and a rebuild is not due yet
+    assert grown is not None and grown.neighbours(np.array([5, 0]))[0].tolist() == [-1] * GRAPH_DEGREE
+    assert few.extended(2) is None  # more than a quarter of the graph would have none: build it again
+
+
+def test_graph_stage_adds_the_neighbours_a_prefix_shortlist_lost() -> None:
+    rng = np.random.default_rng(9)
+    centres = rng.standard_normal((40, 32))
+    vectors, queries = clustered(rng, 6000, centres), clustered(rng, 40, centres)
+    index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(6000)])
+    exact = ids(index.search(queries, 10, PRESETS["exact"]))
+    short = parse_stages("4:float32:40,full:float32:10")
+    widened = parse_stages("4:float32:40,full:float32:10,full:graph:10")
+
+    def recall(found: list[list[str]]) -> float:
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]))
+
+    hits, timings = index.search_with_timings(queries, 10, widened)
+    # a 4-dim prefix finds 0.28 of the true top 10; their neighbours hold most of the rest (0.855)
+    assert recall(ids(hits)) >= recall(ids(index.search(queries, 10, short))) + 0.4
+    assert recall(ids(hits)) >= 0.8
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    query = queries[0] / np.linalg.norm(queries[0])
+    assert [h.score for h in hits[0]] == pytest.approx([float(unit[int(h.id[1:])] @ query) for h in hits[0]], abs=1e-5)
+    assert [t["codec"] for t in timings] == ["float32", "float32", "graph"] and timings[-1]["candidates"] == 10
+    assert index.view_bytes(widened) >= 6000 * 16 * 4  # the graph's links count as the funnel's structure
+
+    index.add(vectors[:10] * 1.01, [f"n{i}" for i in range(10)])  # the graph keeps its links; new rows have none
+    assert ("graph", 32) in index._views
+    assert ids(index.search(vectors[:1], 10, widened))[0][:2] in (["d0", "n0"], ["n0", "d0"])
+    index.add(clustered(rng, 2000, centres), [f"m{i}" for i in range(2000)])  # over a quarter new: dropped, rebuilt on use
+    assert ("graph", 32) not in index._views
+    index.search(queries[:1], 10, widened)
+    assert index._views[("graph", 32)].built == len(index)

@@ -142,3 +142,15 @@ def test_engines_run_an_approximate_shortlist_as_their_float_shortlist() -> None
     assert shortlist == Stage(64, "float32", 400) and last == Stage(FULL, "float32", 10)
     assert prefix_only([Stage(64, "hnsw", 10, 50)], 384) == Stage(64, "float32", 10)
     assert as_float_scan(Stage(64, "int8", 10)) == Stage(64, "int8", 10)
+
+
+def test_graph_stage_widens_a_full_size_rerank_and_only_that() -> None:
+    assert parse_stages("64:ivfpq:4000:320,full:float32:10,full:graph:10")[-1] == Stage(FULL, "graph", 10)
+    assert validate_stages([Stage(64, "float32", 100), Stage(384, "graph", 10)], 384)[-1].codec == "graph"
+    with pytest.raises(ValueError, match="cannot be first"):
+        parse_stages("full:graph:10")
+    with pytest.raises(ValueError, match="write it as full:graph:10"):
+        parse_stages("64:float32:100,64:graph:10")
+    assert bytes_per_vector(Stage(FULL, "graph", 10), 384) == 1536  # it reads its candidates' full vectors
+    # engines and filtered searches re-rank instead of walking a graph of their own
+    assert as_float_scan(Stage(FULL, "graph", 10)) == Stage(FULL, "float32", 10)

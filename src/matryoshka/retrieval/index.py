@@ -3,7 +3,8 @@
 The index stores each full vector once (unit length, float32 or float16). Every other view is
 derived from it: a ``d``-dim prefix re-normalized to unit length, its sign bits, or int8 codes.
 Derived views that a first stage scans are built on first use and cached in memory; later stages
-compute their view from the stored vectors of the few candidates they re-score.
+compute their view from the stored vectors of the few candidates they re-score, or read a cached
+one too (int8 codes; the neighbour graph of a ``graph`` stage).
 
 An index saved to a directory (:meth:`open` with a path, or ``faiss://DIR`` through
 :func:`matryoshka.backends.open_index`) keeps its writes in memory and saves them atomically at
@@ -47,6 +48,7 @@ from matryoshka.retrieval.filters import (
     check_metadata,
     matches,
 )
+from matryoshka.retrieval.neighbours import NeighbourGraph
 from matryoshka.retrieval.prefixes import prefix_blocks, prefixes, unit_rows
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import APPROXIMATE, PRESETS, Stage, as_float_scan, resolve_stages, validate_stages
@@ -68,6 +70,8 @@ _INT8_TRAIN_ROWS = 262_144  # rows (evenly spaced) that set the int8 ranges
 #: scans use a dimension-major copy of the vectors when it takes at most half of it (raise
 #: :attr:`FunnelIndex.view_cache_bytes` to give a large index that copy: batched exact search ran 1.6x at 1M x 384).
 VIEW_CACHE_BYTES = 256 << 20
+#: :func:`_int8_decoding` of each int8 view in use (dropped with the view).
+_INT8_DECODINGS: weakref.WeakKeyDictionary[Any, tuple[np.ndarray, np.ndarray, np.ndarray]] = weakref.WeakKeyDictionary()
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 
 
@@ -388,7 +392,8 @@ class FunnelIndex(VectorIndex):
                 self._metadata = [None] * start
             if self._metadata is not None:
                 self._metadata.extend(new_meta if new_meta is not None else [None] * len(rows))
-            views = {key: _extend_view(key, view, rows, self.dim) for key, view in self._views.items()}
+            extended = {key: _extend_view(key, view, rows, self.dim) for key, view in self._views.items()}
+            views = {key: view for key, view in extended.items() if view is not None}  # None: rebuilt on use
             self._stream(rows, start)
             self._vectors = self._appended(rows)
             self._ids.extend(new_ids)
@@ -694,6 +699,8 @@ class FunnelIndex(VectorIndex):
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best ``stage.keep`` of each query's candidate ``rows`` by ``stage``'s view; sorted only when
         ``ordered`` (a later stage re-scores them anyway)."""
+        if stage.codec == "graph":
+            return self._expand(snap, query, rows, stage, ordered)
         dim, keep = stage.dim, min(stage.keep, rows.shape[1])
         prefix = unit_rows(query[:, :dim], "float32")
         chunk = max(1, _RERANK_BYTES // max(1, rows.shape[1] * dim * 4))
@@ -707,6 +714,23 @@ class FunnelIndex(VectorIndex):
             else:
                 scores = _gathered_scores(snap.vectors, cand, queries, stage.codec)
             out_scores[start : start + len(cand)], out_rows[start : start + len(cand)] = _top(scores, cand, keep, ordered)
+        return out_scores, out_rows
+
+    def _expand(
+        self, snap: _Snapshot, query: np.ndarray, rows: np.ndarray, stage: Stage, ordered: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``stage.keep`` of each query's candidate ``rows`` and their graph neighbours, by the
+        full vectors (a ``graph`` stage)."""
+        graph: NeighbourGraph = snap.views[("graph", self.dim)]
+        keep = min(stage.keep, rows.shape[1])
+        out_scores = np.empty((len(rows), keep), dtype=np.float32)
+        out_rows = np.empty((len(rows), keep), dtype=np.int64)
+        for i, (vector, candidates) in enumerate(zip(query, rows)):
+            wide = np.unique(np.concatenate([candidates, graph.neighbours(candidates).ravel()]))
+            wide = wide[wide >= 0]  # -1 pads rows with fewer neighbours
+            scores = _gather_prefix(snap.vectors, wide, self.dim) @ vector
+            top_scores, top_rows = _top(scores[None], wide[None], keep, ordered)
+            out_scores[i], out_rows[i] = top_scores[0], top_rows[0]
         return out_scores, out_rows
 
 
@@ -733,16 +757,33 @@ def _int8_scores(view: Any, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
     are read in place, not decoded into a float copy (``sa_decode`` of every candidate cost more than
     the scan it saves).
     """
-    dim = view.d
-    trained = faiss.vector_to_array(view.sq.trained)
-    vmin, vdiff = trained[:dim], trained[dim : 2 * dim]
-    codes = faiss.rev_swig_ptr(view.codes.data(), view.ntotal * view.code_size).reshape(view.ntotal, view.code_size)
-    weights = (prefix * (vdiff / 255.0)).astype(np.float32)
-    offsets = prefix @ (vmin + 0.5 * vdiff / 255.0).astype(np.float32)
+    codes, scale, shift = _int8_decoding(view)
+    weights = prefix * scale
+    offsets = prefix @ shift
     scores = np.empty(rows.shape, dtype=np.float32)
     for i, (candidates, weight) in enumerate(zip(rows, weights)):  # one matrix-vector product per query
         np.matmul(np.take(codes, candidates, axis=0).astype(np.float32), weight, out=scores[i])
     return scores + offsets[:, None]
+
+
+def _int8_decoding(view: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An int8 view's codes (a read-only array over FAISS's own buffer) and its decoding ``scale`` and
+    ``shift`` per dimension (value = shift + code · scale), read from FAISS once per view.
+
+    Safe to keep because a view takes no rows once built (appends go to a copy, see
+    :func:`_extend_view`), so the buffer never moves; reading them on every re-rank cost 0.03-0.05 ms
+    a query. FAISS objects refuse new attributes, so they are kept in a weak map instead.
+    """
+    cached = _INT8_DECODINGS.get(view)
+    if cached is None:
+        dim = view.d
+        trained = faiss.vector_to_array(view.sq.trained)
+        vmin, vdiff = trained[:dim], trained[dim : 2 * dim]
+        codes = faiss.rev_swig_ptr(view.codes.data(), view.ntotal * view.code_size).reshape(view.ntotal, view.code_size)
+        codes.flags.writeable = False
+        cached = (codes, (vdiff / 255.0).astype(np.float32), (vmin + 0.5 * vdiff / 255.0).astype(np.float32))
+        _INT8_DECODINGS[view] = cached
+    return cached
 
 
 def _timing(stage: Stage, candidates: int, seconds: float) -> StageTiming:
@@ -852,7 +893,8 @@ def _sort_hits(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _views_for(plan: Sequence[Stage], full_dim: int, count: int, budget: int) -> set[tuple[str, int]]:
-    """Keys of the views a resolved plan reads: the first stage's scan view, and int8 codes for re-ranks.
+    """Keys of the views a resolved plan reads: the first stage's scan view, int8 codes for re-ranks
+    and the neighbour graph for a ``graph`` stage.
 
     A float32 scan of the full vectors reads a :class:`ColumnBlocks` copy of them when that takes at
     most half of ``budget`` (it is faster at every batch size, see :mod:`matryoshka.retrieval.exact`;
@@ -863,7 +905,7 @@ def _views_for(plan: Sequence[Stage], full_dim: int, count: int, budget: int) ->
     scans = {(first.codec, first.dim)}
     if first.codec == "float32" and first.dim == full_dim and 2 * count * full_dim * 4 > budget:
         scans = set()
-    return {("int8", s.dim) for s in plan[1:] if s.codec == "int8"} | scans
+    return {(s.codec, s.dim) for s in plan[1:] if s.codec in ("int8", "graph")} | scans
 
 
 def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
@@ -875,6 +917,8 @@ def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
         return columns
     if codec in APPROXIMATE:
         return ApproxView.build(codec, vectors, dim)
+    if codec == "graph":
+        return NeighbourGraph.build(vectors)
     view: Any
     if codec == "binary":
         view = faiss.IndexBinaryFlat(dim)
@@ -890,8 +934,11 @@ def _build_view(key: tuple[str, int], vectors: np.ndarray) -> Any:
 
 
 def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: int) -> Any:
-    """A copy of ``view`` with ``rows`` appended (searches in flight keep the old one)."""
+    """A copy of ``view`` with ``rows`` appended (searches in flight keep the old one); ``None`` when the
+    view should be built again on next use (a graph with too many rows outside it)."""
     codec, dim = key
+    if codec == "graph":
+        return view.extended(len(rows))
     prefix = prefixes(rows, dim)
     if codec == "float32" or codec in APPROXIMATE:
         return view.extended(prefix)
@@ -901,7 +948,7 @@ def _extend_view(key: tuple[str, int], view: Any, rows: np.ndarray, full_dim: in
 
 
 def _view_bytes(codec: str, dim: int, view: Any, count: int) -> int:
-    if codec == "float32":
+    if codec in ("float32", "graph"):
         return int(view.nbytes)
     if codec in APPROXIMATE:
         return int(view.nbytes())

@@ -10,9 +10,11 @@ vectors instead of all of them: ``64:hnsw:400`` walks an HNSW graph (``64:hnsw:4
 search breadth ``ef``, default ``keep``); ``64:ivf:400`` scans the inverted lists nearest the query
 (``64:ivf:400:64`` probes 64 lists); ``64:ivfpq:10000:512`` does the same over 4-bit codes of the
 prefix (one per dimension, FAISS fast-scan), so each probed list costs an eighth of ``ivf``'s reads.
-The later stages re-rank what it finds: at a million vectors the fastest funnels we measured at
-recall@10 0.99 are of the shape ``64:ivfpq:8000:768,128:int8:500,full:float32:10``
-(``benchmarks/results/funnel.md``).
+The later stages re-rank what it finds. A last stage ``full:graph:10`` widens the hits before it by
+their nearest neighbours in a graph of the full vectors (:mod:`matryoshka.retrieval.neighbours`) and
+re-scores them all on the full vectors, which finds true neighbours the prefix stages lost: at a
+million vectors the fastest funnels we measured at recall@10 0.99 are of the shape
+``64:ivfpq:4000:384,128:int8:300,full:float32:20,full:graph:10`` (``benchmarks/results/funnel.md``).
 
 Example:
     >>> parse_stages("64:float32:400,full:float32:10")
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-Codec = Literal["float32", "float16", "int8", "binary", "hnsw", "ivf", "ivfpq"]
+Codec = Literal["float32", "float16", "int8", "binary", "hnsw", "ivf", "ivfpq", "graph"]
 #: Codecs that search an approximate index built over the prefix (first stage only).
 APPROXIMATE: tuple[str, ...] = ("hnsw", "ivf", "ivfpq")
 CODECS: tuple[str, ...] = get_args(Codec)
@@ -43,7 +45,9 @@ class Stage:
         codec: how the prefix is compared: ``float32``/``float16`` (cosine), ``int8`` (FAISS scalar
             quantizer, per-dimension ranges), ``binary`` (sign bits, Hamming distance), ``hnsw``
             (a FAISS HNSW graph over the float32 prefix), ``ivf`` (FAISS inverted lists over it) or
-            ``ivfpq`` (inverted lists over 4-bit codes of it); the last three only as a first stage.
+            ``ivfpq`` (inverted lists over 4-bit codes of it), the last three only as a first stage; or
+            ``graph`` (the candidates and their nearest neighbours in a graph of the full vectors,
+            scored on the full float vectors), only at the full dimension and not as a first stage.
         keep: candidates passed to the next stage; for the last stage it is replaced by ``k``.
         probe: ``hnsw``: the graph search's candidate list ``ef`` (``None``: ``keep``); ``ivf`` and
             ``ivfpq``: lists scanned, ``nprobe`` (``None``: a 64th of them). Larger finds more of the true prefix
@@ -134,8 +138,9 @@ def validate_stages(stages: Sequence[Stage], full_dim: int | None = None) -> lis
     """Check that ``stages`` form a funnel (and fit ``full_dim`` when given); return them as a list.
 
     Raises:
-        ValueError: no stages, a non-:class:`Stage`, a shortlist larger than the one before it,
-            or a dim larger than ``full_dim``.
+        ValueError: no stages, a non-:class:`Stage`, a shortlist larger than the one before it, an
+            approximate stage after the first, a graph stage first or on a prefix, or a dim larger
+            than ``full_dim``.
     """
     stages = list(stages)
     if not stages:
@@ -143,6 +148,15 @@ def validate_stages(stages: Sequence[Stage], full_dim: int | None = None) -> lis
     for stage in stages:
         if not isinstance(stage, Stage):
             raise ValueError(f"expected Stage objects, got {stage!r}")
+    if stages[0].codec == "graph":
+        raise ValueError(
+            f"stage 1 ({stages[0]}): a graph stage widens the hits of the stage before it, so it cannot be first"
+        )
+    for position, stage in enumerate(stages, start=1):
+        if stage.codec == "graph" and stage.dim not in (FULL, full_dim):
+            raise ValueError(
+                f"stage {position} ({stage}): a graph stage scores the full vectors; write it as full:graph:{stage.keep}"
+            )
     for position, stage in enumerate(stages[1:], start=2):
         if stage.codec in APPROXIMATE:
             raise ValueError(
@@ -202,17 +216,19 @@ def resolve_stages(stages: Sequence[Stage], full_dim: int, k: int, count: int) -
 
 
 def as_float_scan(stage: Stage) -> Stage:
-    """``stage`` with an ``hnsw``/``ivf`` search replaced by a float32 search of the same prefix.
+    """``stage`` with an ``hnsw``/``ivf``/``ivfpq`` search replaced by a float32 search of the same
+    prefix, and a ``graph`` stage by a float32 re-rank.
 
     Used where a graph of its own would not pay: a filtered search over a one-off subset, and the
     engines (PostgreSQL, Qdrant), which already search every float shortlist through their own HNSW.
     """
-    return Stage(stage.dim, "float32", stage.keep) if stage.codec in APPROXIMATE else stage
+    return Stage(stage.dim, "float32", stage.keep) if stage.codec in (*APPROXIMATE, "graph") else stage
 
 
 def bytes_per_vector(stage: Stage, full_dim: int) -> int:
     """Bytes per vector that ``stage`` reads when it scans (or, for ``hnsw``, stores as the graph's
-    vectors): 4/2/1 per dim, half a byte per dim (``ivfpq``), or one bit per dim."""
+    vectors): 4/2/1 per dim, half a byte per dim (``ivfpq``), or one bit per dim (``graph`` reads
+    the full float32 vectors of its candidates)."""
     dim = stage.dim or full_dim
     return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim, "binary": (dim + 7) // 8, "hnsw": 4 * dim, "ivf": 4 * dim,
-            "ivfpq": (dim + 1) // 2}[stage.codec]
+            "ivfpq": (dim + 1) // 2, "graph": 4 * dim}[stage.codec]
