@@ -90,7 +90,7 @@ def test_search_tables_with_preset_and_spec(built: Path) -> None:
     result = invoke("search", built, "vitamin D", "--stages", "128:int8:20,full:float32:5", "--format", "table")
     assert result.exit_code == 0, result.output
     assert "int8" in result.stdout
-    result = invoke("search", built, "vitamin D", "--stages", "64:float32:20,full:float32:5,full:graph:5", "--format", "table")
+    result = invoke("search", built, "vitamin D", "--stages", "64:float32:20,full:float32:10,full:graph:10", "--format", "table")
     assert result.exit_code == 0, result.output
     assert "graph" in result.stdout  # the stage's row in the timings table
 
