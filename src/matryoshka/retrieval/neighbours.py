@@ -11,9 +11,10 @@ The graph is built approximately, the way an inverted file searches: spherical k
 vectors into ``2·sqrt(count)`` lists, and each vector's :data:`GRAPH_DEGREE` neighbours are the best
 of the vectors in the lists nearest its own list's centroid (:data:`GRAPH_PROBE` at 1M, enough for
 about :data:`GRAPH_CANDIDATES` vectors), scored as one matrix product per list. At 1M × 384 it
-took 56 s on 2 cores (an exact graph would take about an hour). For the 10,052 vectors in the top
-20 of 500 dev queries (64-dim shortlists re-ranked at full size), its first 4 links held 91% of
-their exact 4 nearest; searching 10 or 14 lists instead of 6 did not raise the funnel's recall.
+took 56 s on 2 cores, where the exact neighbours of 10,052 vectors alone took 210 s (an exact graph
+would take hours). For those 10,052, the top 20 of 500 dev queries (64-dim shortlists re-ranked at
+full size), its first 4 links held 91% of their exact 4 nearest; searching 10 or 14 lists instead
+of 6 did not raise the funnel's recall.
 
 Example:
     >>> graph = NeighbourGraph.build(vectors)
