@@ -458,3 +458,20 @@ def test_graph_stage_adds_the_neighbours_a_prefix_shortlist_lost() -> None:
     assert ("graph", 32) not in index._views
     index.search(queries[:1], 10, widened)
     assert index._views[("graph", 32)].built == len(index)
+
+
+def test_search_refuses_what_is_not_a_stage_and_repeats_plans():
+    # plans are remembered per (stages, k, count): a bad or unhashable stage must still get its error
+    rng = np.random.default_rng(5)
+    index = FunnelIndex.from_vectors(rng.standard_normal((50, 16)).astype(np.float32), [str(i) for i in range(50)])
+    query = rng.standard_normal((1, 16)).astype(np.float32)
+    for bad in ([{"dim": 8}], ["8:float32:10"]):
+        with pytest.raises(ValueError, match="expected Stage objects"):
+            index.search(query, k=5, stages=bad)  # type: ignore[arg-type]
+    funnel = [Stage(8, "float32", 20), Stage(0, "float32", 5)]
+    first = index.search(query, k=5, stages=funnel)
+    assert index.search(query, k=5, stages=funnel) == first
+    assert [len(row) for row in index.search(query, k=3, stages=funnel)] == [3]  # another k, another plan
+    assert [len(row) for row in index.search(query, k=30, stages=funnel)] == [30]  # keeps lifted to k
+    index.add(query, ["query"])  # another count, another plan: the new row is found
+    assert index.search(query, k=5, stages=funnel)[0][0].id == "query"

@@ -47,3 +47,25 @@ def test_hot_views_stay_cached():
     index.search(query, k=5, stages=[Stage(16, "float32", 20), Stage(0, "float32", 5)])
     index.search(query, k=5, stages=funnel)
     assert index._views[("float32", 32)] is hot  # recently used, so kept, not rebuilt
+
+
+def test_a_smaller_budget_or_more_rows_evict_at_the_next_search():
+    # searches skip the budget check while nothing changed, so a change must bring it back
+    rng = np.random.default_rng(2)
+    count, dim = 300, 64
+    index = FunnelIndex.from_vectors(rng.standard_normal((count, dim)).astype(np.float32), [str(i) for i in range(count)])
+    query = rng.standard_normal((1, dim)).astype(np.float32)
+    wide, narrow = [Stage(32, "float32", 20), Stage(0, "float32", 5)], [Stage(16, "float32", 20), Stage(0, "float32", 5)]
+    index.view_cache_bytes = count * (32 + 16) * 4  # both prefixes fit
+    index.search(query, k=5, stages=narrow)
+    index.search(query, k=5, stages=wide)
+    assert set(index._views) == {("float32", 16), ("float32", 32)}
+    index.view_cache_bytes = count * 32 * 4  # now only one fits: the least recently used goes
+    index.search(query, k=5, stages=wide)
+    assert set(index._views) == {("float32", 32)}
+    index.view_cache_bytes = count * (32 + 16) * 4
+    index.search(query, k=5, stages=narrow)
+    assert set(index._views) == {("float32", 16), ("float32", 32)}
+    index.add(rng.standard_normal((count, dim)).astype(np.float32), [f"new{i}" for i in range(count)])
+    index.search(query, k=5, stages=narrow)  # twice the rows: both views no longer fit
+    assert set(index._views) == {("float32", 16)}

@@ -106,6 +106,8 @@ class NeighbourGraph:
     def neighbours(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), degree)`` neighbour row numbers of ``rows``, best first; -1 pads rows without."""
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and rows.max() < self.built:
+            return self.links[rows].astype(np.int64)
         out = np.full((len(rows), self.links.shape[1]), -1, dtype=np.int64)
         inside = rows < self.built
         out[inside] = self.links[rows[inside]]
