@@ -894,20 +894,21 @@ def _unit_prefix(query: np.ndarray, dim: int) -> np.ndarray:
     ``unit_rows`` for one query, which checks every value again."""
     if dim == query.shape[1]:
         return query
-    prefix = query[:, :dim]
-    norms = np.linalg.norm(prefix, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return prefix / norms
+    return _scaled_to_unit(query[:, :dim].astype(np.float32))
 
 
 def _gather_prefix(vectors: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarray:
     """Unit-length ``dim``-prefixes of the stored rows ``rows`` (stored full rows are already unit)."""
     if dim == vectors.shape[1]:
         return np.take(vectors, rows, axis=0).astype(np.float32, copy=False)
-    prefix = vectors[rows, :dim].astype(np.float32, copy=False)
-    norms = np.sqrt(np.einsum("ij,ij->i", prefix, prefix))
-    prefix /= np.where(norms == 0, 1.0, norms)[:, None]
-    return prefix
+    return _scaled_to_unit(vectors[rows, :dim].astype(np.float32, copy=False))  # the fancy index made a copy
+
+
+def _scaled_to_unit(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (a float32 copy of finite values) divided in place by their lengths; zero rows stay zero."""
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    rows /= np.where(norms == 0, 1.0, norms)[:, None]
+    return rows
 
 
 def _top(scores: np.ndarray, rows: np.ndarray, keep: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
