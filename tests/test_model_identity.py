@@ -78,3 +78,20 @@ def test_the_demo_cache_key_is_the_full_identity(second_model, tmp_path):
     (twin / "README.md").write_text("retrained\n")
     assert model_fingerprint(model_label(str(twin))) != before  # retrained in place: a new cache
     assert demo_cache_path(tmp_path, None, 100) == demo_cache_path(tmp_path, DEFAULT_MODEL, 100)
+
+
+def test_an_export_cache_beside_the_model_does_not_change_its_fingerprints(tmp_path) -> None:
+    # ONNX/OpenVINO exports are cached in <model>/exports; they are copies of the weights, so vectors
+    # cached under the model's fingerprint stay valid.
+    from matryoshka.vector_cache import model_fingerprint as cache_fingerprint
+
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"weights")
+    before = (model_fingerprint(str(path)), cache_fingerprint(path))
+    (path / "exports" / "onnx").mkdir(parents=True)
+    (path / "exports" / "onnx" / "config.json").write_text("{}")
+    assert (model_fingerprint(str(path)), cache_fingerprint(path)) == before
+    (path / "model.safetensors").write_bytes(b"retrained weights")
+    assert model_fingerprint(str(path)) != before[0] and cache_fingerprint(path) != before[1]

@@ -51,7 +51,8 @@ def model_fingerprint(label: str) -> str:
     if not path.is_dir():
         return label
     digest = hashlib.sha1()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    # exports/ holds ONNX/OpenVINO copies made from the weights (runtime.export_dir), not a change of model
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path).parts[0] != "exports"):
         stat = file.stat()
         digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return f"{label}@{digest.hexdigest()[:16]}"

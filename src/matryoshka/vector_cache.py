@@ -35,7 +35,9 @@ def model_fingerprint(name: str | os.PathLike[str] | None) -> str:
     parts = [resolved]
     if path.is_dir():
         for file in sorted(path.rglob("*")):
-            if file.is_file() and file.suffix in (".safetensors", ".bin", ".json"):
+            # exports/ holds ONNX/OpenVINO copies made from these weights (runtime.export_dir): not the model
+            if file.is_file() and file.suffix in (".safetensors", ".bin", ".json") and \
+                    file.relative_to(path).parts[0] != "exports":
                 stat = file.stat()
                 parts.append(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
