@@ -175,3 +175,44 @@ def test_reopen_reads_back_the_same_data(opened, corpus):
             open_index(url, dim=128)
     finally:
         again.close()
+
+
+def test_replace_all(opened, corpus):
+    """Every engine swaps in a whole new set of documents: the old ones are gone, the new ones searched
+    exactly, the same after reopening; a refused batch changes nothing."""
+    backend, url = opened
+    ids, texts, vectors, metadata, queries = corpus
+    keep = list(range(0, CORPUS_SIZE, 2))  # half the corpus under new ids, texts and metadata
+    new_ids = [f"v2-{ids[i]}" for i in keep]
+    new_vectors = vectors[keep]
+    new_texts = [f"v2 {texts[i]}" for i in keep]
+    new_meta = [{"half": "new", "bucket": metadata[i]["bucket"]} for i in keep]
+    bad = new_vectors.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError):
+        backend.replace_all(new_ids, bad, new_texts, new_meta)
+    assert len(backend) == CORPUS_SIZE and backend.existing(ids[:2]) == set(ids[:2])
+
+    backend.replace_all(new_ids, new_vectors, new_texts, new_meta)
+    assert len(backend) == len(new_ids)
+    assert backend.existing([ids[0], ids[1], new_ids[0]]) == {new_ids[0]}
+    expected = brute_force(new_vectors, new_ids, queries)
+    renamed = {f"v2-{doc_id}": doc_id for doc_id in ids}  # assert_same_ranking measures gaps by the old ids
+
+    def as_old(rows: list[list[str]]) -> list[list[str]]:
+        return [[renamed[doc_id] for doc_id in row] for row in rows]
+
+    assert_same_ranking(as_old(hit_ids(backend.search(queries, k=K))), as_old(expected), corpus)
+    assert_same_ranking(as_old(hit_ids(backend.search(queries, k=K, filter={"half": "new", "bucket": [1, 3]}))),
+                        as_old(brute_force(new_vectors[[i for i, m in enumerate(new_meta) if m["bucket"] in (1, 3)]],
+                                           [d for d, m in zip(new_ids, new_meta) if m["bucket"] in (1, 3)], queries)),
+                        corpus)
+    top = backend.search(queries[:1], k=1)[0][0]
+    assert top.text == new_texts[new_ids.index(top.id)]
+    backend.close()
+    again = open_index(url, create=False)
+    try:
+        assert (len(again), again.model_name) == (len(new_ids), "all-MiniLM-L6-v2")
+        assert_same_ranking(as_old(hit_ids(again.search(queries, k=K))), as_old(expected), corpus)
+    finally:
+        again.close()

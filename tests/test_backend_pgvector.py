@@ -394,3 +394,170 @@ def test_a_prefix_alone_ranks_exactly_by_the_prefix(loaded: PgVectorIndex, corpu
     assert hits[0].score == pytest.approx(float(prefix[ids.index(hits[0].id)] @ prefix[5]), abs=1e-5)
     binary = loaded.search(query, k=10, stages=[Stage(16, "binary", 10)])[0]
     assert binary[0].id == ids[5] and binary[0].score == pytest.approx(1.0)  # all 16 sign bits agree
+
+
+# -- replacing every document (index build on an existing table) ---------------------------------
+
+
+def _fail_after(count: int):
+    """A ``PgVectorIndex._copy`` that copies the first ``count`` rows, then fails as a full disk would."""
+    original = PgVectorIndex._copy
+
+    def copy(conn, target, ids, unit, texts, metadata, staged):
+        original(conn, target, ids[:count], unit[:count], texts[:count], metadata[:count], staged)
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device (injected)")
+
+    return staticmethod(copy)
+
+
+def _stored(postgres_url: str, table: str) -> tuple[int, set[str], list[str]]:  # noqa: F811
+    """Rows, ids and leftover rebuild tables, read on a fresh connection (what another process sees)."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        ids = {row[0] for row in conn.execute(f"SELECT id FROM {table}")}
+        stray = [row[0] for row in conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'matryoshka_rebuild%'")]
+    return len(ids), ids, stray
+
+
+def _table_facts(postgres_url: str, table: str) -> dict:  # noqa: F811
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        return {
+            "indexes": conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s ORDER BY 1",
+                                    [table]).fetchall(),
+            "constraints": conn.execute(f"SELECT conname, contype FROM pg_constraint WHERE conrelid = '{table}'::regclass "
+                                        "ORDER BY 1").fetchall(),
+            "acl": conn.execute("SELECT relacl::text[], obj_description(oid, 'pg_class') FROM pg_class WHERE relname = %s",
+                                [table]).fetchone(),
+            "meta": conn.execute(f"SELECT dim, model_name, schema_version, stages FROM {META_TABLE} WHERE table_name = %s",
+                                 [table]).fetchone(),
+            "sequence": conn.execute("SELECT pg_get_serial_sequence(%s, 'seq')", [table]).fetchone(),
+        }
+
+
+def _new_corpus(n: int = 40) -> tuple[list[str], np.ndarray, list[str], list[dict]]:
+    vectors = _unit(np.random.default_rng(21).standard_normal((n, DIM)))
+    ids = [f"new{i}" for i in range(n)]
+    return ids, vectors, [f"new text {i}" for i in ids], [{"group": "new", "n": i % 7} for i in range(n)]
+
+
+def test_replace_all_swaps_in_a_table_with_the_same_indexes_grants_and_meta(
+    url: str, postgres_url: str, corpus  # noqa: F811
+) -> None:
+    ids, vectors, texts, metadata = corpus
+    funnel = "16:float32:60,full:float32:10"
+    with PgVectorIndex.open(url, dim=DIM, model_name="test-model", stages=funnel) as backend:
+        backend.upsert(ids, vectors, texts, metadata)
+        backend.prepare()
+        backend.ensure_index(Stage(8, "binary", 50))
+        table = backend.table
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("DO $$ BEGIN CREATE ROLE matryoshka_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+            conn.execute(f"GRANT SELECT ON {table} TO matryoshka_reader")
+            conn.execute(f"COMMENT ON TABLE {table} IS 'the test corpus'")
+            last_seq = conn.execute(f"SELECT max(seq) FROM {table}").fetchone()[0]
+        before = _table_facts(postgres_url, table)
+
+        new_ids, new_vectors, new_texts, new_meta = _new_corpus()
+        backend.replace_all(new_ids, new_vectors, new_texts, new_meta)
+
+        assert len(backend) == len(new_ids)
+        assert _stored(postgres_url, table) == (len(new_ids), set(new_ids), [])
+        assert _table_facts(postgres_url, table) == before  # same index names and definitions, grants, meta row
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            first_seq = conn.execute(f"SELECT min(seq) FROM {table}").fetchone()[0]
+        assert first_seq > last_seq  # the id sequence carried on: insertion order stays global
+        queries = _queries()
+        for row, expected in zip(backend.search(queries, k=5), _brute_force(new_vectors, queries, 5)):
+            assert [hit.id for hit in row] == [new_ids[i] for i in expected]
+        assert backend.search(new_vectors[3], k=1, filter={"group": "new"})[0][0].text == new_texts[3]
+    with PgVectorIndex.open(url, create=False) as again:
+        assert (len(again), again.model_name, again.stages) == (len(new_ids), "test-model", parse_stages(funnel))
+        again.replace_all([], np.empty((0, DIM), dtype=np.float32))  # an empty corpus empties it, in one step too
+        assert len(again) == 0 and _stored(postgres_url, table)[0] == 0
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["swap", "in-place"])
+def test_failed_rebuild_keeps_rows(
+    loaded: PgVectorIndex, url: str, corpus, postgres_url: str, monkeypatch, in_place: bool  # noqa: F811
+) -> None:
+    """The fault the issue hit: the new rows stop half way (here a full disk); the old ones must stay."""
+    ids = corpus[0]
+    if in_place:  # a view on the table: replaced in place (DELETE + COPY) rather than swapped
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE VIEW {loaded.table}_view AS SELECT id FROM {loaded.table}")
+    monkeypatch.setattr(PgVectorIndex, "_copy", _fail_after(10))
+    new_ids, new_vectors, new_texts, new_meta = _new_corpus()
+    with pytest.raises(BackendError, match="No space left"):
+        loaded.replace_all(new_ids, new_vectors, new_texts, new_meta)
+    monkeypatch.undo()
+
+    assert _stored(postgres_url, loaded.table) == (len(ids), set(ids), [])
+    assert len(loaded) == len(ids)
+    with PgVectorIndex.open(url, create=False) as reader:
+        assert reader.search(corpus[1][5], k=1)[0][0].id == "doc5"
+    loaded.replace_all(new_ids, new_vectors, new_texts, new_meta)  # and a second try goes through
+    assert _stored(postgres_url, loaded.table)[1] == set(new_ids)
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["swap", "in-place"])
+def test_readers_see_old_rows(
+    loaded: PgVectorIndex, corpus, postgres_url: str, monkeypatch, in_place: bool  # noqa: F811
+) -> None:
+    """While the new rows load, another connection reads the old ones, without waiting for the load
+    (a lock wait past 5 s fails the read instead of hanging the test)."""
+    ids, vectors, _, _ = corpus
+    if in_place:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE VIEW {loaded.table}_view AS SELECT id FROM {loaded.table}")
+    seen: list[tuple[int, str]] = []
+    original = PgVectorIndex._copy
+
+    def copy_then_look(conn, target, *args, **kwargs):
+        original(conn, target, *args, **kwargs)
+        with psycopg.connect(postgres_url, autocommit=True) as reader:
+            reader.execute("SET lock_timeout = '5s'")
+            count = reader.execute(f"SELECT count(*) FROM {loaded.table}").fetchone()[0]
+            nearest = reader.execute(
+                f"SELECT id FROM {loaded.table} ORDER BY embedding <=> %s::vector LIMIT 1",
+                ["[" + ",".join(map(str, vectors[5].tolist())) + "]"],
+            ).fetchone()[0]
+        seen.append((count, nearest))
+
+    monkeypatch.setattr(PgVectorIndex, "_copy", staticmethod(copy_then_look))
+    new_ids, new_vectors, new_texts, new_meta = _new_corpus()
+    loaded.replace_all(new_ids, new_vectors, new_texts, new_meta)
+    assert seen == [(len(ids), "doc5")]
+    assert _stored(postgres_url, loaded.table)[1] == set(new_ids)
+
+
+def test_index_build_on_a_table_keeps_its_rows_when_the_new_load_fails(url: str, tmp_path, monkeypatch) -> None:
+    """``matryoshka index build --out postgresql://...`` twice; the second load fails half way. Before
+    replace_all, build ran clear() (committed on its own) and then upsert, which left 0 rows and a
+    search that found nothing with exit status 0."""
+    from typer.testing import CliRunner
+
+    from matryoshka.retrieval.cli import index_app
+
+    runner = CliRunner()
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(f'{{"_id": "old{i}", "text": "an old sentence about topic {i}"}}\n' for i in range(6)))
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(f'{{"_id": "new{i}", "text": "a new sentence about subject {i}"}}\n' for i in range(30)))
+    first = runner.invoke(index_app, ["build", "--corpus", str(old), "--out", url, "--stages", "funnel"])
+    assert first.exit_code == 0, first.output
+
+    monkeypatch.setattr(PgVectorIndex, "_copy", _fail_after(7))
+    second = runner.invoke(index_app, ["build", "--corpus", str(new), "--out", url, "--stages", "funnel"])
+    assert second.exit_code == 1 and "No space left" in second.output, second.output
+    monkeypatch.undo()
+
+    with PgVectorIndex.open(url, create=False) as index:
+        assert index.refresh_count() == 6 and index.existing([f"old{i}" for i in range(6)]) == {f"old{i}" for i in range(6)}
+    found = runner.invoke(index_app, ["search", url, "an old sentence about topic 3", "--k", "3", "--format", "tsv"])
+    assert found.exit_code == 0, found.output
+    assert found.stdout.splitlines()[1].split("\t")[2] == "old3"
+
+
+def test_a_missing_table_says_how_to_build_it(postgres_url: str) -> None:  # noqa: F811
+    with pytest.raises(BackendError) as info:
+        PgVectorIndex.open(f"{postgres_url}?table=never_built", create=False)
+    assert "matryoshka index build" in str(info.value) and "create=True" in str(info.value)

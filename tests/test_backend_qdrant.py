@@ -391,3 +391,110 @@ def test_unreachable_server_names_the_url() -> None:
     url = f"qdrant://127.0.0.1:{port}/docs?timeout=2"
     with pytest.raises(BackendError, match=f"127.0.0.1:{port}"):
         QdrantIndex.open(url, dim=DIM)
+
+
+# -- replacing every document: a new collection, then the name moved to it --------------------------
+
+
+def _collections(backend: QdrantIndex) -> tuple[list[str], dict[str, str]]:
+    """(concrete collection names, alias -> collection) of the backend's storage."""
+    names = sorted(c.name for c in backend.client.get_collections().collections)
+    return names, {a.alias_name: a.collection_name for a in backend.client.get_aliases().aliases}
+
+
+def _new_docs(n: int = 40, seed: int = 5) -> tuple[list[str], np.ndarray, list[str]]:
+    vectors = _unit(np.random.default_rng(seed).normal(size=(n, DIM)))
+    ids = [f"new-{seed}-{i}" for i in range(n)]
+    return ids, vectors, [f"new text {i}" for i in ids]
+
+
+def test_replace_all_moves_the_name_to_a_complete_new_collection(tmp_path: Path, data) -> None:
+    ids, vectors, _ = data
+    url = f"qdrant+local://{tmp_path}/q?collection=docs"
+    backend = QdrantIndex.open(url, dim=DIM, model_name="test-model", prefix_dims=(8, 16), stages="8:float32:50,full:float32:10")
+    backend.upsert(ids, vectors)
+    assert _collections(backend) == (["docs"], {})
+
+    new_ids, new_vectors, new_texts = _new_docs()
+    backend.replace_all(new_ids, new_vectors, new_texts, [{"lang": "en"}] * len(new_ids))
+    names, aliases = _collections(backend)
+    assert len(names) == 1 and names[0].startswith("docs--build-") and aliases == {"docs": names[0]}
+    assert len(backend) == len(new_ids) and backend.existing([ids[0], new_ids[0]]) == {new_ids[0]}
+    hits = backend.search(new_vectors[:4], k=3, filter={"lang": "en"})
+    assert [row[0].id for row in hits] == new_ids[:4] and hits[0][0].text == new_texts[0]
+
+    # Now an alias: the next replacement is one atomic alias request, and the old build is deleted.
+    again_ids, again_vectors, _ = _new_docs(seed=6)
+    backend.replace_all(again_ids, again_vectors)
+    names2, aliases2 = _collections(backend)
+    assert len(names2) == 1 and names2 != names and aliases2 == {"docs": names2[0]}
+    assert len(backend) == len(again_ids)
+    backend.close()
+
+    reopened = QdrantIndex.open(url, create=False)
+    assert (reopened.dim, reopened.model_name, reopened.prefix_dims) == (DIM, "test-model", (8, 16))
+    assert reopened.stages == parse_stages("8:float32:50,full:float32:10")
+    assert [h.id for h in reopened.search(again_vectors[7], k=1)[0]] == [again_ids[7]]
+    reopened.close()
+
+
+@pytest.mark.parametrize("aliased", [False, True], ids=["plain", "alias"])
+def test_a_replacement_that_fails_midway_leaves_the_old_collection(
+    loaded: QdrantIndex, data, monkeypatch: pytest.MonkeyPatch, aliased: bool
+) -> None:
+    ids, vectors, queries = data
+    if aliased:  # the collection is an alias already: the old documents sit in a build collection
+        loaded.replace_all(ids, vectors, [f"text {i}" for i in range(COUNT)], [_meta(i) for i in range(COUNT)])
+    before = _collections(loaded)
+    exact = loaded.search(queries, k=5)
+    real = loaded.client.upsert
+    writes: list[str] = []
+
+    def fail_on_the_second_batch(collection_name: str, **kwargs):
+        writes.append(collection_name)
+        if len(writes) == 2:
+            raise OSError("No space left on device (injected)")
+        return real(collection_name, **kwargs)
+
+    monkeypatch.setattr(loaded.client, "upsert", fail_on_the_second_batch)
+    new_ids, new_vectors, _ = _new_docs(n=600)  # three write batches
+    with pytest.raises(BackendError, match="No space left"):
+        loaded.replace_all(new_ids, new_vectors)
+    monkeypatch.undo()
+
+    assert writes[0].startswith("docs--build-") and writes[0] != before[1].get("docs")
+    assert _collections(loaded) == before  # the half-loaded collection is gone, the name untouched
+    assert len(loaded) == COUNT and loaded.search(queries, k=5) == exact
+
+
+def test_a_crashed_replacement_leaves_a_build_that_the_next_one_deletes(
+    loaded: QdrantIndex, data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, _, queries = data
+    exact = loaded.search(queries, k=5)
+    real = loaded.client.upsert
+
+    def die(collection_name: str, **kwargs):  # as if the process died after the first batch
+        real(collection_name, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loaded.client, "upsert", die)
+    monkeypatch.setattr(QdrantIndex, "_drop", lambda self, name: None)  # a dead process cleans nothing up
+    new_ids, new_vectors, _ = _new_docs()
+    with pytest.raises(KeyboardInterrupt):
+        loaded.replace_all(new_ids, new_vectors)
+    monkeypatch.undo()
+    names, aliases = _collections(loaded)
+    assert aliases == {} and sorted(names)[0] == "docs" and names[1].startswith("docs--build-")
+    assert loaded.search(queries, k=5) == exact  # the name still answers with the old documents
+
+    loaded.replace_all(new_ids, new_vectors)
+    names, aliases = _collections(loaded)
+    assert len(names) == 1 and aliases == {"docs": names[0]} and len(loaded) == len(new_ids)
+    assert loaded.existing([ids[0], new_ids[0]]) == {new_ids[0]}
+
+
+def test_a_missing_collection_says_how_to_build_it(tmp_path: Path) -> None:
+    with pytest.raises(BackendError) as info:
+        QdrantIndex.open(f"qdrant+local://{tmp_path}/q?collection=never", create=False)
+    assert "matryoshka index build" in str(info.value) and "create=True" in str(info.value)

@@ -94,3 +94,12 @@ def test_bad_data_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MATRYOSHKA_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="MATRYOSHKA_DATA"):
         load_sts("test")
+
+
+def test_read_lines_names_a_binary_file(tmp_path):
+    from matryoshka.data.local import read_lines
+
+    path = tmp_path / "image.txt"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(DataError, match=r"image.txt: not UTF-8 text \(a binary file\?\): invalid start byte at byte 0x89"):
+        list(read_lines(path))

@@ -7,6 +7,7 @@ Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``); skipped with that
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import torch
 from matryoshka.embeddings import encode
 from matryoshka.retrieval import FunnelIndex
 from matryoshka.serving import ServeConfig, ServerThread, create_app
-from matryoshka.serving.quality import lemma_recall
+from matryoshka.serving.demo_index import WORDNET_CORPUS
+from matryoshka.serving.quality import lemma_recall, merge_quality
 from test_serving_support import wordnet_sample
 
 torch.set_num_threads(1)
@@ -56,16 +58,17 @@ def demo_server(model):
     ids, texts = wordnet_sample(DOCS)
     vectors = encode(model, texts, batch_size=32)
     index = FunnelIndex.from_vectors(vectors, ids, texts, model_name=NAME)
-    # the curve `matryoshka demo` measures at first start (each lemma finding its own gloss)
-    quality = lemma_recall(model, index, NAME, sample=DOCS)
-    assert list(next(iter(quality["models"][NAME].values()))) == [str(d) for d in DIMS]
     from matryoshka.serving.demo_models import demo_choices
 
     extra_models, extra_indexes = demo_choices(model, NAME, index)
     models = {NAME: model, **extra_models}
+    # the curves `matryoshka demo` measures at first start (each lemma finding its own gloss), one per choice
+    quality = merge_quality([lemma_recall(models[name], extra_indexes.get(name, index), name, sample=DOCS)
+                             for name in models])
+    assert list(next(iter(quality["models"][NAME].values()))) == [str(d) for d in DIMS]
     app = create_app(
         ServeConfig(models=list(models), log_requests=False), models=models, index=index, quality=quality,
-        demo_indexes=extra_indexes,
+        demo_indexes=extra_indexes, demo_corpus=WORDNET_CORPUS,
     )
     with ServerThread(app) as running:
         yield running
@@ -171,6 +174,53 @@ def test_the_model_selector_searches_the_rotated_vectors(page):
     assert not page.errors, page.errors
 
 
+def test_the_chart_follows_the_model_selector(page):
+    rotated = NAME + "+rotation"
+    page.select_option("#model", NAME)
+    page.wait_for_function(f"document.getElementById('chart').dataset.model === '{NAME}'", timeout=30_000)
+    base_curve = page.locator("#chart svg path.series").get_attribute("d")
+    base_legend = page.locator("#chart .legend li").all_inner_texts()
+    assert len(base_legend) == 1 and base_legend[0].startswith(NAME + " · ")  # the legend names the model
+    assert page.locator("#chart-model").inner_text() == f"· {NAME}"
+
+    page.select_option("#model", rotated)
+    page.wait_for_function(f"document.getElementById('chart').dataset.model === '{rotated}'", timeout=30_000)
+    assert page.locator("#chart svg path.series").count() == 1
+    legend = page.locator("#chart .legend li").all_inner_texts()
+    assert len(legend) == 1 and legend[0].startswith(rotated + " · ")
+    assert page.locator("#chart svg path.series").get_attribute("d") != base_curve  # its own curve
+    assert page.locator("#chart-model").inner_text() == f"· {rotated}"
+    assert rotated in page.locator("#chart-note").inner_text()
+    assert "No quality curve" not in page.locator("#chart-note").inner_text()
+
+    page.select_option("#model", NAME)
+    page.wait_for_function(f"document.getElementById('chart').dataset.model === '{NAME}'", timeout=30_000)
+    assert page.locator("#chart svg path.series").get_attribute("d") == base_curve
+    assert not page.errors, page.errors
+
+
+def test_binary_scores_say_what_they_are(page):
+    """At 16 dims in binary, hits tie at a few differing bits: the page shows bits, not a cosine of 1.000."""
+    page.select_option("#model", NAME)
+    page.locator("#query").fill(QUERY)
+    page.locator("#dim").focus()
+    page.keyboard.press("Home")
+    page.select_option("#codec", "binary")
+    wait_ready(page, 16, "binary")
+    scores = texts_of(page, "#chosen li .score")
+    assert len(scores) == 10 and all(re.fullmatch(r"\d+/16 bits", s) for s in scores), scores
+    assert all(re.fullmatch(r"0\.\d{3}", s) for s in texts_of(page, "#full li .score"))  # full size: cosines
+    note = page.locator("#chosen-note").inner_text()
+    assert "Hamming" in note and "not a cosine" in note
+    bits = [int(s.split("/")[0]) for s in scores]
+    if bits.count(min(bits)) > 1:
+        assert f"tie at {min(bits)} bits" in note
+    page.select_option("#codec", "float32")
+    wait_ready(page, 16)
+    assert all(re.fullmatch(r"-?\d\.\d{3}", s) for s in texts_of(page, "#chosen li .score"))
+    assert "cosine similarity at 16 dimensions" in page.locator("#chosen-note").inner_text()
+
+
 def test_example_buttons_and_screenshot(page):
     page.select_option("#codec", "float32")
     page.locator("#dim").focus()
@@ -227,6 +277,18 @@ def test_layout_holds_at_390_px(demo_server, browser, tmp_path):
             }"""
         )
         assert overflow == [], overflow
+        # The chart is drawn at the phone's width: its axis text keeps a readable size and does not collide.
+        labels = tab.evaluate(
+            """() => [...document.querySelectorAll('#chart svg text.x-tick, #chart svg text.y-tick')].map((t) => {
+                 const r = t.getBoundingClientRect();
+                 return {cls: t.getAttribute('class'), text: t.textContent, left: r.left, right: r.right, height: r.height};
+               })"""
+        )
+        assert len([a for a in labels if "x-tick" in a["cls"]]) >= 4 and labels
+        assert all(a["height"] >= 11 for a in labels), labels  # 12 px text (was 4 px: a 1,100 px chart scaled down)
+        ticks = sorted((a for a in labels if "x-tick" in a["cls"]), key=lambda a: a["left"])
+        assert all(a["right"] <= b["left"] for a, b in zip(ticks, ticks[1:])), ticks
+        assert ticks[-1]["text"] == "384"
         shot = tmp_path / "demo-390.png"
         tab.screenshot(path=str(shot), full_page=True)
         header = shot.read_bytes()[:24]
@@ -280,6 +342,8 @@ def test_the_demo_on_a_postgresql_index(pg_demo_server, demo_server, browser):
         tab.select_option("#codec", "binary")
         wait_ready(tab, 384, "binary")
         assert len(texts_of(tab, "#chosen li .title")) == 10
+        # pgvector has no int8 vectors: the page does not offer what would end in an error
+        assert tab.locator("#codec option").all_inner_texts() == ["float32", "float16", "binary"]
         assert not errors, errors
     finally:
         context.close()
@@ -291,3 +355,55 @@ def test_the_demo_on_a_postgresql_index(pg_demo_server, demo_server, browser):
     embedded = httpx.post(demo_server.url + "/demo/api/compare", json=body, timeout=60).json()
     for side in ("chosen", "full"):
         assert [h["id"] for h in pg[side]["hits"]] == [h["id"] for h in embedded[side]["hits"]], side
+
+
+# -- a user's own index: SciFact abstracts ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def abstracts_server(model):
+    """``serve --index`` on an index of 40 SciFact abstracts (ids without lemmas, texts of a page each)."""
+    from matryoshka.data.beir import read_corpus, resolve_beir_dir
+
+    directory = resolve_beir_dir("scifact")
+    if directory is None:
+        pytest.skip("no local SciFact (MATRYOSHKA_DATA)")
+    corpus = read_corpus(next(directory.glob("corpus.jsonl*")))
+    ids = sorted(corpus, key=lambda d: -len(corpus[d]))[:40]  # the longest abstracts
+    texts = [corpus[d] for d in ids]
+    index = FunnelIndex.from_vectors(encode(model, texts, batch_size=8), ids, texts, model_name=NAME)
+    app = create_app(ServeConfig(models=[NAME], log_requests=False), models={NAME: model}, index=index)
+    with ServerThread(app) as running:
+        yield running
+
+
+def test_a_users_own_index(abstracts_server, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        tab.goto(abstracts_server.url + "/")
+        tab.wait_for_selector("body[data-state=idle]", timeout=30_000)
+        assert tab.locator("#query-title").inner_text() == "Search the index"  # not WordNet's title
+        assert tab.locator("#examples").is_hidden() and tab.locator("#examples button").count() == 0
+        assert "trunk" not in (tab.locator("#query").get_attribute("placeholder") or "")
+        assert tab.locator("#chart-note").inner_text().startswith("No evaluation results")
+        query = "vitamin D deficiency and bone density"
+        tab.locator("#query").fill(query)
+        wait_ready(tab, 64, query=query)
+        texts = tab.locator("#chosen li .gloss")
+        assert texts.count() == 10
+        line = float(tab.evaluate("parseFloat(getComputedStyle(document.querySelector('#chosen .gloss')).lineHeight)"))
+        heights = [texts.nth(i).bounding_box()["height"] for i in range(10)]
+        assert max(heights) <= 3 * line + 1, heights  # three lines each, however long the abstract
+        more = tab.locator("#chosen li .more").first
+        assert more.inner_text() == "more"
+        more.click()
+        opened = tab.locator("#chosen li").filter(has=tab.locator(".more", has_text="less")).locator(".gloss")
+        assert opened.bounding_box()["height"] > 4 * line  # the whole abstract
+        page_height = tab.evaluate("document.documentElement.scrollHeight")
+        assert page_height < 3000, page_height  # was 3,647 px with every abstract in full
+        assert not errors, errors
+    finally:
+        context.close()

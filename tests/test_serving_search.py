@@ -14,7 +14,7 @@ from matryoshka.embeddings import encode
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 from matryoshka.serving.app import STATIC_DIR
 from matryoshka.serving.quality import clean_quality, demo_dimensions, load_quality
-from test_serving_support import wordnet_sample
+from test_serving_support import numpy_blas_at, numpy_blas_threads, watch_column_scans, wordnet_sample
 
 torch.set_num_threads(1)
 
@@ -135,6 +135,46 @@ def test_search_errors(server, body, param):
     response = search(server, **body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("body", "allowed"),
+    [
+        ({"stages": [{"dim": "FULL", "codec": "float32", "keep": 10}]}, 'dim must be an integer or "full", got "FULL"'),
+        ({"stages": [{"dim": 1.5, "codec": "float32", "keep": 10}]}, 'dim must be an integer or "full", got 1.5'),
+        ({"filter": {"lang": {"en": 1}}}, 'filter["lang"] must be a string, a number, a boolean or a list of them'),
+        ({"filter": {"lang": [["en"]]}}, 'filter["lang"] must be a string, a number, a boolean or a list of them'),
+        ({"filter": {"lang": None}}, 'filter["lang"] must be a string, a number, a boolean or a list of them, got null'),
+        ({"filter": "lang=en"}, "filter must be an object of metadata keys and values"),
+    ],
+)
+def test_wrong_types_say_what_is_allowed(server, body, allowed):
+    """Not pydantic's union branches (`stages[0].dim.int`, `filter.lang.str`): what the field takes."""
+    response = search(server, **body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and error["param"] == next(iter(body))
+    assert allowed in error["message"]
+    assert not re.search(r"\.(int|str|float|bool)\b|literal\[|list\[|union\[", error["message"]), error["message"]
+
+
+@pytest.fixture
+def two_blas_threads():
+    with numpy_blas_at(2) as n:
+        yield n
+
+
+def test_served_scans_run_numpy_blas_on_one_thread(server, two_blas_threads, monkeypatch):
+    """Issue 32: the exact stage took 50-81 ms in the server against 1.5-2 ms in-process, because each
+    block of the scan waited for OpenBLAS's second thread on a busy host. Checked by the setting in
+    effect inside the scan, in the server's own threads."""
+    blas_during_scans = watch_column_scans(monkeypatch)
+    body = search(server, preset="exact", k=10).json()
+    assert [s["dim"] for s in body["stages"]] == [384] and len(body["hits"]) == 10
+    compare = httpx.post(f"{server.url}/demo/api/compare", json={"query": QUERY, "dim": 16, "k": 10}, timeout=60)
+    assert compare.status_code == 200, compare.text
+    assert blas_during_scans == [[1], [1], [1]]  # the exact stage, then the demo's 16-dim and full-size sides
+    assert numpy_blas_threads() == [two_blas_threads]  # given back once the scans are done
 
 
 def test_no_index_is_404(model):

@@ -83,7 +83,66 @@ def test_index_whose_model_is_not_served(tmp_path):
     rng = np.random.default_rng(1)
     other = tmp_path / "other"
     FunnelIndex.from_vectors(rng.standard_normal((5, 8)).astype(np.float32), list("abcde"), model_name="someone/else").save(other)
-    assert_one_line_failure(serve("--index", str(other), "--port", str(free_port())), "someone/else", "not served")
+    result = serve("--index", str(other), "--model", NAME, "--port", str(free_port()))
+    assert_one_line_failure(result, "someone/else", "not served")
+
+
+def test_index_whose_model_directory_is_gone(tmp_path):
+    """Without --model the index's own model is served; a directory that no longer exists is named."""
+    rng = np.random.default_rng(1)
+    other = tmp_path / "other"
+    gone = str(tmp_path / "gone-model")
+    FunnelIndex.from_vectors(rng.standard_normal((5, 8)).astype(np.float32), list("abcde"), model_name=gone).save(other)
+    assert_one_line_failure(serve("--index", str(other), "--port", str(free_port())), "no such directory", gone)
+
+
+def test_serve_index_model_only_when_none_is_named():
+    from matryoshka.serving import ServeConfig
+    from matryoshka.serving.startup import serve_index_model
+
+    index = FunnelIndex.from_vectors(np.eye(3, dtype=np.float32), list("abc"), model_name="/models/narrow")
+    assert serve_index_model(ServeConfig(), index).models == ["/models/narrow"]
+    assert serve_index_model(ServeConfig(models=[NAME]), index).models == [NAME]  # asked for: kept (then refused)
+    unnamed = FunnelIndex.from_vectors(np.eye(3, dtype=np.float32), list("abc"))
+    assert serve_index_model(ServeConfig(), unnamed).models == [NAME]
+
+
+def test_serve_index_without_model_serves_the_model_the_index_records(tmp_path):
+    """`serve --index DIR` loads the index's model by itself, as `index search DIR` does (it refused and
+    asked for --model before)."""
+    from matryoshka.embeddings import encode
+    from matryoshka.model_identity import model_label
+    from matryoshka.models import build_static_model, load_model
+
+    build_static_model(embedding_dim=96, seed=0).save(str(tmp_path / "narrow"))
+    narrow = load_model(str(tmp_path / "narrow"))
+    texts = ["a cat on a mat", "a dog in the fog", "stars and planets", "a tool for cutting wood", "an old song"]
+    index = FunnelIndex.build(narrow, texts, model_name=model_label(str(tmp_path / "narrow")))
+    index.save(tmp_path / "index")
+    expected = [h.id for h in index.search(encode(narrow, ["cutting wood"]), k=3)[0]]
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matryoshka.cli", "serve", "--index", str(tmp_path / "index"), "--port", str(port),
+         "--log-level", "warning"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        lines: list[str] = []
+        while time.monotonic() < deadline and process.poll() is None:
+            lines.append(process.stderr.readline())
+            if lines[-1].startswith(("serving ", "error: ")):
+                break
+        assert lines and lines[-1].startswith(f"serving narrow on http://127.0.0.1:{port}"), "".join(lines)
+        url = f"http://127.0.0.1:{port}"
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]] == ["narrow"]
+        body = httpx.post(f"{url}/v1/search", json={"query": "cutting wood", "k": 3}, timeout=60).json()
+        assert body["model"] == "narrow" and [h["id"] for h in body["hits"]] == expected
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_a_good_start_announces_only_when_ready(index_dir):

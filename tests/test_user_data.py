@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from matryoshka.data.errors import DataError
-from matryoshka.data.user import load_training_data
+from matryoshka.data.user import load_training_data, read_table
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -36,6 +36,19 @@ def test_csv_tsv_and_parquet(tmp_path: Path) -> None:
     pq.write_table(pa.table({"sentence": ["one", "two", "three"]}), tmp_path / "s.parquet")
     data = load_training_data(tmp_path / "s.parquet")
     assert data.kind == "texts" and data.columns == ("sentence",) and len(data) == 3
+
+
+def test_txt_and_jsonl_strings_are_texts_by_the_shared_reader(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("first sentence\n\nsecond sentence\n", encoding="utf-8")
+    data = load_training_data(tmp_path / "t.txt")
+    assert data.kind == "texts" and data.rows == [("first sentence",), ("second sentence",)]
+    (tmp_path / "s.jsonl").write_text('"one"\n{"text": "two"}\n', encoding="utf-8")
+    assert load_training_data(tmp_path / "s.jsonl").rows == [("one",), ("two",)]
+    table = read_table(tmp_path / "t.txt")
+    assert table.columns == ["text"] and table.records == [(1, {"text": "first sentence"}), (3, {"text": "second sentence"})]
+    (tmp_path / "bytes.tsv").write_bytes(b"text\n\xff\xfe\x00\n")
+    with pytest.raises(DataError, match=r"bytes.tsv: not UTF-8 text \(a binary file\?\)"):
+        load_training_data(tmp_path / "bytes.tsv")
 
 
 def test_beir_directory_gives_query_document_pairs(data_dir: Path) -> None:
@@ -69,10 +82,12 @@ def test_csv_and_file_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="wide.csv, line 2: more fields"):
         load_training_data(tmp_path / "wide.csv")
     (tmp_path / "x.xlsx").write_text("x")
-    with pytest.raises(DataError, match="unknown file type '.xlsx'"):
+    with pytest.raises(DataError, match="unknown file type '.xlsx'; use .jsonl, .csv, .tsv, .parquet or .txt"):
         load_training_data(tmp_path / "x.xlsx")
     with pytest.raises(DataError, match="no such file"):
         load_training_data(tmp_path / "missing.jsonl")
+    with pytest.raises(DataError, match="no such file"):  # a path, not a hub name
+        load_training_data(tmp_path / "missing")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match="bad.parquet: cannot read Parquet"):
         load_training_data(tmp_path / "bad.parquet")

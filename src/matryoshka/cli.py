@@ -17,10 +17,13 @@ from rich.table import Table
 
 from matryoshka.cli_errors import HandledGroup
 from matryoshka.cli_options import (  # noqa: F401  (ModelOption, parse_*: re-exported for the other CLI modules)
+    CORPUS_HELP,
     BackendOption,
+    IdColumnOption,
     LayersOption,
     ModelOption,
     QuantizeOption,
+    TextColumnOption,
     parse_floats,
     parse_ints,
     progress_bar,
@@ -53,8 +56,9 @@ def encode(
     backend: BackendOption = "torch",
     quantize: QuantizeOption = None,
     layers: LayersOption = None,
-    corpus: Annotated[str | None, typer.Option(
-        "--corpus", "-c", help="With --index: a BEIR data set (scifact, npl, a directory) or a .txt/.jsonl file.")] = None,
+    corpus: Annotated[str | None, typer.Option("--corpus", "-c", help=f"With --index: {CORPUS_HELP}")] = None,
+    text_column: TextColumnOption = None,
+    id_column: IdColumnOption = None,
     index: Annotated[str | None, typer.Option(
         "--index", help="Load the corpus into an index: faiss://DIR, postgresql://..., qdrant://..., qdrant+local://DIR.")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="With --index: encode on a Ray cluster ($RAY_ADDRESS, else local).")] = False,
@@ -73,14 +77,16 @@ def encode(
     from matryoshka.embeddings import encode as encode_texts
     from matryoshka.models import ModelLoadError, load_model
 
-    if index is not None or corpus is not None or ray:
+    if index is not None or corpus is not None or ray or text_column is not None or id_column is not None:
         if index is None or corpus is None:
             fail("loading a corpus needs both --corpus and --index")
         if texts or input is not None or output is not None or dim is not None:
             fail("--corpus/--index load full-size vectors; drop texts, --input, --output and --dim")
-        if backend != "torch" or quantize or layers:
-            fail("--corpus/--index encode with torch; --backend, --quantize and --layers apply to texts and --input")
-        load_corpus(corpus, index, model, ray, workers, batch_size, write_batch, not no_resume)
+        if layers:
+            fail("--corpus/--index take --backend and --quantize as `index build` does; --layers applies to texts "
+                 "and --input (index with a cut model saved by `matryoshka cut` instead)")
+        load_corpus(corpus, index, model, ray, workers, batch_size, write_batch, not no_resume,
+                    text_column=text_column, id_column=id_column, backend=backend, quantize=quantize)
         return
     lines = list(texts or [])
     if input is not None:
@@ -112,14 +118,15 @@ def encode(
 
 def load_corpus(
     corpus: str, index: str, model: str | None, ray: bool, workers: int | None, batch_size: int,
-    write_batch: int, resume: bool,
+    write_batch: int, resume: bool, *, text_column: str | None = None, id_column: str | None = None,
+    backend: str = "torch", quantize: str | None = None,
 ) -> None:
     """``matryoshka encode --corpus ... --index ...``: a thin layer over :func:`matryoshka.ingest.encode_to_index`."""
     from matryoshka.ingest import encode_to_index
 
     report = encode_to_index(
         corpus, index, model, batch_size=batch_size, write_batch=write_batch, num_workers=workers,
-        resume=resume, use_ray=ray,
+        resume=resume, use_ray=ray, text_column=text_column, id_column=id_column, runtime=backend, quantize=quantize,
     )
     console.print(
         f"{index}: wrote {report.written:,} of {report.total:,} documents "

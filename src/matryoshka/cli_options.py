@@ -1,4 +1,5 @@
-"""Typer options shared by the commands: the model, what runs it and on how many layers, and list parsers.
+"""Typer options shared by the commands: the model, what runs it and on how many layers, a corpus's
+columns, and list parsers.
 
 They live apart from :mod:`matryoshka.cli` so command modules registered by it can import them without
 importing it (``python -m matryoshka.cli`` would otherwise load it twice).
@@ -21,6 +22,15 @@ LayersOption = Annotated[int | None, typer.Option(
 ModelOption = Annotated[
     str | None, typer.Option("--model", "-m", help="Model directory or hub name; default: packaged all-MiniLM-L6-v2.")
 ]
+
+#: What ``--corpus`` takes (one sentence for every command's help).
+CORPUS_HELP = ("A .csv/.tsv/.parquet/.jsonl file, a .txt file (one text per line), a hub data set (owner/name), "
+               "or a BEIR data set (scifact, npl, or a directory).")
+TextColumnOption = Annotated[str | None, typer.Option(
+    "--text-column", help="The --corpus column holding the texts; default: text (after a title column), "
+    "else the only column of strings.")]
+IdColumnOption = Annotated[str | None, typer.Option(
+    "--id-column", help="The --corpus column holding the document ids; default: _id or id, else row positions.")]
 
 
 def parse_ints(value: str, name: str) -> list[int]:

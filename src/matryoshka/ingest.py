@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matryoshka.data.corpus import read_documents
+from matryoshka.errors import InputError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -75,10 +76,11 @@ class EncodeReport:
 class _Encoder:
     """A Ray Data actor: loads the model once, then turns ``{"id", "text"}`` batches into unit vectors."""
 
-    def __init__(self, model_name: str | None, batch_size: int) -> None:
+    def __init__(self, model_name: str | None, batch_size: int, runtime: str = "torch", quantize: str | None = None,
+                 ) -> None:
         from matryoshka.models import load_model
 
-        self.model = load_model(model_name)
+        self.model = load_model(model_name, backend=runtime, quantize=quantize)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -101,12 +103,17 @@ def encode_to_index(
     resume: bool = True,
     show_progress: bool = True,
     use_ray: bool = True,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    runtime: str = "torch",
+    quantize: str | None = None,
 ) -> EncodeReport:
     """Encode ``documents`` with Ray Data and upsert the full-size unit vectors into ``backend``.
 
     Args:
         documents: ``(id, text)`` or ``(id, text, metadata)`` tuples, or a corpus to read with
-            :func:`read_documents` (a .txt/.jsonl file, a BEIR directory or name).
+            :func:`read_documents` (a .csv/.tsv/.parquet/.jsonl/.txt file, a hub data set, a BEIR
+            directory or name).
         backend: an open :class:`~matryoshka.backends.base.VectorIndex` (left open), or a backend URL
             opened with the model's dimension and name (and closed afterwards).
         model: a model name or directory; ``None`` is the packaged all-MiniLM-L6-v2. On a cluster a
@@ -121,6 +128,10 @@ def encode_to_index(
         show_progress: a progress bar over documents written (on stderr).
         use_ray: ``False`` encodes in this process instead (same batching, resume and writes), for
             corpora one machine handles.
+        text_column, id_column: the corpus columns holding texts and ids, where ``documents`` is read
+            from a file or data set (default: chosen as :mod:`matryoshka.data.corpus` describes).
+        runtime, quantize: how the model runs (``torch``, ``onnx``, ``openvino``, ``auto``; ``int8``), as
+            ``index build --backend`` runs it: the same model's vectors, faster on a CPU.
 
     Raises:
         ValueError: the corpus is empty, an id is empty or repeats (the message names it), or the
@@ -134,7 +145,7 @@ def encode_to_index(
         raise ValueError(f"batch_size and write_batch must be positive, got {batch_size} and {write_batch}")
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"num_workers must be positive, got {num_workers}")
-    docs = _check_documents(documents)
+    docs = _check_documents(documents, text_column, id_column)
     dim = _model_dim(model)
     label = model_label(model)
 
@@ -153,10 +164,12 @@ def encode_to_index(
             return EncodeReport(len(docs), skipped, 0, time.perf_counter() - started, 0)
         if use_ray:
             written, workers = _run(
-                store, docs, todo, model, batch_size, write_batch, ray_address, num_workers, show_progress
+                store, docs, todo, model, batch_size, write_batch, ray_address, num_workers, show_progress,
+                (runtime, quantize),
             )
         else:
-            written, workers = _run_here(store, docs, todo, model, batch_size, write_batch, show_progress), 1
+            written = _run_here(store, docs, todo, model, batch_size, write_batch, show_progress, (runtime, quantize))
+            workers = 1
         return EncodeReport(len(docs), skipped, written, time.perf_counter() - started, workers)
     finally:
         if opened:
@@ -166,10 +179,16 @@ def encode_to_index(
 
 
 def _check_documents(
-    documents: Iterable[Document] | str | os.PathLike[str],
+    documents: Iterable[Document] | str | os.PathLike[str], text_column: str | None = None,
+    id_column: str | None = None,
 ) -> dict[str, tuple[str, Mapping[str, Any] | None]]:
     """The input as ``{id: (text, metadata)}`` in input order, refusing empty or repeated ids."""
-    rows: Iterable[Any] = read_documents(documents) if isinstance(documents, (str, os.PathLike)) else documents
+    if isinstance(documents, (str, os.PathLike)):
+        rows: Iterable[Any] = read_documents(documents, text_column=text_column, id_column=id_column)
+    elif text_column is not None or id_column is not None:
+        raise InputError("text_column and id_column apply to a corpus read from a file or data set")
+    else:
+        rows = documents
     out: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
     for number, row in enumerate(rows):
         if not isinstance(row, (tuple, list)) or len(row) not in (2, 3):
@@ -221,6 +240,7 @@ def _run(
     ray_address: str | None,
     num_workers: int | None,
     show_progress: bool,
+    runtime: tuple[str, str | None] = ("torch", None),
 ) -> tuple[int, int]:
     """Encode ``todo`` on Ray and write it batch by batch; returns (written, workers)."""
     try:
@@ -240,7 +260,7 @@ def _run(
         items = [{"id": doc_id, "text": docs[doc_id][0]} for doc_id in todo]
         dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             _Encoder,
-            fn_constructor_args=(model, batch_size),
+            fn_constructor_args=(model, batch_size, *runtime),
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -248,7 +268,7 @@ def _run(
         )
         del items
         written = 0
-        with _progress(len(todo), show_progress) as advance:
+        with _progress(len(todo), show_progress, "encoding with Ray") as advance:
             for batch in dataset.iter_batches(batch_size=write_batch, batch_format="numpy"):
                 ids = [str(i) for i in batch["id"]]
                 store.upsert(
@@ -274,14 +294,15 @@ def _run_here(
     batch_size: int,
     write_batch: int,
     show_progress: bool,
+    runtime: tuple[str, str | None] = ("torch", None),
 ) -> int:
     """Encode ``todo`` in this process, one backend write per ``write_batch`` documents."""
     from matryoshka.embeddings import encode
     from matryoshka.models import load_model
 
-    loaded = load_model(model)
+    loaded = load_model(model, backend=runtime[0], quantize=runtime[1])
     written = 0
-    with _progress(len(todo), show_progress) as advance:
+    with _progress(len(todo), show_progress, "encoding") as advance:
         for start in range(0, len(todo), write_batch):
             ids = todo[start : start + write_batch]
             texts = [docs[i][0] for i in ids]
@@ -308,10 +329,14 @@ def _connect(ray: Any, address: str | None) -> bool:
 
 
 class _progress:
-    """A rich progress bar over documents written (a no-op when hidden); yields an ``advance(n)``."""
+    """A rich progress bar over documents written (a no-op when hidden); yields an ``advance(n)``.
 
-    def __init__(self, total: int, show: bool) -> None:
-        self.total, self.show = total, show
+    When stderr is not a terminal (piped, logged) the bar does not draw, so a line ``encoded N/M`` is
+    printed every tenth instead, as ``index build`` prints it.
+    """
+
+    def __init__(self, total: int, show: bool, label: str = "encoding") -> None:
+        self.total, self.show, self.label = total, show, label
         self._bar: Any = None
 
     def __enter__(self) -> Any:
@@ -326,16 +351,25 @@ class _progress:
             TimeRemainingColumn,
         )
 
-        columns = (TextColumn("encoding with Ray"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self._bar = Progress(*columns, console=Console(stderr=True), transient=True)
+        console = Console(stderr=True)
+        columns = (TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self._bar = Progress(*columns, console=console, transient=True)
         self._bar.__enter__()
         task = self._bar.add_task("encoding", total=self.total)
-        return lambda n: self._bar.advance(task, n)
+        done, reported = [0], [0]
+
+        def advance(n: int) -> None:
+            self._bar.advance(task, n)
+            done[0] += n
+            if not console.is_terminal and (done[0] - reported[0] >= max(self.total // 10, 1) or done[0] == self.total):
+                console.print(f"encoded {done[0]:,}/{self.total:,}", highlight=False)
+                reported[0] = done[0]
+
+        return advance
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
-
 
 
 def encode_chunks(

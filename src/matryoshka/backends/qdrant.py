@@ -29,6 +29,14 @@ float arithmetic: it ignores quantization, HNSW settings and search params, so a
 behaves like a float one there; ties in score come back in no guaranteed order (on a server too),
 and it suits up to some ten thousand points. One process at a time may open a local directory
 (backends of that process on it share one client).
+
+Replacing every document (:meth:`QdrantIndex.replace_all`, what ``matryoshka index build`` runs):
+Qdrant has no transactions, so the documents are loaded into a new collection and the name is then
+moved to it, as an alias, in one request that Qdrant applies atomically: searches see the old
+documents or all of the new ones, and a failed load leaves the old collection. The one exception is
+the first replacement of a plain collection (one that no replacement made), which no alias request
+can replace: it is deleted and the alias created right after, and searches in between fail with an
+error (they never answer with nothing found).
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ PREFIX_VECTOR = "prefix_{}"
 #: Namespace of the point UUIDs; changing it orphans every stored point.
 ID_NAMESPACE = uuid.UUID("9200355a-b317-5779-80f9-cc8a3b49d619")
 _WRITE_BATCH = 256
+#: Names the collections :meth:`QdrantIndex.replace_all` loads: ``{collection}--build-{12 hex digits}``.
+_BUILD_MARK = "--build-"
 _QUERY_BATCH = 64
 _ID_BATCH = 1000
 _PAYLOAD_FIELDS = ["id", "text"]
@@ -354,7 +364,10 @@ class QdrantIndex(VectorIndex):
                     with backend._engine("record the default funnel"):
                         client.update_collection(target.collection, metadata=backend._metadata())
             elif not create:
-                raise BackendError(f"no collection {target.collection!r} at {url} (open with create=True to make it)")
+                raise BackendError(
+                    f"no collection {target.collection!r} at {url}: build it with `matryoshka index build --corpus "
+                    "... --out URL` (from Python: open it with create=True and dim=...)"
+                )
             elif dim is None or wanted_prefixes is None:
                 raise ValueError(f"collection {target.collection!r} does not exist yet; pass dim to create it")
             else:
@@ -418,13 +431,19 @@ class QdrantIndex(VectorIndex):
         return {"collection": self.collection, "prefix_dims": list(self.prefix_dims), "binary": self.binary,
                 "local": self.local}
 
+    def scan_codecs(self, dim: int) -> tuple[str, ...]:
+        """Floats, at the stored prefix dims and the full dim only: a prefix alone is ranked by its float
+        vector (binary quantization serves only a shortlist that ``full`` re-ranks)."""
+        return ("float32", "float16") if dim == self.dim or dim in self.prefix_dims else ()
+
     def clear(self) -> None:
         """Delete every point (the collection and its layout stay)."""
         with self._engine("clear"):
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=models.Filter()), wait=True)
 
-    def _create(self) -> None:
-        """Create the collection: ``full`` without an HNSW graph, one ``prefix_{d}`` per prefix dim."""
+    def _create(self, name: str | None = None) -> None:
+        """Create the collection (or ``name``, with this one's layout and metadata): ``full`` without an
+        HNSW graph, one ``prefix_{d}`` per prefix dim."""
         quantization = (
             models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True)) if self.binary else None
         )
@@ -441,7 +460,7 @@ class QdrantIndex(VectorIndex):
                 size=d, distance=models.Distance.COSINE, quantization_config=quantization
             )
         with self._engine("create the collection"):
-            self.client.create_collection(self.collection, vectors_config=config, metadata=self._metadata())
+            self.client.create_collection(name or self.collection, vectors_config=config, metadata=self._metadata())
 
     @contextlib.contextmanager
     def _engine(self, action: str) -> Iterator[None]:
@@ -464,7 +483,83 @@ class QdrantIndex(VectorIndex):
         metadata: Sequence[Metadata | None] | None = None,
     ) -> None:
         """Insert or replace documents by id (vectors, text and metadata all replaced), in batches."""
-        ids, rows, texts, meta = check_batch(ids, vectors, self.dim, texts, metadata)
+        ids, rows, texts_out, meta = check_batch(ids, vectors, self.dim, texts, metadata)
+        self._write(self.collection, ids, rows, texts_out, meta)
+
+    def replace_all(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> None:
+        """Make these documents the whole collection: load a new collection, then point the name at it.
+
+        Qdrant has no transactions, but it has aliases, and it applies one ``update_collection_aliases``
+        request atomically. So the documents go into a new collection ``{collection}--build-{hex}``
+        (this one's layout and metadata), and only once all of them are in is the name
+        :attr:`collection` pointed at it; the collection it named before is then deleted.
+
+        - When :attr:`collection` is an alias already (after its first ``replace_all``), the switch is
+          one request: a search sees the old documents or all of the new ones, never an empty or
+          half-loaded collection.
+        - The first time, :attr:`collection` is a plain collection, which no alias request can
+          replace: it is deleted and the alias created right after. In between, a search fails
+          with an error (no such collection), and a crash exactly there leaves the documents in
+          the ``--build-`` collection with no name on it; it never answers with nothing found.
+        - A failure while loading deletes the new collection and leaves the old one as it was; a
+          crash while loading leaves a stray ``--build-`` collection, which the next ``replace_all``
+          deletes (so run one at a time per collection). Writes made to the old collection
+          meanwhile are replaced with it.
+
+        Raises:
+            ValueError: as :meth:`upsert`; nothing is written then.
+            BackendError: the engine failed (the old collection still answers, except as said above).
+        """
+        ids, rows, texts_out, meta = check_batch(ids, vectors, self.dim, texts, metadata)
+        with self._engine("list collections and aliases"):
+            aliases = self.client.get_aliases().aliases
+            names = [c.name for c in self.client.get_collections().collections]
+        current = next((a.collection_name for a in aliases if a.alias_name == self.collection), None)
+        prefix = f"{self.collection}{_BUILD_MARK}"
+        for stray in names:
+            if stray.startswith(prefix) and stray != current:  # left by a load that died
+                self._drop(stray)
+        fresh = f"{prefix}{uuid.uuid4().hex[:12]}"
+        self._create(fresh)
+        try:
+            self._write(fresh, ids, rows, texts_out, meta)
+        except BaseException:
+            with contextlib.suppress(BackendError):
+                self._drop(fresh)
+            raise
+        point = models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=fresh,
+                                                                            alias_name=self.collection))
+        with self._engine("point the collection name at the new documents"):
+            if current is None:  # the only non-atomic step, once per collection
+                self.client.delete_collection(self.collection)
+                self.client.update_collection_aliases(change_aliases_operations=[point])
+            else:
+                move = models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.collection))
+                self.client.update_collection_aliases(change_aliases_operations=[move, point])
+        if current is not None:
+            with contextlib.suppress(BackendError):  # the switch is done; the next replace_all retries this
+                self._drop(current)
+
+    def _drop(self, name: str) -> None:
+        """Delete the collection ``name`` (a build, never the alias)."""
+        with self._engine(f"delete collection {name!r}"):
+            self.client.delete_collection(name)
+
+    def _write(
+        self,
+        collection: str,
+        ids: list[str],
+        rows: np.ndarray,
+        texts: list[str | None],
+        meta: list[dict[str, Any] | None],
+    ) -> None:
+        """Upsert checked documents into ``collection`` in batches of :data:`_WRITE_BATCH`."""
         for start in range(0, len(ids), _WRITE_BATCH):
             stop = start + _WRITE_BATCH
             block = rows[start:stop]
@@ -476,7 +571,7 @@ class QdrantIndex(VectorIndex):
             ]
             batch = models.Batch(ids=[point_id(i) for i in ids[start:stop]], vectors=named, payloads=payloads)
             with self._engine("upsert"):
-                self.client.upsert(self.collection, points=batch, wait=True)
+                self.client.upsert(collection, points=batch, wait=True)
 
     def existing(self, ids: Iterable[str]) -> set[str]:
         """The subset of ``ids`` that is stored."""

@@ -36,13 +36,19 @@ def find_file(directory: Path, stem: str) -> Path:
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` with line endings (LF or CRLF) stripped; gzip by extension."""
+    """Yield ``(line_number, line)`` with line endings (LF or CRLF) stripped; gzip by extension. Bytes
+    that are not UTF-8, or a NUL byte (a binary file), raise :class:`DataError` naming the file."""
     try:
         raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
         with raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
             for number, line in enumerate(text, start=1):
+                if "\x00" in line:
+                    raise DataError("a NUL byte: not a text file (a binary file?)", path=path, line=number)
                 yield number, line.rstrip("\r\n")
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text (a binary file?): {exc.reason} at byte {exc.object[exc.start]:#04x}",
+                        path=path) from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"cannot read file: {exc}", path=path) from exc
 
 

@@ -8,6 +8,11 @@ Three shapes are understood, named by their columns:
 - a BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``): each judged
   (query, relevant document) becomes an (anchor, positive) row.
 
+The file formats are read by :func:`read_table`, which ``--corpus`` (:mod:`matryoshka.data.corpus`)
+shares, so both options take the same files: ``.jsonl`` (objects, or strings read as a ``text``
+column), ``.csv``/``.tsv`` with a header, ``.parquet``, ``.txt`` (one ``text`` per line; ``.gz`` may
+follow every text format), or a hub data set by ``owner/name``.
+
 Every problem is a :class:`~matryoshka.data.errors.DataError` that names the file, and where it
 applies the line and the column.
 
@@ -20,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +33,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from matryoshka.data.errors import DataError
-from matryoshka.data.local import read_jsonl_records, read_lines
+from matryoshka.data.local import read_lines
 
 Kind = Literal["pairs", "texts"]
-#: File suffixes read locally; ``.gz`` may follow ``.jsonl`` and ``.csv``.
-SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+#: File suffixes read locally; ``.gz`` may follow all but ``.parquet``.
+SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".txt")
+#: One record of a table: its line (a row number in Parquet and hub sets) and its values by column.
+Record = tuple[int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows read from a file or hub data set: ``columns`` in first-seen order, ``records`` as
+    ``(line, {column: value})``, and ``source`` (the path or name) for error messages."""
+
+    columns: list[str]
+    records: list[Record]
+    source: str
 
 
 @dataclass
@@ -47,27 +65,48 @@ class TrainingData:
         return len(self.rows)
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """The lower-case suffix that names a file's format: ``.csv`` for ``x.CSV.gz``, ``""`` for none."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
     return suffixes[-1] if suffixes else ""
 
 
-def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    records = list(read_jsonl_records(path))
+def _read_jsonl(path: Path) -> tuple[list[str], list[Record]]:
+    records: list[Record] = []
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg}", path, number) from None
+        if isinstance(record, str):
+            record = {"text": record}
+        if not isinstance(record, dict):
+            raise DataError(f"expected a JSON object or string, got {type(record).__name__}", path, number)
+        records.append((number, record))
     columns = list(dict.fromkeys(key for _, record in records for key in record))
     return columns, records
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    delimiter = "\t" if _suffix(path) == ".tsv" else ","
+def _read_txt(path: Path) -> tuple[list[str], list[Record]]:
+    records: list[Record] = []
+    for number, line in read_lines(path):
+        if line.strip():
+            records.append((number, {"text": line.strip()}))
+    return ["text"], records
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[Record]]:
+    delimiter = "\t" if file_suffix(path) == ".tsv" else ","
     lines = [line for _, line in read_lines(path)]
     reader = csv.DictReader(lines, delimiter=delimiter)
     columns = list(reader.fieldnames or [])
     if len(set(columns)) != len(columns):
         raise DataError(f"duplicate column names in the header {columns}", path, 1)
-    records = []
+    records: list[Record] = []
     for row in reader:
         if None in row:
             raise DataError(f"more fields than the {len(columns)} header columns", path, reader.line_num)
@@ -75,7 +114,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     return columns, records
 
 
-def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+def _read_parquet(path: Path) -> tuple[list[str], list[Record]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -86,7 +125,7 @@ def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]
     return list(table.column_names), [(i + 1, row) for i, row in enumerate(table.to_pylist())]
 
 
-def _read_hub(name: str, split: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+def _read_hub(name: str, split: str) -> tuple[list[str], list[Record]]:
     from datasets import load_dataset
 
     try:
@@ -115,19 +154,47 @@ def _shape(columns: Sequence[str], source: str) -> tuple[Kind, tuple[str, ...]]:
     )
 
 
-def _rows(records: Sequence[tuple[int, dict[str, Any]]], columns: tuple[str, ...], source: str) -> list[tuple[str, ...]]:
-    rows = []
-    for line, record in records:
-        values = []
-        for column in columns:
-            value = record.get(column)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                raise DataError(f"empty or missing value in column {column!r}", source, line)
-            if not isinstance(value, str):
-                raise DataError(f"column {column!r} must hold text, got {type(value).__name__} {value!r:.40}", source, line)
-            values.append(value)
-        rows.append(tuple(values))
-    return rows
+def text_value(record: dict[str, Any], column: str, source: str, line: int) -> str:
+    """The text in ``record[column]``; a missing, blank or non-string value is a :class:`DataError`
+    naming the source, the line and the column (the one rule for training rows and corpus texts)."""
+    value = record.get(column)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"empty or missing value in column {column!r}", source, line)
+    if not isinstance(value, str):
+        raise DataError(f"column {column!r} must hold text, got {type(value).__name__} {value!r:.40}", source, line)
+    return value
+
+
+def _rows(records: Sequence[Record], columns: tuple[str, ...], source: str) -> list[tuple[str, ...]]:
+    return [tuple(text_value(record, column, source, line) for column in columns) for line, record in records]
+
+
+def read_table(source: str | os.PathLike[str], split: str = "train") -> Table:
+    """Read the rows of a local file (format by suffix, see :data:`SUFFIXES`) or, for a name that is
+    no local path, of a hub data set's ``split``: the one reader behind ``train --data`` and ``--corpus``.
+
+    Raises:
+        DataError: the file is missing, not a regular file, of an unknown type, unreadable (binary,
+            not UTF-8), malformed (naming the line), or holds no rows; or the hub set cannot be loaded.
+    """
+    path = Path(source).expanduser()
+    name = str(source)
+    suffix = file_suffix(path)
+    if path.exists() and not path.is_file():
+        raise DataError("not a regular file", path)
+    if path.is_file():
+        readers = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".ndjson": _read_jsonl, ".csv": _read_csv,
+                   ".tsv": _read_csv, ".parquet": _read_parquet, ".txt": _read_txt}
+        if suffix not in readers:
+            raise DataError(f"unknown file type {suffix or '(none)'!r}; use .jsonl, .csv, .tsv, .parquet or .txt", path)
+        columns, records = readers[suffix](path)
+    elif suffix in SUFFIXES or path.is_absolute() or name.startswith((".", "~")):
+        raise DataError("no such file", path)
+    else:
+        columns, records = _read_hub(name, split)
+    if not records:
+        raise DataError("no rows: the file is empty", name)
+    return Table(columns=columns, records=records, source=name)
 
 
 def load_training_data(source: str | os.PathLike[str], split: str = "train") -> TrainingData:
@@ -140,25 +207,11 @@ def load_training_data(source: str | os.PathLike[str], split: str = "train") -> 
 
     path = Path(source).expanduser()
     name = str(source)
-    if path.is_dir() or (not path.exists() and _suffix(path) not in SUFFIXES and resolve_beir_dir(name) is not None):
+    if path.is_dir() or (not path.exists() and file_suffix(path) not in SUFFIXES and resolve_beir_dir(name) is not None):
         return beir_training_pairs(name, split)
-    if path.exists() and not path.is_file():
-        raise DataError("not a regular file", path)
-    suffix = _suffix(path)
-    if path.is_file():
-        readers = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv, ".tsv": _read_csv,
-                   ".parquet": _read_parquet}
-        if suffix not in readers:
-            raise DataError(f"unknown file type {suffix or '(none)'!r}; use .jsonl, .csv, .tsv or .parquet", path)
-        columns, records = readers[suffix](path)
-    elif suffix in SUFFIXES:
-        raise DataError("no such file", path)
-    else:
-        columns, records = _read_hub(name, split)
-    if not records:
-        raise DataError("no rows: the file is empty", name)
-    kind, used = _shape(columns, name)
-    return TrainingData(kind=kind, rows=_rows(records, used, name), columns=used, source=name)
+    table = read_table(source, split)
+    kind, used = _shape(table.columns, name)
+    return TrainingData(kind=kind, rows=_rows(table.records, used, name), columns=used, source=name)
 
 
 def beir_training_pairs(name_or_path: str | os.PathLike[str], split: str = "train") -> TrainingData:

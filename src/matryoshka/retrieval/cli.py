@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from matryoshka.cli_errors import HandledGroup, fail
-from matryoshka.cli_options import BackendOption, QuantizeOption
+from matryoshka.cli_options import CORPUS_HELP, BackendOption, IdColumnOption, QuantizeOption, TextColumnOption
 from matryoshka.data.corpus import fill_ids, read_corpus, read_text_file  # noqa: F401  (re-exported for callers)
 
 if TYPE_CHECKING:
@@ -56,14 +56,13 @@ IndexArgument = Annotated[
 def build(
     corpus: Annotated[
         str,
-        typer.Option(
-            "--corpus", "-c", help="A BEIR data set (scifact, npl, or a directory) or a .txt/.jsonl file of texts."
-        ),
+        typer.Option("--corpus", "-c", help=CORPUS_HELP),
     ],
     out: Annotated[
         str,
-        typer.Option("--out", "-o", help="Index URL or directory to write; its documents are replaced (a directory "
-                     "atomically); an index of another model or dimension is refused."),
+        typer.Option("--out", "-o", help="Index URL or directory to write; its documents are replaced all at once "
+                     "(the old ones stay until the new ones are complete); an index of another model or dimension "
+                     "is refused before encoding."),
     ],
     model: ModelOption = None,
     stages: Annotated[
@@ -79,30 +78,36 @@ def build(
     ] = None,
     backend: BackendOption = "torch",
     quantize: QuantizeOption = None,
+    text_column: TextColumnOption = None,
+    id_column: IdColumnOption = None,
 ) -> None:
     """Encode a corpus at full size and write it to an index (any engine), with a progress bar.
 
+    An existing index keeps its old documents until all the new ones are written (``replace_all``:
+    one transaction on PostgreSQL, an alias switch on Qdrant, an atomic save of a directory).
     --backend openvino (or onnx, --quantize int8) encodes the corpus faster on a CPU; the index
     records the model, not the backend, since every backend gives the same model's vectors.
     """
     from matryoshka.backends import open_index
     from matryoshka.data.corpus import read_documents
     from matryoshka.model_identity import model_label
+    from matryoshka.models import model_dimension
     from matryoshka.retrieval.stages import format_stages
 
     funnel = _parse_stages(stages)
     console.print(f"reading {corpus}", highlight=False)
-    docs = read_documents(corpus)
+    docs = read_documents(corpus, text_column=text_column, id_column=id_column)
     if limit is not None and limit < len(docs):
         docs = docs[:limit]
     ids, texts, metadata = [d[0] for d in docs], [d[1] for d in docs], [d[2] for d in docs]
     label = model_label(model)
     console.print(f"loading model {label}", highlight=False)
-    vectors = encode_with_progress(_load_model(model, backend, quantize), texts, batch_size)
+    loaded = _load_model(model, backend, quantize)
+    check_build_target(out, label, model_dimension(loaded))  # before the long part, the encoding
+    vectors = encode_with_progress(loaded, texts, batch_size)
     with open_index(out, dim=int(vectors.shape[1]), model_name=label, create=True, stages=funnel,
                     storage=storage) as index:
-        index.clear()
-        index.upsert(ids, vectors, texts, metadata)  # one write: a directory is replaced whole, at close
+        index.replace_all(ids, vectors, texts, metadata)  # the old documents or all the new ones, never none
         index.prepare()
         info = index.info()
     console.print(
@@ -182,6 +187,33 @@ def search(
     for query, found in zip(queries, hits):
         out.print(hits_table(query, found, out.width))
     out.print(timings_table(timings, len(queries)))
+
+
+def check_build_target(url: str, label: str, dim: int) -> None:
+    """Refuse an existing index of another model or dimension before ``index build`` encodes anything.
+
+    A missing index (or one the engine cannot be asked about now) passes: the write after encoding
+    creates it, or reports the engine's error. Something that is not an index fails here.
+
+    Raises:
+        ModelError: the index holds another model's vectors, or vectors of another dimension.
+        IndexCorruptError: a directory that is not an index (or lost its manifest).
+    """
+    from matryoshka.backends import open_index
+    from matryoshka.errors import BackendError, ModelError
+
+    try:
+        index = open_index(url, create=False)
+    except (FileNotFoundError, BackendError):
+        return
+    with index:
+        if index.model_name and index.model_name != label:
+            raise ModelError(
+                f"{index.url} holds vectors of model {index.model_name!r}, not {label!r}: build into another "
+                f"--out, or pass --model {index.model_name}"
+            )
+        if index.dim != dim:
+            raise ModelError(f"{index.url} holds {index.dim}-dim vectors, but model {label!r} makes {dim}-dim ones")
 
 
 def one_line(text: str) -> str:
@@ -310,7 +342,8 @@ def advise_command(
     loaded = _load_model(model)
     console.print(f"{data!r}: encoding {len(data.corpus):,} documents and {len(data.queries):,} queries once")
     report = advise(loaded, data, dim_list, target=target, model_name=model_label(model), show_progress=True)
-    _out_console().print(report.table())
+    out_console = _out_console()
+    out_console.print(fit_table(report.table(), out_console.width, ADVICE_DROPS))
     if out is not None:
         if out.suffix == ".json":
             write_atomic(out, json.dumps(report.to_dict(), indent=2).encode())
@@ -343,6 +376,43 @@ def encode_with_progress(model: SentenceTransformer, texts: list[str], batch_siz
                 reported[0] = done
 
         return encode_chunks(model, texts, batch_size, on_progress=advance)
+
+
+#: Columns of the advice table left out, in this order, while it is wider than the terminal.
+ADVICE_DROPS = ("memory B/vec", "overlap@", "nDCG@", "queries/s", "ok", "scan B/vec", "vs exact")
+
+
+def fit_table(table: Table, width: int, drops: Sequence[str]) -> Table:
+    """``table`` with its first column (the key, e.g. a config) kept whole, fitted to ``width`` columns.
+
+    Rich shrinks every column of a table wider than the terminal, the key too (``16:bina…``), so
+    the columns whose header starts with one of ``drops`` are left out, in that order, until the
+    natural widths fit; the caption says which. A key longer than the whole width folds onto more
+    lines rather than being cut.
+    """
+    measure = Console(width=max(width, 1))
+
+    def natural(column: Any) -> int:
+        cells = [column.header, *column.cells]
+        return max((measure.measure(cell).maximum for cell in cells), default=1)
+
+    def total() -> int:
+        return sum(natural(column) + 3 for column in table.columns) + 1  # padding and a border per column
+
+    left_out = []
+    for prefix in drops:
+        if total() <= width:
+            break
+        found = [column for column in table.columns[1:] if str(column.header).startswith(prefix)]
+        for column in found:
+            table.columns.remove(column)
+            left_out.append(str(column.header))
+    key = table.columns[0]
+    key.no_wrap, key.overflow, key.min_width = False, "fold", min(natural(key), max(width - 4, 1))
+    if left_out:
+        note = f"Left out at {width} columns: {', '.join(left_out)} (a wider terminal or --out shows them)."
+        table.caption = f"{table.caption} {note}" if table.caption else note
+    return table
 
 
 def timings_table(timings: Sequence[Mapping[str, Any]], queries: int) -> Table:

@@ -17,6 +17,10 @@ block hands over only the queries whose block maximum beats it, and of those onl
 it, so after the first blocks selection costs a few candidates per block instead of a partition of
 every score.
 
+Threads: a scan whose BLAS calls are small (:data:`SERIAL_BLAS_MACS`; every single-query scan of a
+column-block index) runs numpy's BLAS on one thread (:func:`serial_blas_when_small`), as FAISS's small
+scans run on one OpenMP thread (:func:`serial_when_small`); big batches keep every thread.
+
 Why not ``faiss.knn`` for every batch: faiss-cpu's wheel links its own, older OpenBLAS. On this project's 2-core
 machine its flat search reached 5.7–7.3 GFLOP/s at batch 32 where numpy's matrix product on the
 same data reached ~44 (one thread; numpy's OpenBLAS is newer). ``benchmarks/funnel.py`` measures
@@ -31,10 +35,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import faiss
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 #: Rows per block when a batch of several queries is scored, and per :class:`ColumnBlocks` block (a
 #: 2048 x 384 float32 block is 3 MB and its scores stay in cache; on the 2-core development machine,
@@ -78,7 +85,8 @@ def top_k_inner_product(
     if batch == 0 or k == 0:
         return np.zeros((batch, k), np.float32), np.zeros((batch, k), np.int64)
     if isinstance(base, ColumnBlocks):
-        return base.top_k(queries, k)
+        with serial_blas_when_small(batch * min(BLOCK_ROWS_BATCH, count) * base.dim):
+            return base.top_k(queries, k)
     if batch < FAISS_BELOW and block_rows is None and base.dtype == np.float32 and base.flags.c_contiguous:
         # one extra hit shows whether a tie straddles the cut (FAISS keeps an arbitrary one of those)
         with serial_when_small(batch * count):
@@ -89,9 +97,12 @@ def top_k_inner_product(
         if k < count:
             tied = np.flatnonzero(scores[:, k] == scores[:, k - 1])
             if len(tied):
-                top_scores[tied], top_rows[tied] = _blocked(queries[tied], base, k, BLOCK_ROWS_BATCH)
+                with serial_blas_when_small(len(tied) * min(BLOCK_ROWS_BATCH, count) * shape[1]):
+                    top_scores[tied], top_rows[tied] = _blocked(queries[tied], base, k, BLOCK_ROWS_BATCH)
         return top_scores, top_rows
-    return _blocked(queries, base, k, block_rows or (BLOCK_ROWS_SINGLE if batch == 1 else BLOCK_ROWS_BATCH))
+    block = block_rows or (BLOCK_ROWS_SINGLE if batch == 1 else BLOCK_ROWS_BATCH)
+    with serial_blas_when_small(batch * min(block, count) * shape[1]):
+        return _blocked(queries, base, k, block)
 
 
 def _blocked(queries: np.ndarray, base: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +195,51 @@ def serial_when_small(pairs: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+#: Below this many multiply-adds per BLAS call (queries x rows per block x dims), a scan runs numpy's
+#: BLAS on one thread. A threaded call hands half its work to the pool's other thread and waits for
+#: it; on a busy host that wait is a scheduler time slice, not microseconds. On the 2-core development
+#: machine with both cores busy, one query over 20,000 x 384 column blocks (ten calls of 0.8M) took a
+#: median 13-160 ms on 2 BLAS threads against 1.7 ms on one; a batch of 32 at 384 dims (25M a call) is
+#: where a second core pays on a quiet machine (``benchmarks/server_exact.py``).
+SERIAL_BLAS_MACS = 1 << 23
+
+
+def _numpy_blas() -> ThreadpoolController:
+    """The BLAS numpy's products run on: the library inside numpy's own install (a wheel's
+    ``numpy.libs``), else every loaded BLAS that does not thread through OpenMP. An OpenMP BLAS (the
+    one faiss-cpu bundles) is left alone: setting its threads sets the calling thread's OpenMP threads,
+    which FAISS reads too, and its pool is per thread anyway."""
+    found = ThreadpoolController().select(user_api="blas")
+    root = Path(np.__file__).resolve().parent
+    homes = (root, root.parent / "numpy.libs", root / ".libs")
+    own = [c.filepath for c in found.lib_controllers if any(Path(c.filepath).resolve().is_relative_to(h) for h in homes)]
+    others = [c.filepath for c in found.lib_controllers if getattr(c, "threading_layer", None) != "openmp"]
+    return found.select(filepath=own or others)
+
+
+#: Found at import (numpy has loaded its BLAS by then; ~3 ms), so no scan's timing includes it.
+_NUMPY_BLAS = _numpy_blas()
+_BLAS_GATE = threading.RLock()
+
+
+@contextlib.contextmanager
+def serial_blas_when_small(macs: int) -> Iterator[None]:
+    """Run the numpy products inside on one BLAS thread when each call does fewer than
+    :data:`SERIAL_BLAS_MACS` multiply-adds.
+
+    OpenBLAS's thread count is one setting for the whole process (not per thread, as OpenMP's is), and
+    threadpoolctl lets one thread hold it at a time; so small scans take turns behind a lock, each
+    setting one thread and restoring the previous count itself (a scan of 20,000 x 384 takes ~1.5 ms;
+    a big batch elsewhere in the process runs on one thread meanwhile). If another thread holds the
+    setting (an application's own ``threadpool_limits`` block), that setting is left as it is.
+    """
+    if macs >= SERIAL_BLAS_MACS:
+        yield
+        return
+    with _BLAS_GATE, _NUMPY_BLAS.limit(limits=1):
+        yield
 
 
 class _Selection:

@@ -229,10 +229,11 @@ class FunnelIndex(VectorIndex):
         at checkpoints (see the module docstring), on :meth:`flush` and on :meth:`close`.
 
         Raises:
-            FileNotFoundError: no index there and ``create`` is false.
+            FileNotFoundError: nothing at ``location`` and ``create`` is false.
             ValueError: ``dim`` or ``model_name`` differ from the stored index, or ``dim`` is missing
                 for a new one.
-            IndexCorruptError: the directory fails its checks.
+            IndexCorruptError: the directory fails its checks, or (``create`` false) it is there
+                without its ``manifest.json``.
         """
         from matryoshka.retrieval.store import MANIFEST, read_manifest
 
@@ -253,6 +254,8 @@ class FunnelIndex(VectorIndex):
             if stages is not None:
                 index.stages = stages
         elif not create:
+            if path.is_file() or (path.is_dir() and any(path.iterdir())):
+                read_manifest(path)  # raises IndexCorruptError saying what is there instead (files, no manifest)
             raise FileNotFoundError(f"no index at {path}")
         else:
             if dim is None or isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -467,6 +470,36 @@ class FunnelIndex(VectorIndex):
             self._delete(ids, save=False)
             self._append(rows.astype(self.storage, copy=False), ids, texts, meta)
 
+    def replace_all(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> None:
+        """Make these documents the whole index in one step (see :meth:`VectorIndex.replace_all`).
+
+        The new contents are checked and built aside, then swapped in under the lock, so a search
+        sees the old documents or the new ones and a refused batch changes nothing. A directory is
+        written at the next checkpoint, :meth:`flush` or :meth:`close` by an atomic save of the
+        complete new index; a crash before that leaves the old directory as it was.
+
+        Raises:
+            ValueError: as :meth:`upsert`; nothing changes then.
+        """
+        from matryoshka.backends.base import check_batch
+
+        ids, rows, texts_out, meta = check_batch(ids, vectors, self.dim, texts, metadata)
+        stored = np.ascontiguousarray(rows.astype(self.storage, copy=False))
+        kept_texts = None if all(text is None for text in texts_out) else texts_out
+        kept_meta = None if all(m is None for m in meta) else meta
+        with self._lock:
+            self._vectors, self._buffer = stored, None
+            self._ids, self._texts, self._metadata, self._views = ids, kept_texts, kept_meta, {}
+            self._rows = {doc_id: row for row, doc_id in enumerate(ids)}
+            self._rows_removed()
+        self._written(max(len(ids), 1))
+
     def existing(self, ids: Iterable[str]) -> set[str]:
         """The subset of ``ids`` that is stored."""
         return {str(i) for i in ids if str(i) in self._rows}
@@ -498,6 +531,12 @@ class FunnelIndex(VectorIndex):
     def details(self) -> dict[str, object]:
         """The storage dtype."""
         return {"storage": self.storage}
+
+    def scan_codecs(self, dim: int) -> tuple[str, ...]:
+        """Every scan codec at any prefix; ``binary`` needs a multiple of 8 values."""
+        if not 0 < dim <= self.dim:
+            return ()
+        return ("float32", "float16", "int8", "binary") if dim % 8 == 0 else ("float32", "float16", "int8")
 
     def _written(self, count: int) -> None:
         """Count a write and save when a checkpoint is due."""

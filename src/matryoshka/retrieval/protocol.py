@@ -64,6 +64,25 @@ class VectorIndex(abc.ABC):
         """
 
     @abc.abstractmethod
+    def replace_all(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> None:
+        """Make these documents the whole index at once (what ``matryoshka index build`` runs).
+
+        A reader sees the old documents or all of the new ones, never an empty or half-loaded
+        index, and a failure or a crash part way leaves the old ones: ``clear`` then ``upsert``
+        would not. Each engine says how it keeps that promise (Qdrant: where it cannot, and what
+        it keeps instead). Documents written by others while it runs are replaced with the rest.
+
+        Raises:
+            ValueError: as :meth:`upsert`; nothing is written then.
+        """
+
+    @abc.abstractmethod
     def delete(self, ids: Iterable[str]) -> int:
         """Remove documents by id; returns how many existed (unknown ids are ignored)."""
 
@@ -96,6 +115,12 @@ class VectorIndex(abc.ABC):
         """Engine-specific facts for :meth:`info` (storage, table, collection...)."""
         return {}
 
+    @abc.abstractmethod
+    def scan_codecs(self, dim: int) -> tuple[str, ...]:
+        """The codecs (of ``float32``, ``float16``, ``int8``, ``binary``) that a one-stage search ranking by
+        the ``dim``-value prefix alone can use, as the demo's chosen side runs it; empty when this engine
+        cannot rank by that prefix (``dim`` outside ``1 … self.dim``, or a prefix it does not store)."""
+
     def metadata_keys(self) -> set[str] | None:
         """Every metadata key some document has, or ``None`` when the engine cannot list them cheaply."""
         return None
@@ -106,7 +131,8 @@ class VectorIndex(abc.ABC):
 
     @abc.abstractmethod
     def clear(self) -> None:
-        """Remove every document (the dimension, model and default funnel stay)."""
+        """Remove every document (the dimension, model and default funnel stay); to load a new set of
+        documents in its place, use :meth:`replace_all`, which never leaves the index empty."""
 
     def flush(self) -> None:  # noqa: B027 - engines that commit every write need nothing here
         """Make every acknowledged write durable now (a no-op where each write already is)."""

@@ -223,6 +223,12 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise IndexCorruptError(f"{root} is not an index directory")
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
+        found = [name for name in (VECTORS, VECTORS_V1, IDS, TEXTS, METADATA) if (root / name).exists()]
+        if found:  # the data is there, but it cannot be checked or read without the manifest
+            raise IndexCorruptError(
+                f"{manifest_path} is missing, though {root} holds {', '.join(found)}: the index cannot be "
+                "read without it; restore it from a copy or rebuild the index (matryoshka index build)"
+            )
         raise IndexCorruptError(f"{manifest_path} is missing: {root} is not an index, or its save never finished")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -39,6 +39,7 @@ from matryoshka.serving.checks import (
     validation_message,
 )
 from matryoshka.serving.config import ServeConfig
+from matryoshka.serving.demo_index import NEUTRAL_CORPUS, WORDNET_CORPUS, DemoCorpus
 from matryoshka.serving.middleware import (
     CLIENT_CLOSED,
     ApiKeyMiddleware,
@@ -74,14 +75,7 @@ logger = logging.getLogger("matryoshka.serving")
 
 STATIC_DIR = Path(__file__).parent / "static"
 #: Queries the demo page offers for the WordNet gloss corpus ("describe a word, find it").
-DEMO_EXAMPLES = [
-    "a large animal with a long trunk",
-    "a building where books are kept",
-    "feeling of great happiness",
-    "to move quickly on foot",
-    "a tool for cutting wood",
-    "the study of the stars and planets",
-]
+DEMO_EXAMPLES = list(WORDNET_CORPUS.examples)
 
 
 def create_app(
@@ -90,6 +84,7 @@ def create_app(
     index: VectorIndex | None = None,
     quality: dict[str, Any] | None = None,
     demo_indexes: Mapping[str, VectorIndex] | None = None,
+    demo_corpus: DemoCorpus = NEUTRAL_CORPUS,
 ) -> FastAPI:
     """Build the server.
 
@@ -101,13 +96,16 @@ def create_app(
             default: ``config.results_path`` if set.
         demo_indexes: more choices for the demo's model selector: served model name -> the index of
             that model's vectors of the same documents (``index`` is the first choice).
+        demo_corpus: the demo page's title and example queries; the default is neutral (any index),
+            ``matryoshka demo`` passes :data:`~matryoshka.serving.demo_index.WORDNET_CORPUS`.
     """
-    from matryoshka.serving.startup import check_index_model, load_results, open_served_index
+    from matryoshka.serving.startup import check_index_model, load_results, open_served_index, serve_index_model
 
     # What can fail without the model is tried first, so a bad index or results file costs no model load.
     if index is None and config.index_path:
         index = open_served_index(config.index_path)
     if index is not None and models is None:
+        config = serve_index_model(config, index)  # no models named: the one the index records
         check_index_model(index, config)
     if quality is None and config.results_path:
         quality = load_results(config)
@@ -272,23 +270,34 @@ def create_app(
         }
 
     # -- demo --
+    def demo_codecs(dim: int) -> list[str]:
+        """The codecs every demo choice's index can rank by at a ``dim``-value prefix, in the API's order."""
+        supported = [set(choice_index.scan_codecs(dim)) for _, choice_index in state.demo_choices.values()]
+        return [codec for codec in API_CODECS if all(codec in codecs for codecs in supported)]
+
     @app.get("/demo/api/info", responses=errors)  # type: ignore[arg-type]
     async def demo_info() -> DemoInfo:
         index = state.require_index()
         quality_dims: list[int] = []
         if state.quality and state.quality_model:
             quality_dims = sorted({int(d) for task in state.quality[state.quality_model].values() for d in task})
+        dim_codecs = {d: demo_codecs(d) for d in demo_dimensions(index.dim, quality_dims, config.demo_dims)}
+        dims = [d for d, codecs in dim_codecs.items() if codecs]  # e.g. Qdrant ranks only by the prefixes it stores
         return DemoInfo(
             model=state.search_model.name,
             models=list(state.demo_choices),
             full_dim=index.dim,
-            dims=demo_dimensions(index.dim, quality_dims, config.demo_dims),
-            codecs=list(API_CODECS),
+            dims=dims,
+            codecs=[codec for codec in API_CODECS if any(codec in dim_codecs[d] for d in dims)],
             index_size=len(index),
             index_dim=index.dim,
             quality=state.quality,
             quality_model=state.quality_model,
-            examples=DEMO_EXAMPLES,
+            examples=list(demo_corpus.examples),
+            title=demo_corpus.title,
+            placeholder=demo_corpus.placeholder,
+            quality_models=state.quality_keys,
+            dim_codecs={str(d): dim_codecs[d] for d in dims},
         )
 
     @app.post("/demo/api/compare", responses=errors)  # type: ignore[arg-type]
@@ -302,6 +311,10 @@ def create_app(
             chosen_stage = Stage(dim=dim, codec=body.codec, keep=body.k)
         except ValueError as exc:  # e.g. binary at a dim that is not a multiple of 8
             raise APIError(400, str(exc), "dim", "invalid_stages") from None
+        if body.codec not in index.scan_codecs(dim):  # e.g. int8 on PostgreSQL: refused before the engine runs it
+            offered = ", ".join(index.scan_codecs(dim)) or "none"
+            raise APIError(400, f"This index cannot rank by {body.codec} at {dim} dimensions (it can: {offered}).",
+                           "codec", "invalid_stages")
 
         def side(stage: Stage) -> CompareSide:
             try:

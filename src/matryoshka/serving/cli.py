@@ -124,12 +124,13 @@ def serve_command(
         check_model_sources,
         load_results,
         open_served_index,
+        serve_index_model,
         tune_malloc,
     )
 
     try:
         config = ServeConfig(
-            models=model or ServeConfig().models,
+            **({"models": model} if model else {}),  # none given: the index's own model, else the default
             api_key=api_key,
             max_inputs=max_inputs,
             max_input_chars=max_input_chars,
@@ -155,6 +156,8 @@ def serve_command(
         check_model_sources(config)
         loaded_index = open_served_index(config.index_path) if config.index_path else None
         if loaded_index is not None:
+            config = serve_index_model(config, loaded_index)
+            check_model_sources(config)  # the index's model may be a directory that is gone
             check_index_model(loaded_index, config)
         quality = load_results(config)
         _set_threads(threads)
@@ -208,7 +211,7 @@ def demo_command(
     from matryoshka.models import DEFAULT_MODEL, ModelLoadError
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig, served_name
-    from matryoshka.serving.demo_index import build_demo_index, demo_cache_path
+    from matryoshka.serving.demo_index import WORDNET_CORPUS, build_demo_index, demo_cache_path
     from matryoshka.serving.startup import (
         StartupError,
         bind_socket,
@@ -229,11 +232,7 @@ def demo_command(
         loaded = _served(model, backend, quantize)
         index = build_demo_index(loaded, name, limit or None, cache_dir, rebuild, source=None,
                                  model_source=model)
-        if quality is None:  # the chart works out of the box: measured on this index, cached beside it
-            from matryoshka.serving.quality import cached_lemma_recall
-
-            quality = cached_lemma_recall(loaded, index, name, demo_cache_path(cache_dir, model, limit or None))
-        from matryoshka.serving.demo_models import demo_choices
+        from matryoshka.serving.demo_models import choices_quality, demo_choices
 
         sources = {served_name(source): source for source in also or []}
         others = [(other_name, _served(source, backend, quantize)) for other_name, source in sources.items()]
@@ -242,9 +241,15 @@ def demo_command(
             build=lambda other, other_name: build_demo_index(other, other_name, limit or None, cache_dir, rebuild,
                                                              model_source=sources[other_name]),
         )
+        if quality is None:  # the chart works out of the box: every choice measured on its own vectors, cached
+            choices = {name: (loaded, index), **{n: (extra_models[n], extra_indexes[n]) for n in extra_models}}
+            quality = choices_quality(
+                choices, demo_cache_path(cache_dir, model, limit or None),
+                {n: demo_cache_path(cache_dir, source, limit or None) for n, source in sources.items()},
+            )
         config = config.model_copy(update={"models": [name, *extra_models]})
         app = create_app(config, models={name: loaded, **extra_models}, index=index, quality=quality,
-                         demo_indexes=extra_indexes)
+                         demo_indexes=extra_indexes, demo_corpus=WORDNET_CORPUS)
     except (StartupError, ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
         if sock is not None:
             sock.close()

@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,11 +20,39 @@ if TYPE_CHECKING:
 
     from matryoshka.retrieval.index import FunnelIndex
 
-__all__ = ["DEMO_CACHE", "DEMO_LIMIT", "build_demo_index", "demo_cache_path"]
+__all__ = ["DEMO_CACHE", "DEMO_LIMIT", "NEUTRAL_CORPUS", "WORDNET_CORPUS", "DemoCorpus", "build_demo_index",
+           "demo_cache_path"]
 
 #: Where ``matryoshka demo`` keeps the index it built, so the next start takes seconds.
 DEMO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "matryoshka" / "demo-index"
 DEMO_LIMIT = 20_000
+
+
+@dataclass(frozen=True)
+class DemoCorpus:
+    """What the demo page says about the corpus it searches: the search box's title, its placeholder and
+    the example queries offered as buttons."""
+
+    title: str
+    placeholder: str
+    examples: tuple[str, ...] = ()
+
+
+#: The corpus of ``matryoshka demo``: WordNet glosses ("describe a word, find it").
+WORDNET_CORPUS = DemoCorpus(
+    "Describe a word, find it",
+    "e.g. a large animal with a long trunk",
+    (
+        "a large animal with a long trunk",
+        "a building where books are kept",
+        "feeling of great happiness",
+        "to move quickly on foot",
+        "a tool for cutting wood",
+        "the study of the stars and planets",
+    ),
+)
+#: Any other index (``matryoshka serve --index``): nothing is known about its texts, so no examples.
+NEUTRAL_CORPUS = DemoCorpus("Search the index", "Type a query")
 
 
 def _stderr(message: str) -> None:

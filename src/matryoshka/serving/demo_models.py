@@ -8,8 +8,10 @@ as a ``Dense`` module, so it is served like any model. Every other choice encode
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,3 +59,26 @@ def demo_choices(
             raise ValueError("more demo models need a function that builds their index")
         models[other_name], indexes[other_name] = other, build(other, other_name)
     return models, indexes
+
+
+def choices_quality(
+    choices: Mapping[str, tuple[SentenceTransformer, FunnelIndex]],
+    base_path: Path,
+    own_paths: Mapping[str, Path] | None = None,
+) -> dict[str, Any] | None:
+    """The chart's curve for every demo choice (served name -> (model, its index)), measured at start-up
+    with :func:`~matryoshka.serving.quality.lemma_recall` on the choice's own vectors and cached: the first
+    choice beside its index at ``base_path``; a choice in ``own_paths`` (an ``--also`` model, which
+    indexed the glosses itself) beside that index; any other (the rotation, whose vectors are derived
+    from the first index's) beside ``base_path`` under its own name. ``None`` when no curve could be measured."""
+    from matryoshka.serving.quality import cached_lemma_recall, merge_quality
+
+    own = own_paths or {}
+    parts = []
+    for position, (name, (model, index)) in enumerate(choices.items()):
+        if name in own:
+            parts.append(cached_lemma_recall(model, index, name, own[name]))
+        else:
+            variant = "" if position == 0 else re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
+            parts.append(cached_lemma_recall(model, index, name, base_path, variant=variant))
+    return merge_quality(parts)

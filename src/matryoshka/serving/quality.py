@@ -63,13 +63,21 @@ def lemma_recall(
     return {"models": {model_name: {task: curve}}}
 
 
+def quality_cache_path(index_path: Path, variant: str = "") -> Path:
+    """Where a curve measured on the demo index at ``index_path`` is kept: ``<index>.quality.json``, or
+    ``<index>.<variant>.quality.json`` for a model searched on vectors derived from that index (the rotation)."""
+    return index_path.with_name(f"{index_path.name}{'.' + variant if variant else ''}{CACHE_SUFFIX}")
+
+
 def cached_lemma_recall(
-    model: SentenceTransformer, index: FunnelIndex, model_name: str, index_path: Path, **kwargs: Any
+    model: SentenceTransformer, index: FunnelIndex, model_name: str, index_path: Path, variant: str = "",
+    **kwargs: Any,
 ) -> dict[str, Any] | None:
-    """:func:`lemma_recall`, computed once per demo index and kept in ``<index_path>.quality.json``."""
+    """:func:`lemma_recall`, computed once per demo index (and ``variant``, see :func:`quality_cache_path`)
+    and kept beside it; a cache made for another model or an older build of the index is measured again."""
     from matryoshka.files import write_atomic
 
-    cache = index_path.with_name(index_path.name + CACHE_SUFFIX)
+    cache = quality_cache_path(index_path, variant)
     manifest = index_path / "manifest.json"
     stamp = manifest.stat().st_mtime_ns if manifest.exists() else None
     if cache.exists():
@@ -84,6 +92,15 @@ def cached_lemma_recall(
         payload = {"model": model_name, "index_stamp": stamp, "quality": quality}
         write_atomic(cache, json.dumps(payload, ensure_ascii=False, indent=1).encode("utf-8"))
     return quality
+
+
+def merge_quality(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One ``{"models": {...}}`` from several (``None`` entries skipped); ``None`` when all are."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for model, tasks in quality_models(part).items():
+            merged.setdefault(model, {}).update(tasks)
+    return {"models": merged} if merged else None
 
 
 # -- evaluation results for the demo chart ------------------------------------------------------

@@ -6,6 +6,7 @@ quietly coercing it. Unknown fields are ignored, as OpenAI does, so newer client
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -108,6 +109,14 @@ class StageSpec(BaseModel):
     codec: Codec
     keep: StrictInt = Field(ge=1)
 
+    @field_validator("dim", mode="before")
+    @classmethod
+    def _dim_type(cls, value: Any) -> Any:
+        # checked here so the error says what is allowed, not which branch of the union failed
+        if value != "full" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f'dim must be an integer or "full", got {_shown(value)}')
+        return value
+
     @field_validator("dim")
     @classmethod
     def _dim_not_negative(cls, value: int | str) -> int | str:
@@ -117,6 +126,12 @@ class StageSpec(BaseModel):
 
 
 FilterValue = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
+def _shown(value: Any) -> str:
+    """A request value as JSON, cut short, for an error message."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class SearchRequest(BaseModel):
@@ -136,6 +151,22 @@ class SearchRequest(BaseModel):
     filter: dict[str, FilterValue | list[FilterValue]] | None = Field(
         None, description='Metadata filter: every key must match, a list matches any of its values, e.g. {"source": "npl"}.'
     )
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter_types(cls, value: Any) -> Any:
+        # checked here so the error says what is allowed, not which branch of the union failed
+        if value is None:
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"filter must be an object of metadata keys and values, got {_shown(value)}")
+        for key, wanted in value.items():
+            values = wanted if isinstance(wanted, list) else [wanted]
+            if not all(isinstance(v, (str, int, float)) for v in values):  # bool is an int
+                raise ValueError(
+                    f"filter[{_shown(key)}] must be a string, a number, a boolean or a list of them, got {_shown(wanted)}"
+                )
+        return value
 
 
 class SearchHit(BaseModel):
@@ -212,3 +243,11 @@ class DemoInfo(BaseModel):
     quality: dict[str, Any] | None
     quality_model: str | None
     examples: list[str]
+    title: str = Field(description="The search box's title: what the corpus is.")
+    placeholder: str
+    quality_models: dict[str, str | None] = Field(
+        description="Each of `models` -> the model in `quality` whose curves are its own (null: it has none)."
+    )
+    dim_codecs: dict[str, list[str]] = Field(
+        description="Each of `dims` -> the codecs the index can rank by at that prefix (`codecs` is their union)."
+    )

@@ -70,6 +70,15 @@ def open_served_index(url: str) -> VectorIndex:
         raise StartupError(f"--index {url}: {exc}") from None
 
 
+def serve_index_model(config: ServeConfig, index: VectorIndex) -> ServeConfig:
+    """``config`` serving the model ``index`` records when no model was asked for (``serve --index DIR``
+    without ``--model``), as ``index search`` loads it; unchanged when models were given or the index
+    records none (then the default model is served)."""
+    if "models" in config.model_fields_set or not index.model_name:
+        return config
+    return config.model_copy(update={"models": [index.model_name]})
+
+
 def check_index_model(index: VectorIndex, config: ServeConfig) -> str | None:
     """The served name of the model that built ``index`` (``None``: it records none and one model is served).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,11 +83,12 @@ class ServedModel:
     created: int
 
     def card(self) -> ModelCard:
+        limit = getattr(self.model, "max_seq_length", None)  # a static model reads any length: inf
         return ModelCard(
             id=self.name,
             created=self.created,
             dimensions=self.dim,
-            max_input_tokens=getattr(self.model, "max_seq_length", None),
+            max_input_tokens=int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None,
         )
 
 
@@ -181,6 +183,10 @@ class ServerState:
             if name not in self.models:
                 raise ValueError(f"a demo index is given for {name!r}, which is not a served model")
             self.demo_choices[name] = (self.models[name], extra)
+        # The demo chart's data per choice: the model in `quality` whose curves it draws (None: it has none).
+        self.quality_keys: dict[str, str | None] = {
+            name: self._quality_key(name, choice_index) for name, (_, choice_index) in self.demo_choices.items()
+        }
 
     def demo_choice(self, name: str | None) -> tuple[ServedModel, VectorIndex]:
         """The demo's model ``name`` (default: the first) with its index, or a 404 naming the choices."""
@@ -193,12 +199,16 @@ class ServerState:
         return self.demo_choices[name]
 
     def _quality_model(self) -> str | None:
+        return self._quality_key(self.search_model.name, self.index)
+
+    def _quality_key(self, name: str, index: VectorIndex | None) -> str | None:
+        """The model in ``quality`` whose curves belong to the served model ``name`` searching ``index``:
+        the served name, else the model the index records; ``None`` when neither has curves."""
         if not self.quality:
             return None
-        names = [self.search_model.name, self.index.model_name if self.index is not None else None]
-        for name in names:
-            if name in self.quality:
-                return name
+        for key in (name, index.model_name if index is not None else None):
+            if key in self.quality:
+                return key
         return None
 
     def get_model(self, name: str | None) -> ServedModel:

@@ -4,6 +4,7 @@
   pgvector-python's type adapters registered);
 - :mod:`.schema`: the table layout, migrations and the ``matryoshka_meta`` row (dim, model, default funnel);
 - :mod:`.queries`: the SQL of a funnel search and of metadata filters;
+- :mod:`.rebuild`: :meth:`PgVectorIndex.replace_all`, a new table swapped in by rename in one transaction;
 - :mod:`.index`: :class:`PgVectorIndex`, the :class:`~matryoshka.retrieval.protocol.VectorIndex`.
 
 Prefix views are never stored: a shortlist stage is an HNSW index on an expression of the full
@@ -14,6 +15,8 @@ filtered shortlist still yields ``keep`` rows) and psycopg 3.
 
 Writes: :meth:`PgVectorIndex.upsert` streams a batch with binary ``COPY``, one transaction per call,
 so an interrupted load never leaves half a batch; a re-run skips ``existing`` ids.
+:meth:`PgVectorIndex.replace_all` (what ``matryoshka index build`` runs) replaces every row in one
+transaction: readers see the old rows until it commits, and a failure leaves them.
 
 Your own server: create the database, have a superuser run ``CREATE EXTENSION vector`` once if the
 application role may not, and point the URL at it. HNSW builds are faster with a larger

@@ -24,6 +24,7 @@ from matryoshka.backends.pgvector.queries import (
     search_sql,
     shortlist_stages,
 )
+from matryoshka.backends.pgvector.rebuild import read_facts, replace_in_place, swap_in
 from matryoshka.backends.pgvector.schema import init_schema
 from matryoshka.errors import BackendError
 from matryoshka.retrieval.filters import Filter, Metadata, check_filter
@@ -236,6 +237,42 @@ class PgVectorIndex(VectorIndex):
         with self._count_lock:
             self._count = 0
 
+    def replace_all(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        texts: Sequence[str | None] | None = None,
+        metadata: Sequence[Metadata | None] | None = None,
+    ) -> None:
+        """Make these documents the whole table in one transaction: readers see the old rows until it commits.
+
+        The rows go into a new table built like this one (indexes, grants, owner, id sequence), which
+        replaces it by rename at the end of the same transaction; a table with something a swap
+        would lose (a view on it, triggers...) is emptied with ``DELETE`` and loaded instead, in one
+        transaction too (:mod:`matryoshka.backends.pgvector.rebuild`). A failure or a crash at any
+        point leaves the old rows. The meta row (dim, model, default funnel) stays.
+
+        Raises:
+            ValueError: as :meth:`upsert`; nothing is written then.
+            BackendError: the server failed or refused (nothing changed).
+        """
+        ids, unit, texts_out, meta_out = check_batch(ids, vectors, self.dim, texts, metadata)
+        _check_nul(ids, texts_out, meta_out)
+        with self._transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"matryoshka:{self.table}"])
+            facts = read_facts(conn, self.table, self.url)
+
+            def load(target: sql.Identifier) -> None:
+                if ids:
+                    self._copy(conn, target, ids, unit, texts_out, meta_out, staged=False)
+
+            if facts.swappable:
+                swap_in(conn, self.table, facts, load)
+            else:
+                replace_in_place(conn, self.table, facts, load)
+        with self._count_lock:
+            self._count = len(ids)
+
     def existing(self, ids: Iterable[str] | str) -> set[str]:
         """The subset of ``ids`` that is stored (what a resumed load skips)."""
         wanted = _id_list(ids)
@@ -282,6 +319,12 @@ class PgVectorIndex(VectorIndex):
     def details(self) -> dict[str, object]:
         """Table and pgvector version."""
         return {"table": self.table, "pgvector": ".".join(map(str, self.pgvector_version))}
+
+    def scan_codecs(self, dim: int) -> tuple[str, ...]:
+        """``vector``, ``halfvec`` and ``bit`` views of any prefix (``binary`` at a multiple of 8); pgvector has no int8."""
+        if not 0 < dim <= self.dim:
+            return ()
+        return ("float32", "float16", "binary") if dim % 8 == 0 else ("float32", "float16")
 
     def prepare(self, stages: Sequence[Stage] | None = None) -> None:
         """Create the HNSW expression index of every shortlist stage of ``stages`` (default: the recorded funnel)."""

@@ -134,7 +134,8 @@ def init_schema(
     if row is None:
         if not create:
             raise BackendError(
-                f"no matryoshka table {table!r} at {url}; open it with create=True and dim=... to create it"
+                f"no matryoshka table {table!r} at {url}: build it with `matryoshka index build --corpus ... "
+                "--out URL` (from Python: open it with create=True and dim=...)"
             )
         if state["table_exists"]:
             raise BackendError(

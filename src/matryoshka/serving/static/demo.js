@@ -40,15 +40,31 @@ function splitId(id) {
   return m ? { title: m[1], sid: m[2] } : { title: id, sid: "" };
 }
 
-function renderHits(list, hits, otherIds) {
+function hammingBits(score, dim) {
+  // A binary stage scores cos(pi * h / dim) for h differing sign bits (the embedded index and pgvector alike).
+  return Math.round((Math.acos(Math.max(-1, Math.min(1, score))) * dim) / Math.PI);
+}
+
+function scoreText(hit, side) {
+  if (side.codec !== "binary") return { text: hit.score.toFixed(3), title: `cosine similarity of the ${side.dim}-dim vectors` };
+  const bits = hammingBits(hit.score, side.dim);
+  return {
+    text: `${bits}/${side.dim} bits`,
+    title: `Hamming distance: ${bits} of the ${side.dim} sign bits differ from the query's (score cos(π·${bits}/${side.dim}) = ${hit.score.toFixed(3)})`,
+  };
+}
+
+function renderHits(list, side, otherIds) {
   list.replaceChildren();
-  for (const hit of hits) {
+  for (const hit of side.hits) {
     const li = document.createElement("li");
     if (otherIds.has(hit.id)) li.classList.add("same");
     const { title, sid } = splitId(hit.id);
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = hit.score.toFixed(3);
+    const shown = scoreText(hit, side);
+    score.textContent = shown.text;
+    score.title = shown.title;
     const t = document.createElement("span");
     t.className = "title";
     t.textContent = title;
@@ -59,14 +75,40 @@ function renderHits(list, hits, otherIds) {
       s.textContent = sid;
       li.append(s);
     }
+    list.append(li);
     if (hit.text) {
+      // Long texts (abstracts, passages) show three lines, with a button to see the rest.
       const g = document.createElement("span");
-      g.className = "gloss";
+      g.className = "gloss clamped";
       g.textContent = hit.text;
       li.append(g);
+      if (g.scrollHeight > g.clientHeight + 1) {
+        const more = document.createElement("button");
+        more.type = "button";
+        more.className = "more";
+        more.textContent = "more";
+        more.setAttribute("aria-expanded", "false");
+        more.addEventListener("click", () => {
+          const open = g.classList.toggle("clamped") === false;
+          more.textContent = open ? "less" : "more";
+          more.setAttribute("aria-expanded", String(open));
+        });
+        li.append(more);
+      }
     }
-    list.append(li);
   }
+}
+
+function scoreNote(side, k) {
+  // What the numbers on one side are, and when they cannot order the hits.
+  if (side.codec === "float32" || side.codec === "float16") return `Scores: cosine similarity at ${side.dim} dimensions.`;
+  if (side.codec === "int8") return `Scores: cosine similarity estimated from int8 codes of ${side.dim} dimensions.`;
+  const bits = side.hits.map((h) => hammingBits(h.score, side.dim));
+  const best = Math.min(...bits);
+  const tied = bits.filter((b) => b === best).length;
+  let note = `Scores: bits that differ from the query's among ${side.dim} sign bits (Hamming distance), not a cosine.`;
+  if (tied > 1) note += ` ${tied} of these ${k} hits tie at ${best} bits, so their order among themselves says nothing.`;
+  return note;
 }
 
 function showError(message) {
@@ -78,6 +120,7 @@ function clearResults() {
   // Nothing stale on screen: empty lists and stats whenever there is no current answer (no query, an error).
   state.last = null;
   $("chosen").replaceChildren(); $("full").replaceChildren();
+  $("chosen-note").textContent = ""; $("full-note").textContent = "";
   for (const id of ["overlap", "bytes", "index-bytes", "latency", "encode"]) $(id).textContent = "–";
 }
 
@@ -100,8 +143,10 @@ async function runSearch() {
     showError("");
     const chosenIds = new Set(r.chosen.hits.map((h) => h.id));
     const fullIds = new Set(r.full.hits.map((h) => h.id));
-    renderHits($("chosen"), r.chosen.hits, fullIds);
-    renderHits($("full"), r.full.hits, chosenIds);
+    renderHits($("chosen"), r.chosen, fullIds);
+    renderHits($("full"), r.full, chosenIds);
+    $("chosen-note").textContent = scoreNote(r.chosen, r.k);
+    $("full-note").textContent = scoreNote(r.full, r.k);
     $("overlap").textContent = `${r.overlap}/${r.k}`;
     $("bytes").textContent = `${r.chosen.bytes_per_vector} vs ${r.full.bytes_per_vector}`;
     $("index-bytes").textContent = `${formatBytes(r.chosen.index_bytes)} vs ${formatBytes(r.full.index_bytes)}`;
@@ -127,17 +172,23 @@ function updateLabels() {
 // -- the chart: quality from the evaluation results against dimension, current choice marked -------------
 
 function chartSeries() {
+  // The selected model's own curves. A model with none gets the curves of models the demo does not offer
+  // (a results file about other models), named; never another choice's curves passed off as its own.
   const q = state.info.quality;
-  if (!q) return [];
-  const models = state.info.quality_model ? [state.info.quality_model] : Object.keys(q);
+  if (!q) return { series: [], own: false, others: [] };
+  const keys = state.info.quality_models || {};
+  const key = keys[state.model];
+  const offered = new Set(Object.values(keys).filter(Boolean));
+  const models = key ? [key] : Object.keys(q).filter((m) => !offered.has(m));
   const series = [];
   for (const model of models) {
+    const label = key ? state.model : model;
     for (const [task, byDim] of Object.entries(q[model])) {
       const points = Object.entries(byDim).map(([d, v]) => [Number(d), v]).sort((a, b) => a[0] - b[0]);
-      series.push({ name: models.length > 1 ? `${model} · ${task}` : task, points });
+      series.push({ name: `${label} · ${task}`, points });
     }
   }
-  return series;
+  return { series, own: Boolean(key), others: key ? [] : models };
 }
 
 function svgEl(name, attrs, text) {
@@ -162,16 +213,30 @@ function valueAt(points, dim) {
 
 function drawChart() {
   const box = $("chart");
-  const series = chartSeries();
+  const { series, own, others } = chartSeries();
   box.replaceChildren();
-  if (!series.length) {
+  box.dataset.dim = String(state.dim);
+  box.dataset.model = state.model || "";
+  box.dataset.series = String(series.length);
+  $("chart-model").textContent = `· ${state.model}`;
+  const q = state.info.quality;
+  if (!q) {
     $("chart-note").textContent =
       "No evaluation results were loaded, so there is no quality curve. Start the server with --results " +
       "RESULTS.json (shape {\"models\": {name: {task: {dim: value}}}}) to see one.";
-    box.dataset.dim = String(state.dim);
     return;
   }
-  const W = 1100, H = 300, L = 56, R = 24, T = 16, B = 40;
+  const missing = own ? "" :
+    `No quality curve for ${state.model}: the loaded results have none for it` +
+    (others.length ? `; shown instead: ${others.join(", ")}, which the selector does not offer.` : ".");
+  if (!series.length) {
+    $("chart-note").textContent = missing;
+    return;
+  }
+  // Drawn at the box's own pixel width (redrawn on resize), so text stays 12 px on a phone too.
+  const W = Math.max(280, Math.round(box.clientWidth || 1100));
+  const narrow = W < 600;
+  const H = narrow ? 230 : 300, L = 52, R = narrow ? 14 : 24, T = 18, B = 42;
   const dims = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])).concat(state.dims))].sort((a, b) => a - b);
   const values = series.flatMap((s) => s.points.map((p) => p[1]));
   let lo = Math.min(...values), hi = Math.max(...values);
@@ -179,14 +244,20 @@ function drawChart() {
   lo -= pad; hi += pad;
   const x = (d) => L + ((Math.log2(d) - Math.log2(dims[0])) / (Math.log2(dims[dims.length - 1]) - Math.log2(dims[0]) || 1)) * (W - L - R);
   const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
-  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "quality against dimension" });
-  for (let i = 0; i <= 4; i++) {
-    const v = lo + ((hi - lo) * i) / 4;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": `quality against dimension, ${state.model}` });
+  const rows = narrow ? 3 : 4;
+  for (let i = 0; i <= rows; i++) {
+    const v = lo + ((hi - lo) * i) / rows;
     svg.append(svgEl("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-    svg.append(svgEl("text", { class: "tick-label", x: L - 8, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(3)));
+    svg.append(svgEl("text", { class: "tick-label y-tick", x: L - 8, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(3)));
   }
-  for (const d of dims) {
-    svg.append(svgEl("text", { class: "tick-label", x: x(d), y: H - B + 18, "text-anchor": "middle" }, String(d)));
+  // Dimension labels from the largest down, each only where it does not run into the one to its right.
+  let leftEdge = Infinity;
+  for (const d of [...dims].reverse()) {
+    const half = (String(d).length * 7.5) / 2;
+    if (x(d) + half > leftEdge - 4) continue;
+    svg.append(svgEl("text", { class: "tick-label x-tick", x: x(d), y: H - B + 18, "text-anchor": "middle" }, String(d)));
+    leftEdge = x(d) - half;
   }
   svg.append(svgEl("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
   svg.append(svgEl("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
@@ -199,8 +270,9 @@ function drawChart() {
   });
   // The current choice.
   const mx = x(state.dim);
+  const labelLeft = mx + 60 > W - R;
   svg.append(svgEl("line", { class: "marker", x1: mx, x2: mx, y1: T, y2: H - B }));
-  svg.append(svgEl("text", { class: "marker-label", x: mx + 6, y: T + 12 }, `${state.dim} d`));
+  svg.append(svgEl("text", { class: "marker-label", x: labelLeft ? mx - 6 : mx + 6, y: T + 12, "text-anchor": labelLeft ? "end" : "start" }, `${state.dim} d`));
   const notes = [];
   series.forEach((s, i) => {
     const v = valueAt(s.points, state.dim);
@@ -219,9 +291,9 @@ function drawChart() {
     item.append(swatch, document.createTextNode(s.name));
     legend.append(item);
   });
-  box.dataset.dim = String(state.dim);
   box.append(svg, legend);
-  $("chart-note").textContent = notes.length ? `At ${state.dim} dimensions — ${notes.join("; ")}` : `No evaluation at ${state.dim} dimensions.`;
+  const at = notes.length ? `At ${state.dim} dimensions — ${notes.join("; ")}` : `No evaluation at ${state.dim} dimensions.`;
+  $("chart-note").textContent = missing ? `${missing} ${at}` : at;
 }
 
 // -- wiring ------------------------------------------------------------------------------------------------
@@ -242,6 +314,8 @@ async function init() {
   }
   state.info = info;
   state.dims = info.dims;
+  $("query-title").textContent = info.title;
+  $("query").placeholder = info.placeholder;
   const start = info.dims.includes(64) ? info.dims.indexOf(64) : Math.floor(info.dims.length / 2);
   state.dim = info.dims[start];
   $("meta").textContent = `${info.model} · ${info.index_size.toLocaleString()} documents · ${info.full_dim} dimensions`;
@@ -252,6 +326,7 @@ async function init() {
   $("codec").replaceChildren(...info.codecs.map((c) => Object.assign(document.createElement("option"), { value: c, textContent: c })));
   state.model = info.models[0];
   $("model").replaceChildren(...info.models.map((m) => Object.assign(document.createElement("option"), { value: m, textContent: m })));
+  $("examples").hidden = !info.examples.length;
   $("examples").replaceChildren(...info.examples.map((e) => {
     const b = document.createElement("button");
     b.type = "button";
@@ -259,14 +334,24 @@ async function init() {
     b.addEventListener("click", () => { $("query").value = e; runSearch(); });
     return b;
   }));
-  slider.addEventListener("input", () => { state.dim = state.dims[Number(slider.value)]; runSearch(); });
+  slider.addEventListener("input", () => { state.dim = state.dims[Number(slider.value)]; updateCodecs(); runSearch(); });
   $("codec").addEventListener("change", (e) => { state.codec = e.target.value; runSearch(); });
   $("model").addEventListener("change", (e) => { state.model = e.target.value; runSearch(); });
   $("query").addEventListener("input", debounce(runSearch, 200));
   $("query").addEventListener("keydown", (e) => { if (e.key === "Enter") runSearch(); });
+  window.addEventListener("resize", debounce(drawChart, 150));
+  updateCodecs();
   updateLabels();
   drawChart();
   document.body.dataset.state = "idle";
+}
+
+function updateCodecs() {
+  // Offer only what the index can rank by at this dimension (PostgreSQL has no int8, Qdrant ranks a prefix by floats).
+  const allowed = state.info.dim_codecs[String(state.dim)] || ["float32"];
+  for (const option of $("codec").options) option.disabled = !allowed.includes(option.value);
+  if (!allowed.includes(state.codec)) state.codec = allowed[0];
+  $("codec").value = state.codec;
 }
 
 init();
