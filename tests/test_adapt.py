@@ -164,3 +164,27 @@ def test_scored_pairs_teach_the_prefix_what_the_scores_rank() -> None:
     assert spearman_at_8(supervised) > spearman_at_8(unsupervised) + 0.5
     with pytest.raises(AdaptError, match="scored_pairs"):
         fit_learned(corpus, config, scored_pairs=(a[:10], b[:9], scores[:10]))
+
+
+def test_masked_negatives_are_exactly_the_querys_other_judged_documents() -> None:
+    import torch
+
+    from matryoshka.adapt.learned import PairSet, _RankingTerm
+
+    # query 0 judges corpus rows 1 and 2, query 1 judges row 3; the corpus batch holds rows 2, 3 and 4
+    pairs = PairSet(np.eye(3, 4, dtype=np.float32), np.ones((3, 4), np.float32), groups=np.array([0, 0, 1]),
+                    doc_rows=np.array([1, 2, 3])).checked(4)
+    term = _RankingTerm(pairs, corpus_size=10, mask=True)
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.tensor([2, 3, 4])
+    for _ in range(5):
+        queries, docs, mask = term.batch(3, torch.ones((3, 4)), rows, generator)
+        chosen = queries.argmax(dim=1)  # each pair's query is a distinct unit vector
+        groups, own_rows = term.groups[chosen], term.doc_rows[chosen]
+        for i in range(3):
+            judged = {1, 2} if groups[i] == 0 else {3}
+            expected_pairs = [j != i and (groups[j] == groups[i] or int(own_rows[j]) in judged) for j in range(3)]
+            expected_corpus = [int(r) in judged for r in rows]
+            assert mask[i].tolist() == expected_pairs + expected_corpus
+    unmasked = _RankingTerm(pairs, corpus_size=10, mask=False).batch(3, torch.ones((3, 4)), rows, generator)[2]
+    assert not unmasked.any()

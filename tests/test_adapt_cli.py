@@ -89,6 +89,7 @@ def test_adapt_apply_makes_api_style_vectors_matryoshka(tmp_path: Path, tiny_bei
 def test_adapt_refuses_bad_arguments(tmp_path: Path, tiny_beir: Path) -> None:
     assert "one of them" in invoke("adapt", "--out", tmp_path / "x").output
     result = invoke("adapt", "--corpus", tiny_beir, "--method", "pca", "--out", tmp_path / "x")
-    assert result.exit_code == 1 and "--method must be one of rotation, learned" in result.output
-    result = invoke("adapt", "--corpus", tiny_beir, "--pairs", tiny_beir, "--out", tmp_path / "x")
-    assert result.exit_code == 1 and "--method learned" in result.output
+    assert result.exit_code == 1 and "--method must be one of auto, rotation, learned" in result.output
+    np.save(tmp_path / "v.npy", np.ones((4, 8), dtype=np.float32))
+    result = invoke("adapt", "--vectors", tmp_path / "v.npy", "--pairs", tiny_beir, "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "need a model" in result.output

@@ -141,8 +141,9 @@ def test_compare_end_to_end_on_a_tiny_budget(tmp_path, tiny_beir):
     assert not {"standard", "matryoshka"} & set(sts_rows)  # no full fine-tune in a quick run
     assert sts_rows["metadata"]["recipes"]["top_layer"]["max_steps"] == 2
     rows = json.loads((tmp_path / "quick" / "retrieval.json").read_text())
-    assert {"base", "base+rotation", "adaptor-standard", "adaptor-matryoshka"} == {k for k in rows if k not in (
+    assert {"base", "base+rotation", "base+adapt", "adaptor-standard", "adaptor-matryoshka"} == {k for k in rows if k not in (
         "task", "metric", "retention", "metrics", "metadata")}
+    assert rows["metadata"]["adaptors"]["adapt"]["chosen"] in {"rotation", "learned"}  # what `adapt` would save
     assert meta["runs"]["matryoshka"]["config"]["weights"] == [1, 1, 1, 1, 1, 1]
     assert meta["runs"]["standard"] == data["metadata"]["runs"]["standard"]
 

@@ -1,14 +1,16 @@
 """Writing files so that readers never see half of one, with the permissions of an ordinary file.
 
-Stdlib only, so that training, the index store and the evaluation writers can share it without
+Stdlib only, so that training, adapt, the index store and the evaluation writers can share it without
 importing each other.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 
 def ordinary_mode(directory: bool = False) -> int:
@@ -36,3 +38,36 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class SavesToDirectory(Protocol):
+    """Anything that writes itself into a directory, as ``SentenceTransformer.save(path)`` does."""
+
+    def save(self, path: str) -> object: ...
+
+
+def save_model_atomic(model: SavesToDirectory, output_dir: str | os.PathLike[str]) -> Path:
+    """Save ``model`` so that ``output_dir`` holds either the old model or the complete new one.
+
+    Every file and folder gets the permissions of an ordinary one (some writers, safetensors among
+    them, create private 0600 files).
+    """
+    target = Path(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        model.save(str(staging))
+        for path in [staging, *staging.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(ordinary_mode(directory=path.is_dir()))
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            target.rename(backup)
+            staging.rename(target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

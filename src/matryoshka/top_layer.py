@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
+from matryoshka.embeddings import dimension_ladder
 from matryoshka.errors import InputError, ModelError
 from matryoshka.losses import check_prefixes, similarity_mse
 from matryoshka.models import model_dimension
@@ -47,13 +48,19 @@ from matryoshka.runtime import encoder, layer_list
 REPLAY_TOLERANCE = 1e-4
 
 
+#: The recipe's prefix weights by size (chosen on STS-B dev for 384..16: 1,1,1,2,8,4); 1 for other sizes.
+WEIGHTS_BY_DIM: dict[int, float] = {64: 2.0, 32: 8.0, 16: 4.0}
+
+
 @dataclass
 class TopLayerConfig:
     """Settings of :func:`tune_top_layer`; defaults chosen on STS-B dev (``benchmarks/top_layer_dev.py``).
 
     Attributes:
-        dims: prefixes the loss scores (``matryoshka``); must include the full size.
-        weights: one weight per entry of ``dims`` (``None``: equal).
+        dims: prefixes the loss scores (``matryoshka``); must include the full size (``None``: the
+            model's ladder, :func:`~matryoshka.embeddings.dimension_ladder`).
+        weights: one weight per entry of ``dims`` (``None``: the recipe's weights by size,
+            :data:`WEIGHTS_BY_DIM`, 1 for every other size).
         matryoshka: score every prefix; ``False`` trains the standard twin, at full size only.
         epochs: passes over the pairs, used when ``max_steps`` is ``None``.
         max_steps: stop after this many steps.
@@ -66,8 +73,8 @@ class TopLayerConfig:
         seed: seeds the order of the pairs and dropout.
     """
 
-    dims: tuple[int, ...] = (384, 256, 128, 64, 32, 16)
-    weights: tuple[float, ...] | None = (1, 1, 1, 2, 8, 4)
+    dims: tuple[int, ...] | None = None
+    weights: tuple[float, ...] | None = None
     matryoshka: bool = True
     epochs: float = 1.0
     max_steps: int | None = None
@@ -80,7 +87,7 @@ class TopLayerConfig:
 
     def validate(self, full_dim: int) -> None:
         """Raise :class:`InputError` for settings that cannot train a ``full_dim``-d model."""
-        check_prefixes(self.dims, self.weights, full_dim)
+        check_prefixes(self.dims_for(full_dim), self.weights, full_dim)
         if self.batch_size < 2:
             raise InputError("batch_size must be at least 2 (CoSENT ranks pairs against each other)")
         if self.learning_rate <= 0 or self.epochs <= 0 or not 0 <= self.warmup_ratio < 1:
@@ -94,7 +101,13 @@ class TopLayerConfig:
         """``(weight, dim)`` of every size the loss scores."""
         if not self.matryoshka:
             return [(1.0, full_dim)]
-        return list(zip(self.weights or [1.0] * len(self.dims), self.dims, strict=True))
+        dims = self.dims_for(full_dim)
+        weights = self.weights or [WEIGHTS_BY_DIM.get(d, 1.0) for d in dims]
+        return list(zip(weights, dims, strict=True))
+
+    def dims_for(self, full_dim: int) -> list[int]:
+        """The prefixes scored for a ``full_dim``-d model."""
+        return list(self.dims) if self.dims is not None else dimension_ladder(full_dim)
 
 
 @dataclass

@@ -31,8 +31,6 @@ Example:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,7 +57,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from matryoshka.embeddings import DIMENSION_LADDER
-from matryoshka.files import ordinary_mode
+from matryoshka.files import save_model_atomic  # noqa: F401  (re-exported: compare, static and the CLI import it here)
 from matryoshka.losses import InBatchSimilarityDistillationLoss, RankingDistillationLoss, check_prefixes
 from matryoshka.models import model_dimension
 
@@ -329,27 +327,6 @@ class _LossRecorder(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if logs and "loss" in logs:
             self.losses.append(float(logs["loss"]))
-
-
-def save_model_atomic(model: SentenceTransformer, output_dir: str | os.PathLike[str]) -> Path:
-    """Save ``model`` so that ``output_dir`` holds either the old model or the complete new one."""
-    target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
-        staging.chmod(ordinary_mode(directory=True))  # mkdtemp makes it private
-        model.save(str(staging))
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            target.rename(backup)
-            staging.rename(target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def train(

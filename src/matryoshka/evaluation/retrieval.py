@@ -68,6 +68,22 @@ def score_vectors(
     This is :func:`evaluate_retrieval` without the encoding, so that several views of one encoding
     (prefixes, adaptors applied to the same base vectors) are scored without a model call.
     """
+    per_query = score_vectors_per_query(qrels, doc_ids, docs, query_ids, queries, dims, k_values)
+    return {metric: {dim: float(np.mean(values)) for dim, values in by_dim.items()}
+            for metric, by_dim in per_query.items()}
+
+
+def score_vectors_per_query(
+    qrels: Mapping[str, Mapping[str, int]],
+    doc_ids: Sequence[str],
+    docs: np.ndarray,
+    query_ids: Sequence[str],
+    queries: np.ndarray,
+    dims: Sequence[int],
+    k_values: Sequence[int] = (10, 100),
+) -> dict[str, dict[int, np.ndarray]]:
+    """:func:`score_vectors` before the mean: one score per judged query, in ``sorted(judged ids)`` order,
+    so that two views of the same queries can be compared query by query."""
     import faiss
 
     if not dims:
@@ -77,14 +93,14 @@ def score_vectors(
     checked = [check_dim(d, docs.shape[1]) for d in dims]
     depth = min(max(int(k) for k in k_values), len(doc_ids))
     metrics = [f"{name}@{int(k)}" for k in k_values for name in METRICS]
-    results: dict[str, dict[int, float]] = {metric: {} for metric in metrics}
+    results: dict[str, dict[int, np.ndarray]] = {metric: {} for metric in metrics}
     for dim in checked:
         index = faiss.IndexFlatIP(dim)
         index.add(truncate(docs, dim))
         scores, rows = index.search(truncate(queries, dim), depth)
         run = run_from_rows(query_ids, doc_ids, scores, rows)
-        for metric, value in ranx_scores(qrels, run, metrics).items():
-            results[metric][dim] = value
+        for metric, values in ranx_per_query(qrels, run, metrics).items():
+            results[metric][dim] = values
     return results
 
 
@@ -119,15 +135,23 @@ def ranx_scores(
     qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], metrics: Sequence[str]
 ) -> dict[str, float]:
     """Mean of each ``ranx`` metric over the judged queries (a query missing from ``run`` scores 0)."""
+    return {metric: float(np.mean(values)) for metric, values in ranx_per_query(qrels, run, metrics).items()}
+
+
+def ranx_per_query(
+    qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], metrics: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Each ``ranx`` metric per judged query, in ``sorted(judged ids)`` order (missing from ``run``: 0)."""
     from ranx import Qrels, Run, evaluate
 
-    judged = {q: dict(docs) for q, docs in qrels.items() if docs}
+    judged = {q: dict(docs) for q, docs in sorted(qrels.items()) if docs}
     ranked = {q: dict(run[q]) for q in judged if run.get(q)}
     if not ranked:
-        return dict.fromkeys(metrics, 0.0)
+        return {metric: np.zeros(len(judged)) for metric in metrics}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba type-safety chatter from ranx internals
-        values = evaluate(Qrels(judged), Run(ranked), list(metrics), threads=1, make_comparable=True)
-    if isinstance(values, float):
+        values = evaluate(Qrels(judged), Run(ranked), list(metrics), return_mean=False, threads=1,
+                          make_comparable=True)
+    if not isinstance(values, dict):
         values = {metrics[0]: values}
-    return {metric: float(values[metric]) for metric in metrics}
+    return {metric: np.asarray(values[metric], dtype=np.float64) for metric in metrics}
