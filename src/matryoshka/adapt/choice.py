@@ -127,10 +127,8 @@ def _supervised(
     report.learned = {"steps_chosen": steps, "curves": curves, "pairs": sum(len(r) for r in judgements.relevant),
                       "refit": False}
     if steps == 0:
-        report.learned["refit"] = False
         return None
     if not validation.refit and len(folds) == 1:
-        report.learned["refit"] = False
         kept = Adaptor(weight=snapshots[0][steps], method="learned",
                        info={"steps": steps, "validated_fit": "fitted without the held-out queries; scored on them"})
         return lambda: kept
@@ -170,7 +168,6 @@ def _unsupervised(
     steps = int(fitted.info["steps"])
     report.learned = {"steps_chosen": steps, "curves": [fitted.info["monitor_curve"]], "refit": False}
     if steps == 0:
-        report.learned["refit"] = False
         return None
     return lambda: _timed_refit(report, lambda: fit_learned(
         corpus, replace(config, steps=steps), init=rotation, progress=_stage(progress, "refit on all texts")))

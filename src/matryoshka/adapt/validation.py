@@ -103,6 +103,8 @@ class Judgements:
             raise AdaptError("every labelled query needs at least one relevant corpus document")
         if not self.names:
             self.names = [str(i) for i in range(len(self.relevant))]
+        if len(set(self.names)) != len(self.names) or len(self.names) != len(self.relevant):
+            raise AdaptError("every labelled query needs its own name (names are the keys its scores are paired by)")
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> Judgements:
         """The judgements of queries ``rows`` (indices into this set)."""
