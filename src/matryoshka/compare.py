@@ -74,7 +74,6 @@ from matryoshka.static import (
 )
 from matryoshka.top_layer import TopLayerConfig, cache_layer_inputs, tune_top_layer
 from matryoshka.training import (
-    DEFAULT_DIMS,
     TrainConfig,
     build_dataset,
     load_rows,
@@ -92,9 +91,9 @@ class CompareConfig:
 
     base_model: str | None = None
     out: Path = Path("runs/compare")
-    #: Prefixes every row is scored at (and the Matryoshka recipes train). The default ladder is replaced
-    #: by the base model's own (:func:`dimension_ladder`) when the base model is not 384-d.
-    dims: tuple[int, ...] = DEFAULT_DIMS
+    #: Prefixes every row is scored at (and the Matryoshka recipes train); empty: the base model's own
+    #: ladder (:func:`dimension_ladder`), taken by :func:`run_compare`.
+    dims: tuple[int, ...] = ()
     seed: int = 0
     distill: TrainConfig = field(
         default_factory=lambda: TrainConfig(
@@ -620,7 +619,7 @@ def run_compare(
     test = load_sts("test")[: config.eval_limit]
     base_name = resolve_model_name(config.base_model)
     base = load_model(config.base_model)
-    if config.dims == DEFAULT_DIMS and model_dimension(base) != max(DEFAULT_DIMS):
+    if not config.dims:
         config.dims = tuple(dimension_ladder(model_dimension(base)))
     scores, sts_adaptors = _sts_rows(config, base, test, log, progress)
     runs: dict[str, Any] = {}

@@ -28,7 +28,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -328,6 +328,19 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+def piped_progress(console: Any, total: int) -> Callable[[int], None]:
+    """``report(done)``: a line ``encoded N/M`` every tenth of ``total`` when ``console`` is no terminal
+    (piped or logged, where a rich progress bar does not draw); nothing on a terminal."""
+    reported = [0]
+
+    def report(done: int) -> None:
+        if not console.is_terminal and (done - reported[0] >= max(total // 10, 1) or done == total):
+            console.print(f"encoded {done:,}/{total:,}", highlight=False)
+            reported[0] = done
+
+    return report
+
+
 class _progress:
     """A rich progress bar over documents written (a no-op when hidden); yields an ``advance(n)``.
 
@@ -356,14 +369,13 @@ class _progress:
         self._bar = Progress(*columns, console=console, transient=True)
         self._bar.__enter__()
         task = self._bar.add_task("encoding", total=self.total)
-        done, reported = [0], [0]
+        report = piped_progress(console, self.total)
+        done = [0]
 
         def advance(n: int) -> None:
             self._bar.advance(task, n)
             done[0] += n
-            if not console.is_terminal and (done[0] - reported[0] >= max(self.total // 10, 1) or done[0] == self.total):
-                console.print(f"encoded {done[0]:,}/{self.total:,}", highlight=False)
-                reported[0] = done[0]
+            report(done[0])
 
         return advance
 

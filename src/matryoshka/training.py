@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -56,14 +56,14 @@ from sentence_transformers.sentence_transformer.losses import (
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from matryoshka.embeddings import DIMENSION_LADDER
+from matryoshka.embeddings import DIMENSION_LADDER, dimension_ladder
 from matryoshka.files import save_model_atomic  # noqa: F401  (re-exported: compare, static and the CLI import it here)
 from matryoshka.losses import InBatchSimilarityDistillationLoss, RankingDistillationLoss, check_prefixes
 from matryoshka.models import model_dimension
 
 Objective = Literal["distill", "nli", "retrieval"]
 DistillLoss = Literal["cosine", "cosent", "inbatch", "vector"]
-#: Prefixes a run trains at unless told otherwise (the base model is 384-d).
+#: The sizes of the packaged 384-d model's ladder; a config's empty ``dims`` means the trained model's own.
 DEFAULT_DIMS: tuple[int, ...] = DIMENSION_LADDER
 
 
@@ -79,7 +79,8 @@ class TrainConfig:
             (``inbatch`` plus each text's vector pulled toward the teacher's; best for a student cut
             to fewer layers of the teacher).
         matryoshka: wrap the loss in ``MatryoshkaLoss``; ``False`` trains the standard baseline.
-        dims: truncation sizes scored by ``MatryoshkaLoss``; must include the full size.
+        dims: truncation sizes scored by ``MatryoshkaLoss``; must include the full size. Empty: the
+            model's own ladder (:func:`~matryoshka.embeddings.dimension_ladder`), taken by :func:`train`.
         weights: one weight per entry of ``dims``; ``None`` weighs all equally.
         batch_size: rows per step (a pair is two texts, a triplet three).
         learning_rate: peak learning rate after linear warm-up.
@@ -106,7 +107,7 @@ class TrainConfig:
     objective: Objective = "distill"
     distill_loss: DistillLoss = "cosent"
     matryoshka: bool = True
-    dims: tuple[int, ...] = DEFAULT_DIMS
+    dims: tuple[int, ...] = ()
     weights: tuple[float, ...] | None = None
     batch_size: int = 32
     learning_rate: float = 5e-5
@@ -124,6 +125,10 @@ class TrainConfig:
     max_seq_length: int | None = None
     layers: bool = False
 
+    def dims_for(self, full_dim: int) -> tuple[int, ...]:
+        """The sizes trained for a ``full_dim``-d model: ``dims``, or the model's ladder when empty."""
+        return self.dims or tuple(dimension_ladder(full_dim))
+
     def validate(self, full_dim: int) -> None:
         """Raise ``ValueError`` for settings that cannot train ``full_dim``-dimensional models."""
         if self.objective not in get_args(Objective):
@@ -134,7 +139,7 @@ class TrainConfig:
             raise ValueError("distill_weight must not be negative")
         if self.distill_loss not in get_args(DistillLoss):
             raise ValueError(f"distill_loss must be 'cosine', 'cosent', 'inbatch' or 'vector', got {self.distill_loss!r}")
-        check_prefixes(self.dims, self.weights, full_dim, need_full=self.matryoshka)
+        check_prefixes(self.dims_for(full_dim), self.weights, full_dim, need_full=self.matryoshka)
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (in-batch losses need other rows)")
         if self.learning_rate <= 0:
@@ -296,10 +301,10 @@ def build_loss(model: SentenceTransformer, config: TrainConfig, teacher_table: t
         # 2D Matryoshka: each step also scores a random shallower layer count (and one random dim).
         if not config.matryoshka:
             return AdaptiveLayerLoss(model, base)
-        return Matryoshka2dLoss(model, base, list(config.dims), weights)
+        return Matryoshka2dLoss(model, base, list(config.dims_for(model_dimension(model))), weights)
     if not config.matryoshka:
         return base
-    return MatryoshkaLoss(model, base, list(config.dims), weights)
+    return MatryoshkaLoss(model, base, list(config.dims_for(model_dimension(model))), weights)
 
 
 class _StepReporter(TrainerCallback):
@@ -355,6 +360,7 @@ def train(
     """
     config = config or TrainConfig()
     config.validate(model_dimension(model))
+    config = replace(config, dims=config.dims_for(model_dimension(model)))
     if teacher is not None and config.objective == "nli":
         raise ValueError("the nli objective learns from its triplets, not from a teacher; drop the teacher")
     own_max_seq_length = model.max_seq_length if config.max_seq_length else None  # static models have no settable cap

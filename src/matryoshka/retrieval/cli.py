@@ -320,7 +320,9 @@ def advise_command(
     dataset: Annotated[str, typer.Option(help="A BEIR data set: scifact, npl, or a directory.")] = "scifact",
     model: ModelOption = None,
     target: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of exact nDCG@10 to keep.")] = 0.99,
-    dims: Annotated[str, typer.Option(help="First-stage dims to try, comma-separated.")] = "384,256,128,64,32,16",
+    dims: Annotated[str | None, typer.Option(
+        help="First-stage dims to try, comma-separated (default: the model's full size, then every one of "
+        "384,256,128,64,32,16 below it).")] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Write the report: a .json or .md file, or a directory for both."),
@@ -328,18 +330,21 @@ def advise_command(
 ) -> None:
     """Recommend the cheapest funnel (first-stage bytes, then speed) that keeps target × exact nDCG@10."""
     from matryoshka.data.beir import load_beir
+    from matryoshka.embeddings import dimension_ladder
     from matryoshka.files import write_atomic
     from matryoshka.model_identity import model_label
+    from matryoshka.models import model_dimension
     from matryoshka.retrieval.advisor import advise
 
     try:
-        dim_list = [int(part) for part in dims.split(",") if part.strip()]
+        dim_list = [int(part) for part in dims.split(",") if part.strip()] if dims is not None else None
     except ValueError:
         raise typer.BadParameter(f"--dims must be comma-separated integers, got {dims!r}") from None
-    if not dim_list:
+    if dim_list is not None and not dim_list:
         raise typer.BadParameter("--dims is empty")
     data = load_beir(dataset)
     loaded = _load_model(model)
+    dim_list = dim_list or dimension_ladder(model_dimension(loaded))
     console.print(f"{data!r}: encoding {len(data.corpus):,} documents and {len(data.queries):,} queries once")
     report = advise(loaded, data, dim_list, target=target, model_name=model_label(model), show_progress=True)
     out_console = _out_console()
@@ -362,18 +367,16 @@ def encode_with_progress(model: SentenceTransformer, texts: list[str], batch_siz
     """:func:`matryoshka.ingest.encode_chunks` under a rich progress bar (a line per tenth when piped)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from matryoshka.ingest import encode_chunks
+    from matryoshka.ingest import encode_chunks, piped_progress
 
     columns = (TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    reported = [0]
+    report = piped_progress(console, len(texts))
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("encoding", total=len(texts))
 
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done)
-            if not console.is_terminal and (done - reported[0] >= max(total // 10, 1) or done == total):
-                console.print(f"encoded {done:,}/{total:,}", highlight=False)  # no bar when piped
-                reported[0] = done
+            report(done)
 
         return encode_chunks(model, texts, batch_size, on_progress=advance)
 
