@@ -97,16 +97,18 @@ def _supervised(
                      "labelled_queries": len(judgements.relevant),
                      "validation_queries": int(sum(len(f) for f in folds)), "seed": validation.seed,
                      "held_out": [[judgements.names[i] for i in fold] for fold in folds]}
-    held_all = judgements.subset(np.concatenate(folds))
-    report.rows["base"] = CandidateScores.of(retrieval_scores(None, corpus, held_all, dims))
-    report.rows["rotation"] = CandidateScores.of(retrieval_scores(rotation.weight, corpus, held_all, dims))
+    checks = [judgements.subset(fold) for fold in folds]
+    names = [check.names for check in checks]
+    rotation_scores = [retrieval_scores(rotation.weight, corpus, check, dims) for check in checks]
+    report.rows["base"] = CandidateScores.concat([retrieval_scores(None, corpus, check, dims) for check in checks], names)
+    report.rows["rotation"] = CandidateScores.concat(rotation_scores, names)
     if method == "rotation":
         return None
     curves: list[list[tuple[int, float]]] = []
     snapshots: list[dict[int, np.ndarray]] = []
-    for number, held in enumerate(folds):
+    for number, (held, check) in enumerate(zip(folds, checks)):
         train = judgements.subset(np.setdiff1d(everyone, held))
-        recorder = _Recorder(corpus, judgements.subset(held), dims)
+        recorder = _Recorder(corpus, check, dims)
         started = time.perf_counter()
         fitted = fit_learned(
             corpus, config, pair_set_from_judgements(train.queries, train.relevant, corpus), init=rotation,
@@ -118,12 +120,10 @@ def _supervised(
     # Every fold is scored at the one step count the refit will use (chosen on the folds' mean curve),
     # not at its own best step, which its own held-out queries chose.
     steps = _best_steps(curves)
-    fold_scores = [retrieval_scores(snapshot[steps], corpus, judgements.subset(fold), dims)
-                   for snapshot, fold in zip(snapshots, folds)]
-    report.rows["learned"] = CandidateScores.concat(fold_scores, [judgements.subset(fold).names for fold in folds])
+    fold_scores = [retrieval_scores(snapshot[steps], corpus, check, dims) for snapshot, check in zip(snapshots, checks)]
+    report.rows["learned"] = CandidateScores.concat(fold_scores, names)
     report.fold_rows = {"learned": [CandidateScores.of(s) for s in fold_scores],
-                        "rotation": [CandidateScores.of(retrieval_scores(rotation.weight, corpus, judgements.subset(f), dims))
-                                     for f in folds]}
+                        "rotation": [CandidateScores.of(s) for s in rotation_scores]}
     report.learned = {"steps_chosen": steps, "curves": curves, "pairs": sum(len(r) for r in judgements.relevant),
                       "refit": False}
     if steps == 0:

@@ -87,9 +87,9 @@ class AdaptReport:
 
     def gain(self, dim: int) -> dict[str, float]:
         """The learned map's gain over the rotation at ``dim``: mean, 95% interval, folds won."""
-        diff = self.rows["learned"].metrics[self.metric][dim] - self.rows["rotation"].metrics[self.metric][dim]
-        half = 1.96 * float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
-        out = {"mean": float(diff.mean()), "low": float(diff.mean()) - half, "high": float(diff.mean()) + half}
+        mean, low, high = _interval(self.rows["learned"].metrics[self.metric][dim]
+                                    - self.rows["rotation"].metrics[self.metric][dim])
+        out = {"mean": mean, "low": low, "high": high}
         folds = self.fold_rows.get("learned", [])
         if len(folds) > 1:
             won = sum(f.mean(self.metric, dim) > r.mean(self.metric, dim)
@@ -101,10 +101,9 @@ class AdaptReport:
         """95% interval of the learned map's gain over the rotation, averaged over the asked dims, from
         the paired per-query differences."""
         metric = self.metric
-        diff = np.mean([self.rows["learned"].metrics[metric][d] - self.rows["rotation"].metrics[metric][d]
-                        for d in self.dims], axis=0)
-        half = 1.96 * float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
-        return float(diff.mean()) - half, float(diff.mean()) + half
+        _, low, high = _interval(np.mean([self.rows["learned"].metrics[metric][d] - self.rows["rotation"].metrics[metric][d]
+                                          for d in self.dims], axis=0))
+        return low, high
 
     def decide(self, method: str) -> None:
         """Set ``chosen`` and ``reason`` by the floors of :class:`ValidationConfig` (or the forced method)."""
@@ -165,7 +164,7 @@ class AdaptReport:
         sure_up = [d for d, g in gains.items() if g["low"] > 0]
         sure_down = [d for d, g in gains.items() if g["high"] < 0]
         n = len(next(iter(self.rows["learned"].metrics[self.metric].values())))
-        text = (f"On {n} held-out {'queries' if 'query' in self.scheme.get('kind', '') or self.scheme.get('folds') else 'texts'}"
+        text = (f"On {n} held-out {'texts' if self.scheme.get('kind') == 'held-out texts' else 'queries'}"
                 f", the learned map's gain over the rotation is above zero with 95% confidence at "
                 f"{len(sure_up)} of {len(gains)} dims and below zero at {len(sure_down)}.")
         if n < 50:
@@ -237,6 +236,12 @@ class AdaptReport:
         write_atomic(json_path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
         write_atomic(md_path, self.to_markdown().encode())
         return json_path, md_path
+
+
+def _interval(diff: np.ndarray) -> tuple[float, float, float]:
+    """Mean of paired per-query differences and its 95% interval (normal approximation)."""
+    half = 1.96 * float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else float("inf")
+    return float(diff.mean()), float(diff.mean()) - half, float(diff.mean()) + half
 
 
 def _plain(value: object) -> object:
