@@ -1,87 +1,39 @@
-"""Qdrant backend: the funnel as one Query API request, on a Qdrant server or in qdrant-client's local mode.
-
-Each document is one point with named vectors:
-
-* ``full``: the full unit vector (cosine). It re-ranks every funnel and answers exact searches, so
-  it gets no HNSW graph (``m=0``): those searches scan it, which is what they ask for.
-* ``prefix_{d}``: the first ``d`` values re-normalized, one per configured prefix dim (cosine, with
-  the server's default HNSW index, which the shortlist uses).
-
-With ``binary=True`` (the default) every named vector also carries binary quantization kept in RAM,
-so a ``binary`` shortlist stage reads sign bits (1 bit per dim) instead of floats; a binary stage
-on the full dim reads the quantized ``full`` vector, so the ``binary`` preset works too.
-
-A funnel ``[Stage(d, codec, keep), Stage(FULL, "float32", k)]`` becomes one request: a ``prefetch``
-on ``prefix_{d}`` keeps ``keep`` candidates, and the main query re-scores them with ``full``.
-``stages=None`` is an exact scan of ``full``. Point ids are ``uuid5`` of the document id (Qdrant
-only accepts integers and UUIDs); the payload holds ``id``, ``text`` and the flat ``metadata``
-object, so a filter ``{"lang": "en"}`` becomes the condition ``metadata.lang == "en"``.
-
-URLs (no secrets: the API key comes from the ``QDRANT_API_KEY`` environment variable only)::
-
-    qdrant://HOST[:PORT]/COLLECTION      server over HTTP (port 6333 unless given; ?timeout=SECONDS)
-    qdrants://HOST[:PORT]/COLLECTION     server over HTTPS
-    qdrant+local:///abs/dir?collection=NAME     qdrant-client local mode, stored in a directory
-    qdrant+local:relative/dir?collection=NAME   (collection defaults to ``matryoshka``)
-
-Local mode runs in this process (no server needed; the tests use it). It always scans with exact
-float arithmetic: it ignores quantization, HNSW settings and search params, so a ``binary`` stage
-behaves like a float one there; ties in score come back in no guaranteed order (on a server too),
-and it suits up to some ten thousand points. One process at a time may open a local directory
-(backends of that process on it share one client).
-
-Replacing every document (:meth:`QdrantIndex.replace_all`, what ``matryoshka index build`` runs):
-Qdrant has no transactions, so the documents are loaded into a new collection and the name is then
-moved to it, as an alias, in one request that Qdrant applies atomically: searches see the old
-documents or all of the new ones, and a failed load leaves the old collection. The one exception is
-the first replacement of a plain collection (one that no replacement made), which no alias request
-can replace: it is deleted and the alias created right after, and searches in between fail with an
-error (they never answer with nothing found).
-"""
+"""The Qdrant engine: :class:`QdrantIndex`, one collection behind the :class:`VectorIndex` interface
+(see :mod:`matryoshka.backends.qdrant` for the vectors, the funnel request and what a rebuild promises)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import threading
 import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
+# qdrant-client's absence is reported by the package's first import (connection.py)
+from qdrant_client import models
+from qdrant_client.common.client_exceptions import QdrantException
+from qdrant_client.http.exceptions import ApiException
+
 from matryoshka.backends.base import check_batch, funnel_shape, prefix_only, whole_funnel_timings
+from matryoshka.backends.qdrant.connection import QdrantTarget, _connect, _Connection, parse_url
+from matryoshka.backends.qdrant.points import filter_conditions, point_hit, point_id, point_payload
+from matryoshka.embeddings import truncate
 from matryoshka.errors import BackendError
 from matryoshka.retrieval.filters import Filter, Metadata, check_filter
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import PRESETS, Stage, format_stages, parse_stages, validate_stages
 from matryoshka.retrieval.types import Hit, StageTiming
 
-try:
-    from qdrant_client import QdrantClient, models
-    from qdrant_client.common.client_exceptions import QdrantException
-    from qdrant_client.http.exceptions import ApiException
-except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError("the Qdrant backend needs qdrant-client: pip install 'matryoshka[qdrant]'") from exc
-
-__all__ = ["API_KEY_ENV", "DEFAULT_COLLECTION", "DEFAULT_PREFIX_DIMS", "QdrantIndex", "QdrantTarget", "parse_url", "point_id"]
-
 FORMAT = "matryoshka-qdrant"
 FORMAT_VERSION = 1
-DEFAULT_COLLECTION = "matryoshka"
-DEFAULT_PORT = 6333
 #: Prefix vectors a new collection stores (those shorter than its dim); a funnel can only shortlist on these.
 DEFAULT_PREFIX_DIMS = (64, 128)
-API_KEY_ENV = "QDRANT_API_KEY"
 FULL_VECTOR = "full"
 PREFIX_VECTOR = "prefix_{}"
-#: Namespace of the point UUIDs; changing it orphans every stored point.
-ID_NAMESPACE = uuid.UUID("9200355a-b317-5779-80f9-cc8a3b49d619")
 _WRITE_BATCH = 256
 #: Names the collections :meth:`QdrantIndex.replace_all` loads: ``{collection}--build-{12 hex digits}``.
 _BUILD_MARK = "--build-"
@@ -89,10 +41,6 @@ _QUERY_BATCH = 64
 _ID_BATCH = 1000
 _PAYLOAD_FIELDS = ["id", "text"]
 _PREFIX_NAME = re.compile(r"prefix_([1-9][0-9]*)")
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SERVER_SCHEMES = {"qdrant": False, "qdrants": True}
-_LOCAL_SCHEME = "qdrant+local"
-_SECRET_PARAMS = {"api_key", "apikey", "api-key", "key", "token", "password"}
 
 # Exact search scans the original full vectors; the re-rank reads originals, never quantized codes.
 _EXACT = models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
@@ -101,188 +49,6 @@ _RERANK = models.SearchParams(quantization=models.QuantizationSearchParams(ignor
 # `exact` stays off there, since an exact search on the server skips quantized vectors.
 _BINARY_SHORTLIST = models.SearchParams(quantization=models.QuantizationSearchParams(ignore=False, rescore=False))
 _FLOAT_SHORTLIST = models.SearchParams(quantization=models.QuantizationSearchParams(ignore=True))
-
-
-@dataclass(frozen=True)
-class QdrantTarget:
-    """Where a backend URL points: a server (``host``, ``port``, ``https``) or a local-mode ``path``."""
-
-    collection: str
-    host: str | None = None
-    port: int | None = None
-    https: bool = False
-    path: str | None = None
-    timeout: int | None = None
-
-    @property
-    def local(self) -> bool:
-        """Whether this is qdrant-client's in-process local mode."""
-        return self.path is not None
-
-    def client_options(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`qdrant_client.QdrantClient`; building it does not connect.
-
-        The server's version check is off (it would connect in a background thread); the API key
-        is read from ``QDRANT_API_KEY`` here, so it never appears in a URL or an error message.
-        """
-        if self.path is not None:
-            # Calls are serialized by the shared connection's lock, so any thread may use the SQLite store.
-            return {"path": self.path, "force_disable_check_same_thread": True}
-        options: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
-            "https": self.https,
-            "check_compatibility": False,
-        }
-        if self.timeout is not None:
-            options["timeout"] = self.timeout
-        api_key = os.environ.get(API_KEY_ENV)
-        if api_key:
-            options["api_key"] = api_key
-        return options
-
-
-def parse_url(url: str) -> QdrantTarget:
-    """Parse a ``qdrant://``, ``qdrants://`` or ``qdrant+local:`` URL (see the module docstring).
-
-    Raises:
-        ValueError: another scheme, a missing host or path, credentials or an API key in the URL,
-            a collection path with slashes, or an unknown query parameter.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError("empty Qdrant URL; expected qdrant://HOST:PORT/COLLECTION or qdrant+local:///DIR")
-    raw, url = url.strip(), _redact(url.strip())  # error messages show `url`, which holds no secrets
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad Qdrant URL {url!r}: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in _SERVER_SCHEMES and scheme != _LOCAL_SCHEME:
-        raise ValueError(
-            f"bad Qdrant URL {url!r}: the scheme must be qdrant://, qdrants:// or qdrant+local:, got {parts.scheme!r}"
-        )
-    if parts.fragment:
-        raise ValueError(f"bad Qdrant URL {url!r}: no '#' fragment allowed")
-    query = _query_params(url, parts.query, allowed={"timeout"} if scheme in _SERVER_SCHEMES else {"collection"})
-    if scheme == _LOCAL_SCHEME:
-        if parts.netloc:
-            raise ValueError(
-                f"bad Qdrant URL {url!r}: a local-mode URL names a directory, e.g. qdrant+local:///abs/dir "
-                "(three slashes) or qdrant+local:relative/dir"
-            )
-        path = unquote(parts.path)
-        if not path:
-            raise ValueError(f"bad Qdrant URL {url!r}: no directory given")
-        return QdrantTarget(collection=_collection_name(url, query.get("collection", DEFAULT_COLLECTION)), path=path)
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"bad Qdrant URL: credentials do not belong in the URL; set {API_KEY_ENV} instead")
-    if not parts.hostname:
-        raise ValueError(f"bad Qdrant URL {url!r}: no host given")
-    collection = unquote(parts.path.strip("/")) or DEFAULT_COLLECTION
-    timeout = None
-    if "timeout" in query:
-        try:
-            timeout = int(query["timeout"])
-        except ValueError:
-            timeout = 0
-        if timeout < 1:
-            raise ValueError(f"bad Qdrant URL {url!r}: timeout must be a positive number of seconds")
-    return QdrantTarget(
-        collection=_collection_name(url, collection),
-        host=parts.hostname,
-        port=DEFAULT_PORT if port is None else port,
-        https=_SERVER_SCHEMES[scheme],
-        timeout=timeout,
-    )
-
-
-def _redact(url: str) -> str:
-    """``url`` with user info and secret-looking query values masked, for error messages."""
-    url = re.sub(r"//[^/?#]*@", "//***@", url)
-    return re.sub(r"([?&](?:api[_-]?key|apikey|key|token|password)=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
-
-
-def _query_params(url: str, query: str, allowed: set[str]) -> dict[str, str]:
-    """The URL's query parameters, each at most once and from ``allowed``; never a secret."""
-    try:
-        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ValueError(f"bad Qdrant URL {url!r}: malformed query string") from None
-    out = {}
-    for key, values in params.items():
-        if key.lower() in _SECRET_PARAMS:
-            raise ValueError(f"bad Qdrant URL: do not put {key!r} in the URL; set {API_KEY_ENV} instead")
-        if key not in allowed:
-            raise ValueError(
-                f"bad Qdrant URL {url!r}: unknown parameter {key!r} (allowed: {', '.join(sorted(allowed))})"
-            )
-        if len(values) != 1:
-            raise ValueError(f"bad Qdrant URL {url!r}: {key!r} is given more than once")
-        out[key] = values[0]
-    return out
-
-
-def _collection_name(url: str, name: str) -> str:
-    """Check a collection name: non-empty, no path separators."""
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise ValueError(f"bad Qdrant URL {url!r}: the collection name must be one non-empty path segment, got {name!r}")
-    return name
-
-
-@dataclass
-class _Connection:
-    """A client and the lock its calls take; local-mode clients are shared per directory (see :func:`_connect`)."""
-
-    client: QdrantClient
-    lock: contextlib.AbstractContextManager[Any]
-    key: str | None = None
-    users: int = 1
-
-    def release(self) -> None:
-        """Drop one user; the last one closes the client (and frees a local directory)."""
-        if self.key is None:
-            self.client.close()
-            return
-        with _LOCAL_GUARD:
-            self.users -= 1
-            if self.users > 0:
-                return
-            _LOCAL.pop(self.key, None)
-        with self.lock:
-            self.client.close()
-
-
-_LOCAL: dict[str, _Connection] = {}
-_LOCAL_GUARD = threading.Lock()
-
-
-def _connect(target: QdrantTarget, url: str) -> _Connection:
-    """A connection for ``target``: a new client for a server, the process's shared one for a local directory.
-
-    qdrant-client's local mode locks its directory for a single client, so every backend of this
-    process on one directory (any collection) shares one client, and their calls take its lock.
-
-    Raises:
-        BackendError: the client cannot be built, e.g. another process holds the local directory.
-    """
-    try:
-        if target.path is None:
-            return _Connection(QdrantClient(**target.client_options()), contextlib.nullcontext())
-        key = os.path.realpath(target.path)
-        with _LOCAL_GUARD:
-            shared = _LOCAL.get(key)
-            if shared is None:
-                shared = _LOCAL[key] = _Connection(QdrantClient(**target.client_options()), threading.RLock(), key, 0)
-            shared.users += 1
-            return shared
-    except (ApiException, QdrantException, OSError, RuntimeError) as exc:
-        raise BackendError(f"cannot open Qdrant at {url}: {exc}") from exc
-
-
-def point_id(doc_id: str) -> str:
-    """The Qdrant point id (a UUID string) of a document id: ``uuid5`` in a fixed namespace."""
-    return str(uuid.uuid5(ID_NAMESPACE, doc_id))
 
 
 class QdrantIndex(VectorIndex):
@@ -565,9 +331,9 @@ class QdrantIndex(VectorIndex):
             block = rows[start:stop]
             named = {FULL_VECTOR: block.tolist()}
             for d in self.prefix_dims:
-                named[PREFIX_VECTOR.format(d)] = _unit(block[:, :d]).tolist()
+                named[PREFIX_VECTOR.format(d)] = truncate(block, d).tolist()
             payloads = [
-                _payload(doc_id, text, m) for doc_id, text, m in zip(ids[start:stop], texts[start:stop], meta[start:stop])
+                point_payload(doc_id, text, m) for doc_id, text, m in zip(ids[start:stop], texts[start:stop], meta[start:stop])
             ]
             batch = models.Batch(ids=[point_id(i) for i in ids[start:stop]], vectors=named, payloads=payloads)
             with self._engine("upsert"):
@@ -630,27 +396,27 @@ class QdrantIndex(VectorIndex):
             raise ValueError("a zero query has no direction to search")
         started = time.perf_counter()
         funnel = validate_stages(self._stages if stages is None else stages, self.dim)
-        conditions = _conditions(check_filter(filter))
+        conditions = filter_conditions(check_filter(filter))
         alone = prefix_only(funnel, self.dim)
         if alone is not None:  # rank by a stored prefix vector alone, exactly
             if alone.codec not in ("float32", "float16"):
                 raise ValueError(f"stage {alone}: this backend ranks by a prefix alone only with float codecs")
             name, d, _, _ = self._shortlist(alone, k)
             requests = [
-                models.QueryRequest(query=_unit(row[None, :d])[0].tolist(), using=name, limit=k, filter=conditions,
+                models.QueryRequest(query=truncate(row[None, :], d)[0].tolist(), using=name, limit=k, filter=conditions,
                                     params=_EXACT, with_payload=_PAYLOAD_FIELDS)
-                for row in _unit(query)
+                for row in truncate(query)
             ]
         else:
             shortlist, _ = funnel_shape(funnel, self.dim)
             plan = None if shortlist is None else self._shortlist(shortlist, k)
-            requests = [self._request(row, k, plan, conditions) for row in _unit(query)]
+            requests = [self._request(row, k, plan, conditions) for row in truncate(query)]
         hits: list[list[Hit]] = []
         for start in range(0, len(requests), _QUERY_BATCH):
             with self._engine("query"):
                 responses = self.client.query_batch_points(self.collection, requests=requests[start : start + _QUERY_BATCH])
             for response in responses:
-                hits.append([_hit(p) for p in response.points])
+                hits.append([point_hit(p) for p in response.points])
         return hits, whole_funnel_timings(funnel, self.dim, k, len(self), time.perf_counter() - started)
 
     def _shortlist(self, stage: Stage, k: int) -> tuple[str, int, int, models.SearchParams]:
@@ -683,7 +449,7 @@ class QdrantIndex(VectorIndex):
                 query=full, using=FULL_VECTOR, limit=k, filter=conditions, params=_EXACT, with_payload=_PAYLOAD_FIELDS
             )
         name, d, keep, params = plan
-        prefix = full if d == self.dim else _unit(row[None, :d])[0].tolist()
+        prefix = full if d == self.dim else truncate(row[None, :], d)[0].tolist()
         return models.QueryRequest(
             prefetch=models.Prefetch(query=prefix, using=name, limit=keep, filter=conditions, params=params),
             query=full,
@@ -730,58 +496,3 @@ def _prefix_dims(prefix_dims: Sequence[int], dim: int) -> list[int]:
         if d < dim:
             out.add(int(d))
     return sorted(out)
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (a zero row stays zero)."""
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return (rows / np.where(norms == 0, 1.0, norms)).astype(np.float32, copy=False)
-
-
-def _payload(doc_id: str, text: str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """A point's payload: the original id, the text and the metadata object (absent when None)."""
-    payload: dict[str, Any] = {"id": doc_id}
-    if text is not None:
-        payload["text"] = text
-    if metadata is not None:
-        payload["metadata"] = metadata
-    return payload
-
-
-def _hit(point: Any) -> Hit:
-    """A :class:`Hit` from a scored point (payload ``id`` and ``text``)."""
-    payload = point.payload or {}
-    return Hit(str(payload["id"]), float(point.score), payload.get("text"))
-
-
-def _conditions(wanted: dict[str, list[Any]] | None) -> models.Filter | None:
-    """A normalized filter as Qdrant conditions on ``metadata.<key>`` (all keys must match)."""
-    if wanted is None:
-        return None
-    return models.Filter(must=[_key_condition(_field(key), values) for key, values in wanted.items()])
-
-
-def _field(key: str) -> str:
-    """The payload path of a metadata key; keys with dots or other signs are quoted."""
-    if _PLAIN_KEY.fullmatch(key):
-        return f"metadata.{key}"
-    if '"' in key:
-        raise ValueError(f"this backend cannot filter on a metadata key holding a double quote: {key!r}")
-    return f'metadata."{key}"'
-
-
-def _key_condition(field: str, values: list[Any]) -> models.FieldCondition | models.Filter:
-    """One key's condition: equal to the value, or to any of several values."""
-    if len(values) == 1:
-        return _equals(field, values[0])
-    if all(isinstance(v, str) for v in values):
-        return models.FieldCondition(key=field, match=models.MatchAny(any=values))
-    return models.Filter(should=[_equals(field, v) for v in values])
-
-
-def _equals(field: str, value: Any) -> models.FieldCondition:
-    """Equality on one value: ``MatchValue`` for strings and booleans (a boolean never matches a number);
-    a closed range for numbers, so ``1`` matches a stored ``1.0`` as it does on the other engines."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return models.FieldCondition(key=field, range=models.Range(gte=value, lte=value))
-    return models.FieldCondition(key=field, match=models.MatchValue(value=value))
