@@ -46,9 +46,9 @@ from matryoshka.adapt import (
 )
 from matryoshka.adapt.validation import NeighbourTask, retrieval_scores
 from matryoshka.data.beir import load_beir
-from matryoshka.embeddings import dimension_ladder
-from matryoshka.models import load_model
-from matryoshka.vector_cache import cached_encode
+from matryoshka.embeddings.cache import cached_encode
+from matryoshka.embeddings.vectors import dimension_ladder
+from matryoshka.models.loading import load_model
 
 OUT = Path("benchmarks/results/retrieval")
 

@@ -21,9 +21,9 @@ import torch
 
 from matryoshka.adapt import LearnedConfig, fit_learned, fit_rotation
 from matryoshka.data.beir import load_beir
+from matryoshka.embeddings.cache import cached_encode
 from matryoshka.evaluation.retrieval import score_vectors
-from matryoshka.models import load_model
-from matryoshka.vector_cache import cached_encode
+from matryoshka.models.loading import load_model
 
 DIMS = (384, 256, 128, 64, 32, 16)
 

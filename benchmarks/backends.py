@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
 
 import funnel  # noqa: E402
-from matryoshka.backends import open_index  # noqa: E402
+from matryoshka.indexes import open_index  # noqa: E402
 from matryoshka.retrieval import FunnelIndex, format_stages, parse_stages  # noqa: E402
 
 DEFAULT_CONFIGS = (
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "backends.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "backends.md").write_text(markdown(report))
-    log(f"wrote {args.out / 'backends.json'} and {args.out / 'backends.md'} in {time.time() - started:.0f}s")
+    (args.out / "indexes.md").write_text(markdown(report))
+    log(f"wrote {args.out / 'backends.json'} and {args.out / 'indexes.md'} in {time.time() - started:.0f}s")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Encode faster on a CPU: every way to run all-MiniLM-L6-v2 here, side by side, with its quality.
 
-Variants (all through ``matryoshka.models.load_model`` and ``SentenceTransformer.encode``, so the
+Variants (all through ``matryoshka.models.loading.load_model`` and ``SentenceTransformer.encode``, so the
 tokenizer, pooling and normalization are the same code for all of them):
 
 - ``torch``: the PyTorch model as sentence-transformers runs it (the baseline of every ratio);
@@ -47,8 +47,8 @@ from matryoshka.data.beir import load_beir
 from matryoshka.evaluation.retrieval import encode_dataset, score_vectors
 from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
 from matryoshka.files import write_atomic
-from matryoshka.models import load_model, model_dimension, quiet_loading
-from matryoshka.runtime import num_layers
+from matryoshka.models.layers import num_layers
+from matryoshka.models.loading import load_model, model_dimension, quiet_loading
 
 OUT = Path("benchmarks/results/encode")
 LAYERS_MODEL = Path("runs/layers/minilm-2d-inbatch")  # chosen on STS-B dev over the cosent recipe (layers-dev*/)

@@ -24,7 +24,7 @@ Ground truth: exact full-size inner-product search over all ``--n`` vectors.
 Measured in one process, at 1 thread (FAISS OpenMP and the BLAS), batch 1 and batch 32:
 
 - exact search two ways: ``faiss.knn`` and the index's exact stage
-  (:func:`matryoshka.retrieval.exact.top_k_inner_product`, blocked numpy products), against the
+  (:func:`matryoshka.indexes.faiss.exact.top_k_inner_product`, blocked numpy products), against the
   memory bandwidth (numpy sum over a large array) and the matrix-product peak (a 4096² numpy product),
   both measured in the same run;
 - funnels (:class:`matryoshka.retrieval.FunnelIndex`): a 32/64/128-dim prefix as float32, int8,
@@ -60,9 +60,9 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from matryoshka.adapt import fit_rotation  # noqa: E402
+from matryoshka.indexes.faiss.approximate import hnsw_link_bytes  # noqa: E402
+from matryoshka.indexes.faiss.exact import ColumnBlocks, top_k_inner_product  # noqa: E402
 from matryoshka.retrieval import FunnelIndex, Stage, format_stages, parse_stages  # noqa: E402
-from matryoshka.retrieval.approximate import hnsw_link_bytes  # noqa: E402
-from matryoshka.retrieval.exact import ColumnBlocks, top_k_inner_product  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 #: Funnels on the rotated (Matryoshka) vectors.
@@ -403,8 +403,8 @@ def cached_encode(texts: list[str], args: argparse.Namespace, label: str) -> np.
         vectors = np.load(path, allow_pickle=False)
         log(f"{label}: {len(vectors):,} vectors from cache {path}")
         return vectors
-    from matryoshka.embeddings import encode
-    from matryoshka.models import load_model
+    from matryoshka.embeddings.vectors import encode
+    from matryoshka.models.loading import load_model
 
     model = load_model(args.model, backend=args.backend)
     started = time.time()
@@ -806,7 +806,7 @@ def markdown(report: dict) -> str:
         "",
         "![recall@10 against queries/s](funnel.png)",
         "",
-        "Exact search (`matryoshka.retrieval.exact.top_k_inner_product`, the index's exact stage) runs over one of "
+        "Exact search (`matryoshka.indexes.faiss.exact.top_k_inner_product`, the index's exact stage) runs over one of "
         "two layouts. Over the stored `(N, dim)` rows (what an index of this size scans by default): below 20 queries "
         "FAISS's SIMD scan, else a numpy matrix product `rows @ queries.T` per 2,048 rows. Over a dimension-major "
         "copy (`ColumnBlocks`: one 384 × 2,048 block per 2,048 rows, built once, the build column above; an index "
@@ -821,7 +821,7 @@ def markdown(report: dict) -> str:
         "shortlist on int8 codes of the 128-dim prefix, read in place (128 bytes per vector), and the last on "
         "the full vectors. Their structure column counts both code sets, the list ids and the centroids.",
         "",
-        "`full:graph:10` last stages (`matryoshka.retrieval.neighbours`): each hit of the stage before is joined by "
+        "`full:graph:10` last stages (`matryoshka.indexes.faiss.neighbours`): each hit of the stage before is joined by "
         "its 16 nearest neighbours in a graph of the full vectors, and all of them are re-scored on the full "
         "vectors. The graph is built approximately, like an inverted file: spherical k-means into 2·√N lists, each "
         "vector's neighbours taken from the lists nearest its own (6 at 1M, more for a smaller N). Its build is in the build column (added to the "

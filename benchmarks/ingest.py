@@ -1,7 +1,7 @@
 """Bulk-load time per vector at 100k, 300k and 1M vectors, and search queries/s against the server.
 
 Load: the path :func:`matryoshka.ingest.encode_to_index` writes through, minus the model: an index
-opened with :func:`matryoshka.backends.open_index` (default settings) takes ``upsert`` calls of
+opened with :func:`matryoshka.indexes.open_index` (default settings) takes ``upsert`` calls of
 ``--write-batch`` vectors (1,024, the ingestion default) and is closed (the final save). The vectors
 are random unit vectors of dim 384, seeded, with ids and no texts: load time does not depend on what
 the vectors mean, and encoding 1M texts on 2 CPU cores would take hours. Each size loads into a new,
@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT.parent / "tests")]
 
-from matryoshka.backends import open_index  # noqa: E402
+from matryoshka.indexes import open_index  # noqa: E402
 from matryoshka.retrieval.stages import parse_stages  # noqa: E402
 
 DIM = 384
@@ -116,7 +116,7 @@ def qps(url: str, clients: list[int], seconds: float, threads: int) -> list[dict
     import httpx
 
     from matryoshka.data.beir import read_queries
-    from matryoshka.models import load_model
+    from matryoshka.models.loading import load_model
     from matryoshka.serving import ServeConfig, ServerThread, create_app
 
     shared = Path(os.environ.get("MATRYOSHKA_DATA") or ROOT.parent.parent / "shared" / "data")

@@ -3,7 +3,7 @@
     python benchmarks/layers_distill_dev.py subsets                 # untouched model, every kept-layer set tried
     python benchmarks/layers_distill_dev.py models DIR [DIR ...]    # e.g. a distillation's checkpoints
 
-``subsets`` scores all-MiniLM-L6-v2 with only some of its six layers kept (``runtime.keep_layers``,
+``subsets`` scores all-MiniLM-L6-v2 with only some of its six layers kept (``models.layers.keep_layers``,
 what ``matryoshka cut --keep`` saves), untrained, on STS-B dev at 384, 128, 64 and 32 dims.
 ``models`` scores saved models the same way (the checkpoints of ``matryoshka train --teacher``, say).
 Both merge their rows into ``benchmarks/results/encode/layers-distill-dev.{json,md}``. STS-B test is
@@ -24,8 +24,8 @@ from sentence_transformers import SentenceTransformer
 
 from matryoshka.data.sts import StsPair, load_sts
 from matryoshka.evaluation.sts import evaluate_sts
-from matryoshka.models import load_model
-from matryoshka.runtime import keep_layers, num_layers
+from matryoshka.models.layers import keep_layers, num_layers
+from matryoshka.models.loading import load_model
 
 OUT = Path("benchmarks/results/encode/layers-distill-dev")
 DIMS = (384, 128, 64, 32)

@@ -36,13 +36,13 @@ import torch
 from matryoshka.adapt import LearnedConfig, fit_learned, fit_rotation
 from matryoshka.data import load_sts
 from matryoshka.data.beir import load_beir
+from matryoshka.embeddings.cache import cached_encode
 from matryoshka.evaluation import Results
 from matryoshka.evaluation.retrieval import score_vectors
 from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
 from matryoshka.files import write_atomic
-from matryoshka.models import load_model, quiet_loading
-from matryoshka.training import TrainConfig, train
-from matryoshka.vector_cache import cached_encode
+from matryoshka.models.loading import load_model, quiet_loading
+from matryoshka.training.train import TrainConfig, train
 
 DIMS = (384, 256, 128, 64, 32, 16)
 #: The fine-tuning recipe: MNRL on SciFact train's 919 (query, document) pairs, three epochs.

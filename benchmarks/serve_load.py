@@ -2,7 +2,7 @@
 
 Reports requests/s, texts/s, p50/p99 latency, errors (must be 0), the server's peak memory (RSS), the
 batch sizes the micro-batcher formed, and the ratio of served texts/s to a direct in-process
-``matryoshka.embeddings.encode`` of the same texts, measured in the same run with the same number of
+``matryoshka.embeddings.vectors.encode`` of the same texts, measured in the same run with the same number of
 torch threads (target: >= 0.8, i.e. HTTP, JSON and batching cost at most a fifth of the model's speed).
 
 The server runs on ``--backend`` (default ``auto``, what ``matryoshka serve`` picks: the fastest backend
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 SERVER_CODE = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[2]))
-from matryoshka.serving.cli import serve_command
+from matryoshka.cli.serve import serve_command
 serve_command(port=int(sys.argv[1]), batch_max_texts=int(sys.argv[3]), batch_wait_ms=float(sys.argv[4]), log_level="warning",
               backend=sys.argv[5])
 """
@@ -85,7 +85,7 @@ class Direct:
     def __init__(self, texts: list[str], threads: int, chunk: int, batch_size: int = 64, backend: str = "torch") -> None:
         import torch
 
-        from matryoshka.models import load_model
+        from matryoshka.models.loading import load_model
 
         torch.set_num_threads(threads)
         self.model = load_model(device="cpu", backend=backend)
@@ -94,7 +94,7 @@ class Direct:
 
     def run(self, seconds: float) -> tuple[int, float]:
         """Encode for about ``seconds`` (at least one call); return (texts, elapsed seconds)."""
-        from matryoshka.embeddings import encode
+        from matryoshka.embeddings.vectors import encode
 
         done, started = 0, time.perf_counter()
         while True:

@@ -4,7 +4,7 @@ Before the fix, ``/v1/search`` with ``{"preset": "exact"}`` over the demo's 20,0
 median 50-81 ms in the server against 1.5-2 ms in-process on one BLAS thread: each block of the scan
 waited for OpenBLAS's second thread, which on a busy 2-core host waits for a time slice. Now a scan
 whose BLAS calls are small runs numpy's BLAS on one thread
-(:func:`matryoshka.retrieval.exact.serial_blas_when_small`).
+(:func:`matryoshka.indexes.faiss.exact.serial_blas_when_small`).
 
 One run, everything interleaved (each query goes through every variant in a shuffled order, so the
 host's drifting load hits all alike), while ``--busy`` processes spin pure Python on every core:
@@ -54,16 +54,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from threadpoolctl import ThreadpoolController  # noqa: E402
 
-import matryoshka.retrieval.exact as exact  # noqa: E402
+import matryoshka.indexes.faiss.exact as exact  # noqa: E402
 from matryoshka.retrieval import PRESETS, FunnelIndex, Stage  # noqa: E402
 
 #: Runs ``matryoshka`` with the BLAS gate on (as shipped) or off (argv[1]).
 CHILD = """
 import sys
-import matryoshka.retrieval.exact as exact
+import matryoshka.indexes.faiss.exact as exact
 if sys.argv[1] == "off":
     exact.SERIAL_BLAS_MACS = 0
-from matryoshka.cli import app
+from matryoshka.cli.app import app
 app(sys.argv[2:], prog_name="matryoshka")
 """
 GATES = ("on", "off")
@@ -112,8 +112,8 @@ def wait_ready(process: subprocess.Popen[str], timeout: float = 600) -> str:
 
 def demo_index(limit: int) -> Path:
     """The demo's cached WordNet index for the default model (built the first time, as ``matryoshka demo`` does)."""
-    from matryoshka.models import DEFAULT_MODEL
-    from matryoshka.serving.demo_index import DEMO_CACHE, build_demo_index, demo_cache_path
+    from matryoshka.models.loading import DEFAULT_MODEL
+    from matryoshka.serving.demo.index import DEMO_CACHE, build_demo_index, demo_cache_path
     from matryoshka.serving.startup import load_served_model
 
     path = demo_cache_path(DEMO_CACHE, DEFAULT_MODEL, limit)
@@ -125,7 +125,7 @@ def demo_index(limit: int) -> Path:
 
 def queries(index: FunnelIndex, count: int) -> list[str]:
     """The demo's example queries, then first lemmas of synsets spread over the index."""
-    from matryoshka.serving.demo_index import WORDNET_CORPUS
+    from matryoshka.serving.demo.index import WORDNET_CORPUS
 
     texts = list(WORDNET_CORPUS.examples)
     step = max(1, len(index) // max(1, count))

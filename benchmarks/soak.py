@@ -312,7 +312,7 @@ async def drive(args: argparse.Namespace, port: int, pid: int, texts: list[str])
 
 def build_index(directory: Path, count: int) -> Path:
     from matryoshka.data.wordnet import load_glosses
-    from matryoshka.models import load_model
+    from matryoshka.models.loading import load_model
     from matryoshka.retrieval import PRESETS, FunnelIndex
 
     ids, texts = load_glosses(count)

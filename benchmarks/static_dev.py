@@ -37,13 +37,13 @@ import torch
 from matryoshka.data import load_sts
 from matryoshka.evaluation import evaluate_sts
 from matryoshka.files import write_atomic
-from matryoshka.models import (
+from matryoshka.models.loading import (
     load_model,
     model_dimension,
     quiet_loading,
     resolve_model_name,
 )
-from matryoshka.static import (
+from matryoshka.training.static import (
     StaticConfig,
     build_static,
     distill_static,
@@ -52,7 +52,7 @@ from matryoshka.static import (
     teacher_table,
     train_static,
 )
-from matryoshka.training import TrainConfig, save_model_atomic
+from matryoshka.training.train import TrainConfig, save_model_atomic
 
 RESULTS = Path("benchmarks/results/encode")
 WORK = Path("runs/static-dev")

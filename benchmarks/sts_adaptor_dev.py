@@ -17,10 +17,10 @@ import torch
 
 from matryoshka.adapt import Adaptor, LearnedConfig, fit_learned, fit_rotation
 from matryoshka.data import load_sts
+from matryoshka.embeddings.cache import cached_encode
 from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
 from matryoshka.files import write_atomic
-from matryoshka.models import load_model
-from matryoshka.vector_cache import cached_encode
+from matryoshka.models.loading import load_model
 
 DIMS = (384, 256, 128, 64, 32, 16)
 

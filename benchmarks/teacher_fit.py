@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
 from matryoshka.data import load_distillation_pairs
-from matryoshka.models import load_model
-from matryoshka.training import teacher_embeddings
+from matryoshka.models.loading import load_model
+from matryoshka.training.train import teacher_embeddings
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Choose the top-layer recipe of ``matryoshka compare --quick`` on STS-B *dev* (never test).
 
-The last layer of all-MiniLM-L6-v2 is fine-tuned on cached inputs (:mod:`matryoshka.top_layer`) over
+The last layer of all-MiniLM-L6-v2 is fine-tuned on cached inputs (:mod:`matryoshka.training.top_layer`) over
 STS-B train's sentence pairs, self-distilled (the gold scores are not used), one epoch; each variant is
 scored by Spearman on STS-B dev per dimension. Writes ``benchmarks/results/compare-quick/top-layer-dev.md``.
 With ``--seeds``, trains only the chosen recipe and its standard twin once per seed, to see whether the
@@ -24,8 +24,8 @@ from sentence_transformers import SentenceTransformer
 from matryoshka.data import load_sts
 from matryoshka.evaluation.sts import evaluate_sts, sentence_rows
 from matryoshka.files import write_atomic
-from matryoshka.models import load_model, quiet_loading
-from matryoshka.top_layer import TopLayerConfig, cache_layer_inputs, tune_top_layer
+from matryoshka.models.loading import load_model, quiet_loading
+from matryoshka.training.top_layer import TopLayerConfig, cache_layer_inputs, tune_top_layer
 
 DIMS = (384, 256, 128, 64, 32, 16)
 

@@ -27,9 +27,9 @@ from sentence_transformers.sentence_transformer.losses import (
 
 from matryoshka.data import load_distillation_pairs, load_nli_triplets
 from matryoshka.files import write_atomic
-from matryoshka.losses import InBatchSimilarityDistillationLoss
-from matryoshka.models import load_model
-from matryoshka.training import DEFAULT_DIMS, TrainConfig, build_dataset
+from matryoshka.models.loading import load_model
+from matryoshka.training.losses import InBatchSimilarityDistillationLoss
+from matryoshka.training.train import DEFAULT_DIMS, TrainConfig, build_dataset
 
 
 def time_step(model, loss, features, labels, optimizer) -> float:

@@ -30,7 +30,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def model():
     """The packaged all-MiniLM-L6-v2, loaded once."""
-    from matryoshka.models import load_model
+    from matryoshka.models.loading import load_model
 
     return load_model(device="cpu")
 

@@ -17,20 +17,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from matryoshka import _moved
+
 if TYPE_CHECKING:
-    from matryoshka.embeddings import Precision, encode, truncate
-    from matryoshka.models import DEFAULT_MODEL, build_static_model, load_model
+    from matryoshka.embeddings.vectors import Precision, encode, truncate
+    from matryoshka.models.loading import DEFAULT_MODEL, build_static_model, load_model
 
 __version__ = "0.1.0"
 
+_moved.install()
+
 # Imported on first use, so that `matryoshka --help` does not wait for torch.
 _LAZY = {
-    "Precision": "matryoshka.embeddings",
-    "encode": "matryoshka.embeddings",
-    "truncate": "matryoshka.embeddings",
-    "DEFAULT_MODEL": "matryoshka.models",
-    "build_static_model": "matryoshka.models",
-    "load_model": "matryoshka.models",
+    "Precision": "matryoshka.embeddings.vectors",
+    "encode": "matryoshka.embeddings.vectors",
+    "truncate": "matryoshka.embeddings.vectors",
+    "DEFAULT_MODEL": "matryoshka.models.loading",
+    "build_static_model": "matryoshka.models.loading",
+    "load_model": "matryoshka.models.loading",
 }
 
 

@@ -1,16 +1,19 @@
 """Writing files so that readers never see half of one, with the permissions of an ordinary file.
 
-Stdlib only, so that training, adapt, the index store and the evaluation writers can share it without
-importing each other.
+Stdlib and numpy only, so that training, adapt, the index store and the evaluation writers can share
+it without importing each other.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 
 def ordinary_mode(directory: bool = False) -> int:
@@ -38,6 +41,13 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a ``.npy`` file (never pickled) atomically, as :func:`write_atomic` does."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_atomic(path, buffer.getvalue())
 
 
 class SavesToDirectory(Protocol):

@@ -78,13 +78,13 @@ class _Encoder:
 
     def __init__(self, model_name: str | None, batch_size: int, runtime: str = "torch", quantize: str | None = None,
                  ) -> None:
-        from matryoshka.models import load_model
+        from matryoshka.models.loading import load_model
 
         self.model = load_model(model_name, backend=runtime, quantize=quantize)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from matryoshka.embeddings import encode
+        from matryoshka.embeddings.vectors import encode
 
         texts = [str(t) for t in batch["text"]]
         vectors = encode(self.model, texts, batch_size=self.batch_size, show_progress_bar=False)
@@ -114,7 +114,7 @@ def encode_to_index(
         documents: ``(id, text)`` or ``(id, text, metadata)`` tuples, or a corpus to read with
             :func:`read_documents` (a .csv/.tsv/.parquet/.jsonl/.txt file, a hub data set, a BEIR
             directory or name).
-        backend: an open :class:`~matryoshka.backends.base.VectorIndex` (left open), or a backend URL
+        backend: an open :class:`~matryoshka.indexes.base.VectorIndex` (left open), or a backend URL
             opened with the model's dimension and name (and closed afterwards).
         model: a model name or directory; ``None`` is the packaged all-MiniLM-L6-v2. On a cluster a
             directory must be visible at the same path on every node.
@@ -138,7 +138,7 @@ def encode_to_index(
             backend's dimension differs from the model's (checked before any encoding).
         ImportError: Ray Data is not installed (``pip install 'matryoshka[ray]'``).
     """
-    from matryoshka.model_identity import model_label
+    from matryoshka.models.identity import model_label
 
     started = time.perf_counter()
     if batch_size < 1 or write_batch < 1:
@@ -210,14 +210,14 @@ def _check_documents(
 @functools.lru_cache(maxsize=8)
 def _model_dim(model: str | None) -> int:
     """Full dimension of ``model``, loaded once on the driver (cached: the check repeats per call)."""
-    from matryoshka.models import load_model, model_dimension
+    from matryoshka.models.loading import load_model, model_dimension
 
     return model_dimension(load_model(model, device="cpu"))
 
 
 def _open(url: str, dim: int, model_name: str) -> VectorIndex:
     """Open an index URL with the model's dimension and name (created when missing)."""
-    from matryoshka.backends import open_index
+    from matryoshka.indexes import open_index
 
     return open_index(url, dim=dim, model_name=model_name, create=True)
 
@@ -297,8 +297,8 @@ def _run_here(
     runtime: tuple[str, str | None] = ("torch", None),
 ) -> int:
     """Encode ``todo`` in this process, one backend write per ``write_batch`` documents."""
-    from matryoshka.embeddings import encode
-    from matryoshka.models import load_model
+    from matryoshka.embeddings.vectors import encode
+    from matryoshka.models.loading import load_model
 
     loaded = load_model(model, backend=runtime[0], quantize=runtime[1])
     written = 0
@@ -389,8 +389,8 @@ def encode_chunks(
 ) -> np.ndarray:
     """Full-size unit vectors of ``texts``, encoded a few batches at a time; ``on_progress(done, total)``
     is called after each chunk (a progress bar's update)."""
-    from matryoshka.embeddings import encode
-    from matryoshka.models import model_dimension
+    from matryoshka.embeddings.vectors import encode
+    from matryoshka.models.loading import model_dimension
 
     if not texts:
         return np.zeros((0, model_dimension(model)), dtype=np.float32)

@@ -15,8 +15,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from matryoshka.embeddings import truncate
-from matryoshka.errors import InputError
+from matryoshka.embeddings.vectors import truncate
+from matryoshka.errors import AdaptError
 from matryoshka.files import write_atomic
 
 #: ``auto`` fits every candidate, validates them and keeps the best that earns its place.
@@ -25,9 +25,6 @@ METHODS: tuple[str, ...] = get_args(Method)
 #: Name of the adaptor file inside an adapted model directory, and the default standalone name.
 ADAPTOR_FILE = "adaptor.safetensors"
 
-
-class AdaptError(InputError):
-    """Vectors, pairs or settings that cannot fit or apply an adaptor."""
 
 
 def unit_rows(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:

@@ -24,7 +24,7 @@ from matryoshka.adapt.learned import LearnedConfig, fit_learned, pair_set_from_j
 from matryoshka.adapt.report import AdaptReport, CandidateScores
 from matryoshka.adapt.rotation import fit_rotation
 from matryoshka.adapt.validation import Judgements, NeighbourTask, ValidationConfig, retrieval_scores
-from matryoshka.embeddings import check_dim, dimension_ladder
+from matryoshka.embeddings.vectors import check_dim, dimension_ladder
 
 #: ``progress(stage, step, steps)``: what is being fitted and how far it is.
 Progress = Callable[[str, int, int], None]

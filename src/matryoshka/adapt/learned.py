@@ -29,7 +29,7 @@ import numpy as np
 
 from matryoshka.adapt.adaptor import AdaptError, Adaptor, unit_rows
 from matryoshka.adapt.rotation import fit_rotation
-from matryoshka.embeddings import dimension_ladder
+from matryoshka.embeddings.vectors import dimension_ladder
 
 if TYPE_CHECKING:
     import torch

@@ -39,7 +39,7 @@ def adapted_model(model: SentenceTransformer, adaptor: Adaptor) -> SentenceTrans
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
-    from matryoshka.models import model_dimension
+    from matryoshka.models.loading import model_dimension
 
     if model_dimension(model) != adaptor.dim:
         raise AdaptError(f"the adaptor maps {adaptor.dim}-d vectors, the model gives {model_dimension(model)}-d")
@@ -148,8 +148,8 @@ def adapt(
         >>> result = adapt(load_model(), corpus_texts, pairs=train_pairs)   # doctest: +SKIP
         >>> result.report.chosen, result.report.reason                       # doctest: +SKIP
     """
-    from matryoshka.embeddings import encode
-    from matryoshka.models import model_dimension
+    from matryoshka.embeddings.vectors import encode
+    from matryoshka.models.loading import model_dimension
 
     if method not in METHODS:
         raise AdaptError(f"method must be one of {', '.join(METHODS)}, got {method!r}")

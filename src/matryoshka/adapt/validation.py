@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from matryoshka.adapt.adaptor import AdaptError
-from matryoshka.embeddings import truncate
+from matryoshka.embeddings.vectors import truncate
 
 
 @dataclass

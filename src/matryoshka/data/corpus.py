@@ -218,7 +218,7 @@ def _record_id(record: dict[str, Any], id_columns: tuple[str, ...], source: str,
 
 
 def _checked_metadata(metadata: Any, source: str, line: int) -> dict[str, Any] | None:
-    from matryoshka.retrieval.filters import check_metadata
+    from matryoshka.data.documents import check_metadata
 
     try:
         return check_metadata(metadata)

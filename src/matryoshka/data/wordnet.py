@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from matryoshka.data.errors import DataError
+from matryoshka.errors import WordNetNotFound
 
 #: Where Debian's ``wordnet-base`` puts the database files.
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -28,9 +28,6 @@ JSONL_RELATIVE = Path("wordnet-glosses") / "wordnet30_glosses.jsonl.gz"
 
 _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")
 
-
-class WordNetNotFound(DataError):
-    """Neither the Debian WordNet files nor a staged JSON-lines copy could be found."""
 
 
 @dataclass(frozen=True)

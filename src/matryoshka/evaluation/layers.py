@@ -43,10 +43,10 @@ def score_on_task(
     """Score ``model`` at ``dims`` on ``stsb`` (Spearman) or a BEIR set (nDCG@10 and more), timing the encoding.
 
     ``dims=None`` scores the model's full size and the usual prefixes below it
-    (:func:`matryoshka.embeddings.dimension_ladder`), so a 256- or 768-dim model needs no list.
+    (:func:`matryoshka.embeddings.vectors.dimension_ladder`), so a 256- or 768-dim model needs no list.
     """
-    from matryoshka.embeddings import dimension_ladder
-    from matryoshka.models import model_dimension
+    from matryoshka.embeddings.vectors import dimension_ladder
+    from matryoshka.models.loading import model_dimension
 
     if dims is None:
         dims = dimension_ladder(model_dimension(model))
@@ -170,8 +170,8 @@ def evaluate_layers(
 ) -> LayerGrid:
     """Cut model ``name`` to each of ``layers``, score it at ``dims`` on ``task`` and time its encoding
     (``dims=None``: the model's full size and the usual prefixes below it, as :func:`score_on_task`)."""
-    from matryoshka.models import load_model
-    from matryoshka.runtime import num_layers
+    from matryoshka.models.layers import num_layers
+    from matryoshka.models.loading import load_model
 
     if not layers:
         raise ValueError("layers must name at least one layer count")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.data.beir import BeirDataset
-from matryoshka.embeddings import check_dim, encode, truncate
+from matryoshka.embeddings.vectors import check_dim, encode, truncate
 
 #: Metrics computed at every cut-off in ``k_values``, as ``ranx`` names them.
 METRICS = ("ndcg", "recall", "mrr")

@@ -13,8 +13,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from matryoshka.data.sts import StsPair
-from matryoshka.embeddings import check_dim, truncate
-from matryoshka.models import model_dimension
+from matryoshka.embeddings.vectors import check_dim, truncate
+from matryoshka.models.loading import model_dimension
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

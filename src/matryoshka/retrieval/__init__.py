@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matryoshka.errors import IndexCorruptError
-    from matryoshka.retrieval.advisor import AdviceReport, AdviceRow, advise
-    from matryoshka.retrieval.index import STORAGES, FunnelIndex, Storage
+    from matryoshka.experiments.advise import AdviceReport, AdviceRow, advise
+    from matryoshka.indexes.faiss.index import STORAGES, FunnelIndex, Storage
+    from matryoshka.indexes.faiss.store import read_manifest
     from matryoshka.retrieval.protocol import VectorIndex
     from matryoshka.retrieval.stages import (
         CODECS,
@@ -37,19 +38,18 @@ if TYPE_CHECKING:
         resolve_stages,
         validate_stages,
     )
-    from matryoshka.retrieval.store import read_manifest
     from matryoshka.retrieval.types import Hit, IndexInfo, StageTiming
 
 _LAZY = {
-    **dict.fromkeys(["AdviceReport", "AdviceRow", "advise"], "matryoshka.retrieval.advisor"),
-    **dict.fromkeys(["STORAGES", "FunnelIndex", "Storage"], "matryoshka.retrieval.index"),
+    **dict.fromkeys(["AdviceReport", "AdviceRow", "advise"], "matryoshka.experiments.advise"),
+    **dict.fromkeys(["STORAGES", "FunnelIndex", "Storage"], "matryoshka.indexes.faiss.index"),
     **dict.fromkeys(
         ["CODECS", "FULL", "PRESETS", "Codec", "Stage", "bytes_per_vector", "format_stages", "parse_stages",
          "resolve_stages", "validate_stages"],
         "matryoshka.retrieval.stages",
     ),
     "IndexCorruptError": "matryoshka.errors",
-    "read_manifest": "matryoshka.retrieval.store",
+    "read_manifest": "matryoshka.indexes.faiss.store",
     "VectorIndex": "matryoshka.retrieval.protocol",
     **dict.fromkeys(["Hit", "IndexInfo", "StageTiming"], "matryoshka.retrieval.types"),
 }

@@ -15,53 +15,17 @@ Example:
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from matryoshka.data.documents import Metadata, scalar_problem
 from matryoshka.errors import InputError
 
-Metadata = Mapping[str, Any]
 Filter = Mapping[str, Any]
 
 MAX_FILTER_KEYS = 32
 MAX_FILTER_VALUES = 1024
 MAX_FILTER_STRING = 1024
-MAX_SAFE_INT = 2**53
-
-
-def _scalar_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be a metadata or filter value (``None`` when it can)."""
-    if isinstance(value, (bool, str)):
-        return None
-    if isinstance(value, int):
-        return None if abs(value) <= MAX_SAFE_INT else f"integer {value} is larger than 2**53"
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{value} is not a finite number"
-    return f"{value!r} is not a string, number or boolean"
-
-
-def check_metadata(metadata: Metadata | None) -> dict[str, Any] | None:
-    """Validate one document's metadata; returns a plain dict (or ``None``).
-
-    Raises:
-        TypeError: not a mapping.
-        ValueError: not a flat object of strings, numbers, booleans or nulls.
-    """
-    if metadata is None:
-        return None
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a JSON object, got {type(metadata).__name__}")
-    out = dict(metadata)
-    for key, value in out.items():
-        if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
-            raise ValueError(f"metadata must map strings to strings, numbers or booleans, got {key!r}: {value!r}")
-        problem = None if value is None else _scalar_problem(value)
-        if problem:
-            raise InputError(f"metadata value {key!r}: {problem}")
-    json.dumps(out)
-    return out
 
 
 def check_filter(filter: Filter | None) -> dict[str, list[Any]] | None:
@@ -84,7 +48,7 @@ def check_filter(filter: Filter | None) -> dict[str, list[Any]] | None:
         if not isinstance(key, str) or not values:
             raise InputError(f"a filter maps a metadata key to a value or a non-empty list of values, got {key!r}: {value!r}")
         for v in values:
-            problem = _scalar_problem(v)
+            problem = scalar_problem(v)
             if problem:
                 raise InputError(f"filter value for {key!r}: {problem}")
             if isinstance(v, str) and len(v) > MAX_FILTER_STRING:

@@ -1,11 +1,11 @@
 """The one index interface: :class:`VectorIndex`, which every engine implements directly.
 
-- :class:`~matryoshka.retrieval.index.FunnelIndex`: the embedded FAISS index (in memory, or a
+- :class:`~matryoshka.indexes.faiss.index.FunnelIndex`: the embedded FAISS index (in memory, or a
   ``faiss://`` directory it saves to);
-- :class:`~matryoshka.backends.pgvector.PgVectorIndex`: PostgreSQL + pgvector;
-- :class:`~matryoshka.backends.qdrant.QdrantIndex`: Qdrant (a server or local mode).
+- :class:`~matryoshka.indexes.pgvector.PgVectorIndex`: PostgreSQL + pgvector;
+- :class:`~matryoshka.indexes.qdrant.QdrantIndex`: Qdrant (a server or local mode).
 
-:func:`matryoshka.backends.open_index` opens any of them by URL. The CLI, the server, the demo, the
+:func:`matryoshka.indexes.open_index` opens any of them by URL. The CLI, the server, the demo, the
 advisor and the benchmarks hold a ``VectorIndex`` and never ask which engine is behind it.
 
 A document is an id (string), a full unit-length vector, an optional text and optional flat metadata

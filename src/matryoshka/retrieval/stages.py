@@ -11,7 +11,7 @@ search breadth ``ef``, default ``keep``); ``64:ivf:400`` scans the inverted list
 (``64:ivf:400:64`` probes 64 lists); ``64:ivfpq:10000:512`` does the same over 4-bit codes of the
 prefix (one per dimension, FAISS fast-scan), so each probed list costs an eighth of ``ivf``'s reads.
 The later stages re-rank what it finds. A last stage ``full:graph:10`` widens the hits before it by
-their nearest neighbours in a graph of the full vectors (:mod:`matryoshka.retrieval.neighbours`) and
+their nearest neighbours in a graph of the full vectors (:mod:`matryoshka.indexes.faiss.neighbours`) and
 re-scores them all on the full vectors, which finds true neighbours the prefix stages lost: at a
 million vectors the fastest funnels we measured at recall@10 0.99 are of the shape
 ``64:ivfpq:4000:384,128:int8:300,full:float32:20,full:graph:10`` (``benchmarks/results/funnel.md``).

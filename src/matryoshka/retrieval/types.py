@@ -44,7 +44,7 @@ class IndexInfo:
 
     Attributes:
         url: where it lives (``faiss:///dir``, ``postgresql://...`` with the password masked, ...).
-        model_name: the model label the vectors were made with (see :func:`matryoshka.model_identity.model_label`).
+        model_name: the model label the vectors were made with (see :func:`matryoshka.models.identity.model_label`).
         dim: full vector dimension.
         stages: the default funnel a search without stages runs.
         count: stored documents.

@@ -2,7 +2,7 @@
 
 Handlers are thin: they validate (:mod:`.checks`), hand texts to a
 :class:`~matryoshka.serving.batching.MicroBatcher` (:mod:`.state`, which calls
-:func:`matryoshka.embeddings.encode` in a worker thread), cut vectors to the requested dimension, and
+:func:`matryoshka.embeddings.vectors.encode` in a worker thread), cut vectors to the requested dimension, and
 search the :class:`~matryoshka.retrieval.protocol.VectorIndex` with ``search_with_timings`` (any engine:
 the embedded index, PostgreSQL, Qdrant); answers are rendered by :mod:`.render`.
 """
@@ -25,11 +25,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from matryoshka.embeddings import truncate
+from matryoshka.embeddings.vectors import truncate
 from matryoshka.errors import IndexStoreError
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import Stage
-from matryoshka.serving.api_errors import APIError, ClientGone
 from matryoshka.serving.batching import BatcherClosed, QueueFull
 from matryoshka.serving.checks import (
     check_dimensions,
@@ -39,8 +38,10 @@ from matryoshka.serving.checks import (
     validation_message,
 )
 from matryoshka.serving.config import ServeConfig
-from matryoshka.serving.demo_index import NEUTRAL_CORPUS, WORDNET_CORPUS, DemoCorpus
-from matryoshka.serving.middleware import (
+from matryoshka.serving.demo.index import NEUTRAL_CORPUS, WORDNET_CORPUS, DemoCorpus
+from matryoshka.serving.demo.render import RENDER_ROWS, hits_out, render_embeddings, stage_bytes, timings_out
+from matryoshka.serving.http.errors import APIError, ClientGone
+from matryoshka.serving.http.middleware import (
     CLIENT_CLOSED,
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -48,7 +49,6 @@ from matryoshka.serving.middleware import (
     RequestLogMiddleware,
 )
 from matryoshka.serving.quality import demo_dimensions
-from matryoshka.serving.render import RENDER_ROWS, hits_out, render_embeddings, stage_bytes, timings_out
 from matryoshka.serving.schemas import (
     API_CODECS,
     CompareRequest,
@@ -97,7 +97,7 @@ def create_app(
         demo_indexes: more choices for the demo's model selector: served model name -> the index of
             that model's vectors of the same documents (``index`` is the first choice).
         demo_corpus: the demo page's title and example queries; the default is neutral (any index),
-            ``matryoshka demo`` passes :data:`~matryoshka.serving.demo_index.WORDNET_CORPUS`.
+            ``matryoshka demo`` passes :data:`~matryoshka.serving.demo.index.WORDNET_CORPUS`.
     """
     from matryoshka.serving.startup import check_index_model, load_results, open_served_index, serve_index_model
 
@@ -110,7 +110,7 @@ def create_app(
     if quality is None and config.results_path:
         quality = load_results(config)
     if models is None:
-        from matryoshka.models import load_model
+        from matryoshka.models.loading import load_model
 
         models = {name: load_model(source) for name, source in config.model_specs()}
     if not models:

@@ -36,20 +36,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from matryoshka.errors import BatcherClosed, QueueFull
+
 #: A batch function maps a list of texts to one or more arrays whose first axis runs over the texts.
 BatchFunction = Callable[[list[str]], tuple[np.ndarray, ...]]
 
 
-class BatcherClosed(RuntimeError):
-    """The batcher was closed (server shutting down) before the request ran."""
-
-
-class QueueFull(RuntimeError):
-    """The queue already holds ``max_queued_texts`` texts; try again after ``retry_after`` seconds."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(eq=False)

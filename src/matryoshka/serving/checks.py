@@ -1,4 +1,4 @@
-"""Request checks: each turns a bad request into an :class:`~matryoshka.serving.api_errors.APIError` (400)."""
+"""Request checks: each turns a bad request into an :class:`~matryoshka.serving.http.errors.APIError` (400)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from matryoshka.embeddings import DimensionError, check_dim
+from matryoshka.embeddings.vectors import DimensionError, check_dim
 from matryoshka.retrieval.filters import check_filter
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import Stage
-from matryoshka.serving.api_errors import APIError
 from matryoshka.serving.config import ServeConfig
+from matryoshka.serving.http.errors import APIError
 from matryoshka.serving.schemas import SearchRequest
 
 __all__ = ["check_dimensions", "check_inputs", "check_search_filter", "request_stages", "validation_message"]

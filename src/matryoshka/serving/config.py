@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from matryoshka.models import DEFAULT_MODEL
+from matryoshka.models.loading import DEFAULT_MODEL
 
 
 class ServeConfig(BaseModel):
     """Settings of one server process.
 
-    ``models`` lists what ``/v1/embeddings`` serves; an entry is a name that :func:`matryoshka.models.load_model`
+    ``models`` lists what ``/v1/embeddings`` serves; an entry is a name that :func:`matryoshka.models.loading.load_model`
     understands (``all-MiniLM-L6-v2``, a directory, a hub name) or ``alias=source`` to serve a directory under
     a short name. The first entry is the default when a request names no model, and encodes search queries.
     """
@@ -70,8 +70,8 @@ class ServeConfig(BaseModel):
 
 def served_name(source: str) -> str:
     """The name a model is served under when no alias is given: the short form of its label
-    (:func:`~matryoshka.model_identity.short_name`: a directory's own name, else the name itself)."""
-    from matryoshka.model_identity import model_label, short_name
+    (:func:`~matryoshka.models.identity.short_name`: a directory's own name, else the name itself)."""
+    from matryoshka.models.identity import model_label, short_name
 
     return short_name(model_label(source))
 

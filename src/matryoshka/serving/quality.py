@@ -42,7 +42,7 @@ def lemma_recall(
 ) -> dict[str, Any] | None:
     """``{"models": {model_name: {task: {dim: recall@k}}}}`` over ``sample`` glosses of ``index``; ``None``
     when the index's ids are not WordNet demo ids."""
-    from matryoshka.embeddings import encode
+    from matryoshka.embeddings.vectors import encode
     from matryoshka.retrieval import Stage
 
     ids = index.ids

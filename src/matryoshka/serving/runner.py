@@ -11,7 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from matryoshka.serving.config import ServeConfig
-from matryoshka.serving.protocol import header_timeout_protocol
+from matryoshka.serving.http.protocol import header_timeout_protocol
 
 #: Seconds uvicorn waits for requests in flight when asked to stop (SIGINT/SIGTERM) before closing them.
 GRACEFUL_SHUTDOWN_S = 10

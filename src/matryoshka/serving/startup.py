@@ -12,15 +12,12 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matryoshka.errors import MatryoshkaError
+from matryoshka.errors import MatryoshkaError, StartupError
 from matryoshka.serving.config import ServeConfig
 
 if TYPE_CHECKING:
     from matryoshka.retrieval.protocol import VectorIndex
 
-
-class StartupError(MatryoshkaError, RuntimeError):
-    """The server cannot start; the message is one line that names the cause."""
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -60,7 +57,7 @@ def check_model_sources(config: ServeConfig) -> None:
 
 def open_served_index(url: str) -> VectorIndex:
     """Open (read-only) the index a server searches: a directory or any index URL; one-line errors."""
-    from matryoshka.backends import open_index
+    from matryoshka.indexes import open_index
 
     try:
         return open_index(url, create=False)
@@ -82,14 +79,14 @@ def serve_index_model(config: ServeConfig, index: VectorIndex) -> ServeConfig:
 def check_index_model(index: VectorIndex, config: ServeConfig) -> str | None:
     """The served name of the model that built ``index`` (``None``: it records none and one model is served).
 
-    Matching is by :func:`~matryoshka.model_identity.model_label`: the index records the label, each
+    Matching is by :func:`~matryoshka.models.identity.model_label`: the index records the label, each
     served model's source has one. There is no fallback to the default model.
 
     Raises:
         StartupError: the index's model is not served, or it records none while several are.
     """
     from matryoshka.errors import ModelError
-    from matryoshka.model_identity import model_label
+    from matryoshka.models.identity import model_label
     from matryoshka.serving.state import index_model
 
     specs = config.model_specs()
@@ -145,9 +142,9 @@ def load_served_model(
     source: str | None, backend: str = "auto", quantize: str | None = None, log: Any = None
 ) -> tuple[Any, str]:
     """Load a model to serve on ``backend``; ``auto`` takes the fastest backend that agrees with torch
-    (cosine >= 0.99 on fixed texts, :func:`matryoshka.runtime.load_fastest`). Returns ``(model, backend label)``."""
-    from matryoshka.models import load_model
-    from matryoshka.runtime import backend_label, check_backend, load_fastest
+    (cosine >= 0.99 on fixed texts, :func:`matryoshka.models.loading.load_fastest`). Returns ``(model, backend label)``."""
+    from matryoshka.models.loading import load_fastest, load_model
+    from matryoshka.models.runtime import backend_label, check_backend
 
     if backend == "auto":
         if quantize is not None:

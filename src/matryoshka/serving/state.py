@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import Request
 
-from matryoshka.embeddings import encode, truncate
-from matryoshka.model_identity import model_label, same_model
-from matryoshka.models import model_dimension
+from matryoshka.embeddings.vectors import encode, truncate
+from matryoshka.models.identity import model_label, same_model
+from matryoshka.models.loading import model_dimension
 from matryoshka.retrieval.protocol import VectorIndex
-from matryoshka.serving.api_errors import APIError, ClientGone
 from matryoshka.serving.batching import MicroBatcher
 from matryoshka.serving.config import ServeConfig
+from matryoshka.serving.http.errors import APIError, ClientGone
 from matryoshka.serving.quality import clean_quality
 from matryoshka.serving.schemas import ModelCard
 
@@ -73,7 +73,7 @@ def count_tokens(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray
 @dataclass
 class ServedModel:
     """One model behind ``/v1/embeddings``, with its own batcher (and worker thread); ``label`` is its
-    identity (:func:`matryoshka.model_identity.model_label`), what an index records."""
+    identity (:func:`matryoshka.models.identity.model_label`), what an index records."""
 
     name: str
     label: str
@@ -106,7 +106,7 @@ def make_batch_function(
 
 def index_model(recorded: str, labels: dict[str, str], allow_unnamed: bool = True) -> str | None:
     """The served name whose model made an index that records ``recorded``: a served name equal to it, or
-    the one model with the same :func:`~matryoshka.model_identity.model_label`; ``None`` when the index
+    the one model with the same :func:`~matryoshka.models.identity.model_label`; ``None`` when the index
     records no model (allowed only with ``allow_unnamed``: one model served).
 
     Raises:

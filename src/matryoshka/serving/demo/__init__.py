@@ -1,0 +1,1 @@
+"""The interactive demo: its corpus index, its model choices and the rendering of its results."""

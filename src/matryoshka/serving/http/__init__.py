@@ -1,0 +1,1 @@
+"""HTTP plumbing of the server: the uvicorn protocol, middleware and OpenAI-shaped errors."""
