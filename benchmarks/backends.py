@@ -46,7 +46,8 @@ sys.path[:0] = [str(ROOT), str(ROOT.parent / "tests")]
 
 import funnel  # noqa: E402
 from matryoshka.indexes import open_index  # noqa: E402
-from matryoshka.retrieval import FunnelIndex, format_stages, parse_stages  # noqa: E402
+from matryoshka.indexes.faiss import FunnelIndex  # noqa: E402
+from matryoshka.retrieval import format_stages, parse_stages  # noqa: E402
 
 DEFAULT_CONFIGS = (
     "full:float32:10",

@@ -60,9 +60,10 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from matryoshka.adapt import fit_rotation  # noqa: E402
+from matryoshka.indexes.faiss import FunnelIndex  # noqa: E402
 from matryoshka.indexes.faiss.approximate import hnsw_link_bytes  # noqa: E402
 from matryoshka.indexes.faiss.exact import ColumnBlocks, top_k_inner_product  # noqa: E402
-from matryoshka.retrieval import FunnelIndex, Stage, format_stages, parse_stages  # noqa: E402
+from matryoshka.retrieval import Stage, format_stages, parse_stages  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 #: Funnels on the rotated (Matryoshka) vectors.
@@ -346,7 +347,7 @@ def load_corpus_texts(max_texts: int | None, seed: int) -> tuple[list[str], dict
 
     Also returns every corpus text (before sampling), which queries must not repeat.
     """
-    from matryoshka.data.beir import read_corpus, resolve_beir_dir
+    from matryoshka.data.beir import read_beir_corpus, resolve_beir_dir
     from matryoshka.data.local import find_file
     from matryoshka.data.wordnet import read_synsets
 
@@ -355,7 +356,7 @@ def load_corpus_texts(max_texts: int | None, seed: int) -> tuple[list[str], dict
         directory = resolve_beir_dir(name)
         if directory is None:
             raise SystemExit(f"set MATRYOSHKA_DATA to the shared data directory (no local {name})")
-        parts[name] = list(read_corpus(find_file(directory, "corpus.jsonl")).values())
+        parts[name] = list(read_beir_corpus(find_file(directory, "corpus.jsonl")).values())
     texts = [t for part in parts.values() for t in part]
     labels = [name for name, part in parts.items() for _ in part]
     every_text = set(texts)

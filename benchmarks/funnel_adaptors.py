@@ -53,8 +53,9 @@ from funnel import (  # noqa: E402
 )
 from funnel import parse_args as funnel_args  # noqa: E402
 from matryoshka.adapt import Adaptor, LearnedConfig, fit_learned, fit_rotation  # noqa: E402
+from matryoshka.indexes.faiss import FunnelIndex  # noqa: E402
 from matryoshka.indexes.faiss.exact import top_k_inner_product  # noqa: E402
-from matryoshka.retrieval import FunnelIndex, parse_stages  # noqa: E402
+from matryoshka.retrieval import parse_stages  # noqa: E402
 
 SPECS = (
     "64:ivfpq:8000:640,128:int8:400,full:float32:10",

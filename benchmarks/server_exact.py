@@ -55,7 +55,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from threadpoolctl import ThreadpoolController  # noqa: E402
 
 import matryoshka.indexes.faiss.exact as exact  # noqa: E402
-from matryoshka.retrieval import PRESETS, FunnelIndex, Stage  # noqa: E402
+from matryoshka.indexes.faiss import FunnelIndex  # noqa: E402
+from matryoshka.retrieval import PRESETS, Stage  # noqa: E402
 
 #: Runs ``matryoshka`` with the BLAS gate on (as shipped) or off (argv[1]).
 CHILD = """

@@ -312,8 +312,9 @@ async def drive(args: argparse.Namespace, port: int, pid: int, texts: list[str])
 
 def build_index(directory: Path, count: int) -> Path:
     from matryoshka.data.wordnet import load_glosses
+    from matryoshka.indexes.faiss import FunnelIndex
     from matryoshka.models.loading import load_model
-    from matryoshka.retrieval import PRESETS, FunnelIndex
+    from matryoshka.retrieval import PRESETS
 
     ids, texts = load_glosses(count)
     index = FunnelIndex.build(load_model(), texts, ids=ids, model_name="all-MiniLM-L6-v2", stages=PRESETS["funnel"],

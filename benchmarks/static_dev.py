@@ -36,7 +36,7 @@ import torch
 
 from matryoshka.data import load_sts
 from matryoshka.evaluation import evaluate_sts
-from matryoshka.files import write_atomic
+from matryoshka.files import save_model_atomic, write_atomic
 from matryoshka.models.loading import (
     load_model,
     model_dimension,
@@ -52,7 +52,7 @@ from matryoshka.training.static import (
     teacher_table,
     train_static,
 )
-from matryoshka.training.train import TrainConfig, save_model_atomic
+from matryoshka.training.train import TrainConfig
 
 RESULTS = Path("benchmarks/results/encode")
 WORK = Path("runs/static-dev")

@@ -21,7 +21,7 @@ from sentence_transformers import SentenceTransformer
 
 from matryoshka.data import load_distillation_pairs
 from matryoshka.models.loading import load_model
-from matryoshka.training.train import teacher_embeddings
+from matryoshka.training.teachers import teacher_table
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     # compare's self-distillation trains on the first 8,000 pairs of the seed-0 order: the last ones are
     # held out for it (the static recipe trains on every pair, so for it they are not)
     rows = load_distillation_pairs(("stsb", "snli"), seed=0)[-args.pairs:]
-    table = teacher_embeddings(rows, load_model(device="cpu"), False)
+    table = teacher_table(rows, load_model(device="cpu"), columns=2, show_progress_bar=False)
     teacher = F.normalize(torch.cat([table[:, 0], table[:, 1]]).float(), dim=-1)
     n = len(rows)
     upper = torch.triu_indices(2 * n, 2 * n, 1)

@@ -14,12 +14,13 @@ from matryoshka.adapt import (
     Adaptor,
     LearnedConfig,
     adapted_model,
+    checked_unit_rows,
     fit_learned,
     fit_rotation,
     nearest_neighbours,
     save_adapted_model,
 )
-from matryoshka.embeddings.vectors import truncate
+from matryoshka.embeddings.vectors import truncate, unit_rows
 
 
 def _clustered(rows: int = 400, dim: int = 48, seed: int = 0) -> np.ndarray:
@@ -97,6 +98,16 @@ def test_adaptor_file_round_trip_and_bad_files(tmp_path: Path) -> None:
         adaptor.apply(np.full((2, 16), np.nan, dtype=np.float32))
     with pytest.raises(AdaptError, match="square"):
         Adaptor(weight=np.ones((4, 3)))
+
+
+def test_checked_unit_rows_are_the_packages_unit_rows_after_the_checks() -> None:
+    raw = np.random.default_rng(0).normal(size=(20, 16)) * 3
+    np.testing.assert_array_equal(checked_unit_rows(raw), unit_rows(raw))
+    assert checked_unit_rows(raw).dtype == np.float32
+    with pytest.raises(AdaptError, match="corpus vectors hold an all-zero row"):
+        checked_unit_rows(np.vstack([raw, np.zeros((1, 16))]), "corpus vectors")
+    with pytest.raises(AdaptError, match="non-empty 2-d array"):
+        checked_unit_rows(np.zeros((0, 16)))
 
 
 def test_nearest_neighbours_skip_self() -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from matryoshka.cli.app import app
 from matryoshka.errors import IndexCorruptError
-from matryoshka.retrieval import FunnelIndex
+from matryoshka.indexes.faiss import FunnelIndex
 
 torch.set_num_threads(1)
 runner = CliRunner()

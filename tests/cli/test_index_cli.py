@@ -21,7 +21,8 @@ from matryoshka.cli.index import (
     read_text_file,
 )
 from matryoshka.data.beir import read_queries
-from matryoshka.retrieval import FunnelIndex, read_manifest
+from matryoshka.indexes.faiss import FunnelIndex
+from matryoshka.indexes.faiss.store import read_manifest
 
 SHARED = Path(os.environ.get("MATRYOSHKA_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 pytestmark = pytest.mark.skipif(not (SHARED / "scifact").is_dir(), reason=f"no shared data at {SHARED}")

@@ -13,7 +13,7 @@ import pytest
 
 from matryoshka.data import beir
 from matryoshka.data.beir import BeirDataset, load_beir
-from matryoshka.data.errors import DataError
+from matryoshka.errors import DataError
 
 SHARED = Path(os.environ.get("MATRYOSHKA_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 needs_data = pytest.mark.skipif(not (SHARED / "scifact").is_dir(), reason=f"no shared data at {SHARED}")

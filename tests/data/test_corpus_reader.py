@@ -17,9 +17,8 @@ from typer.testing import CliRunner
 
 from matryoshka.cli.index import index_app
 from matryoshka.data.corpus import jsonl_metadata, read_corpus, read_documents, read_text_file
-from matryoshka.data.errors import DataError
-from matryoshka.errors import InputError
-from matryoshka.ingest import _check_documents
+from matryoshka.errors import DataError, InputError
+from matryoshka.ingest.stream import _check_documents
 
 runner = CliRunner()
 CSV = "id,text,year\nd1,a cat sat on the mat,2019\nd2,\"a dog, barking\",2020\nd3,black holes,\n"
@@ -164,7 +163,7 @@ def test_index_build_refuses_a_binary_corpus_in_one_line(tmp_path: Path) -> None
 
 
 def test_index_build_from_csv_and_parquet(tmp_path: Path) -> None:
-    from matryoshka.retrieval import FunnelIndex
+    from matryoshka.indexes.faiss import FunnelIndex
 
     (tmp_path / "small.csv").write_text(CSV, encoding="utf-8")
     result = _build(tmp_path / "small.csv", tmp_path / "csv-index")
@@ -188,7 +187,7 @@ def test_index_build_from_csv_and_parquet(tmp_path: Path) -> None:
 
 def test_encode_loads_a_parquet_corpus_by_its_columns(tmp_path: Path) -> None:
     from matryoshka.cli.app import app
-    from matryoshka.retrieval import FunnelIndex
+    from matryoshka.indexes.faiss import FunnelIndex
 
     pq.write_table(pa.table({"key": ["p", "q"], "body": ["quantum physics", "baking bread"], "year": [2001, 2002]}),
                    tmp_path / "c.parquet")

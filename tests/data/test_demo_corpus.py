@@ -100,7 +100,7 @@ def test_the_demo_offers_only_what_the_engine_runs(engine, model):
 
 
 def test_the_wordnet_demo_says_so(model, glosses):
-    from matryoshka.retrieval import FunnelIndex
+    from matryoshka.indexes.faiss import FunnelIndex
 
     ids, texts, vectors = glosses
     index = FunnelIndex.from_vectors(vectors, ids, texts, model_name=NAME)

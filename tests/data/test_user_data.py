@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from matryoshka.data.errors import DataError
 from matryoshka.data.user import load_training_data, read_table
+from matryoshka.errors import DataError
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:

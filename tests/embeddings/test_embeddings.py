@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from matryoshka.embeddings.vectors import DimensionError, check_dim, encode, quantize, truncate
+from matryoshka.errors import InputError
 
 
 def test_truncate_keeps_prefix_and_renormalizes():
@@ -77,5 +78,5 @@ def test_encode_bad_dim(model, dim):
 
 
 def test_encode_rejects_non_strings(model):
-    with pytest.raises(TypeError):
+    with pytest.raises(InputError):
         encode(model, ["ok", 3])  # type: ignore[list-item]

@@ -9,7 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from matryoshka.retrieval import FULL, PRESETS, FunnelIndex, Hit, Stage, parse_stages
+from matryoshka.indexes.faiss import FunnelIndex
+from matryoshka.retrieval import FULL, PRESETS, Hit, Stage, parse_stages
 
 EXACT = [Stage(FULL, "float32", 10)]
 
@@ -210,13 +211,13 @@ def test_appends_fill_one_reserved_buffer_and_searches_keep_their_rows(monkeypat
     """Appends write each row once into address space reserved up front (no copy as the index grows); where
     the mapping is refused they fall back to a doubling array. Either way an array handed out earlier keeps
     its rows."""
-    from matryoshka.retrieval import index as index_module
+    from matryoshka.indexes.faiss import buffer
 
     if not reservable:
         def refuse(*args: object, **kwargs: object) -> None:
             raise OSError("mapping refused")
 
-        monkeypatch.setattr(index_module.mmap, "mmap", refuse)
+        monkeypatch.setattr(buffer.mmap, "mmap", refuse)
     rng = np.random.default_rng(5)
     index = FunnelIndex.from_vectors(rng.standard_normal((3, 8)).astype(np.float32), ["a", "b", "c"])
     index.add(rng.standard_normal((2, 8)).astype(np.float32), ["d", "e"])
@@ -376,7 +377,7 @@ def test_ivfpq_first_stage_scans_4bit_codes_and_grows_from_an_exact_tail() -> No
     assert ids(small.search(queries, 10, codes)) == ids(small.search(queries, 10, parse_stages("16:float32:300,full:float32:10")))
     small.add(vectors[1000:], [f"d{i}" for i in range(1000, 20_000)])  # a tail this long is trained into an index
     grown = ids(small.search(queries, 10, codes))
-    assert small._views[("ivfpq", 16)].index is not None
+    assert small._cache.views[("ivfpq", 16)].index is not None
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(grown, flat)]) >= 0.97
 
 
@@ -388,7 +389,7 @@ def test_int8_rerank_scores_the_stored_codes() -> None:
     queries = rng.standard_normal((5, 24)).astype(np.float32)
     index = FunnelIndex.from_vectors(vectors, [f"d{i}" for i in range(3000)])
     hits = index.search(queries, 50, parse_stages("full:float32:3000,16:int8:50"))
-    view = index._views[("int8", 16)]
+    view = index._cache.views[("int8", 16)]
     prefix = vectors[:, :16] / np.linalg.norm(vectors[:, :16], axis=1, keepdims=True)
     decoded = view.sa_decode(view.sa_encode(prefix))  # FAISS's own decoding of the same codes
     for query, row in zip(queries, hits):
@@ -452,12 +453,12 @@ def test_graph_stage_adds_the_neighbours_a_prefix_shortlist_lost() -> None:
     assert index.view_bytes(widened) >= 6000 * 16 * 4  # the graph's links count as the funnel's structure
 
     index.add(vectors[:10] * 1.01, [f"n{i}" for i in range(10)])  # the graph keeps its links; new rows have none
-    assert ("graph", 32) in index._views
+    assert ("graph", 32) in index._cache.views
     assert ids(index.search(vectors[:1], 10, widened))[0][:2] in (["d0", "n0"], ["n0", "d0"])
     index.add(clustered(rng, 2000, centres), [f"m{i}" for i in range(2000)])  # over a quarter new: dropped, rebuilt on use
-    assert ("graph", 32) not in index._views
+    assert ("graph", 32) not in index._cache.views
     index.search(queries[:1], 10, widened)
-    assert index._views[("graph", 32)].built == len(index)
+    assert index._cache.views[("graph", 32)].built == len(index)
 
 
 def test_search_refuses_what_is_not_a_stage_and_repeats_plans():

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from matryoshka.retrieval import FunnelIndex, Stage
+from matryoshka.indexes.faiss import FunnelIndex
+from matryoshka.retrieval import Stage
 
 
 def test_view_cache_stays_within_its_budget():
@@ -30,7 +31,7 @@ def test_view_cache_stays_within_its_budget():
                 want = fresh.search(query, k=5, stages=stages)
                 assert [[h.id for h in row] for row in got] == [[h.id for h in row] for row in want]
                 np.testing.assert_allclose([h.score for h in got[0]], [h.score for h in want[0]], atol=1e-6)
-                fresh._views.clear()
+                fresh._cache.views.clear()
     assert peak <= index.view_cache_bytes + largest_view  # the budget, plus the view the current search needs
     unbounded = sum(count * d * 4 for d in range(1, dim + 1))
     assert peak < unbounded / 20
@@ -43,10 +44,10 @@ def test_hot_views_stay_cached():
     query = rng.standard_normal((1, 64)).astype(np.float32)
     funnel = [Stage(32, "float32", 20), Stage(0, "float32", 5)]
     index.search(query, k=5, stages=funnel)
-    hot = index._views[("float32", 32)]
+    hot = index._cache.views[("float32", 32)]
     index.search(query, k=5, stages=[Stage(16, "float32", 20), Stage(0, "float32", 5)])
     index.search(query, k=5, stages=funnel)
-    assert index._views[("float32", 32)] is hot  # recently used, so kept, not rebuilt
+    assert index._cache.views[("float32", 32)] is hot  # recently used, so kept, not rebuilt
 
 
 def test_a_smaller_budget_or_more_rows_evict_at_the_next_search():
@@ -59,13 +60,13 @@ def test_a_smaller_budget_or_more_rows_evict_at_the_next_search():
     index.view_cache_bytes = count * (32 + 16) * 4  # both prefixes fit
     index.search(query, k=5, stages=narrow)
     index.search(query, k=5, stages=wide)
-    assert set(index._views) == {("float32", 16), ("float32", 32)}
+    assert set(index._cache.views) == {("float32", 16), ("float32", 32)}
     index.view_cache_bytes = count * 32 * 4  # now only one fits: the least recently used goes
     index.search(query, k=5, stages=wide)
-    assert set(index._views) == {("float32", 32)}
+    assert set(index._cache.views) == {("float32", 32)}
     index.view_cache_bytes = count * (32 + 16) * 4
     index.search(query, k=5, stages=narrow)
-    assert set(index._views) == {("float32", 16), ("float32", 32)}
+    assert set(index._cache.views) == {("float32", 16), ("float32", 32)}
     index.add(rng.standard_normal((count, dim)).astype(np.float32), [f"new{i}" for i in range(count)])
     index.search(query, k=5, stages=narrow)  # twice the rows: both views no longer fit
-    assert set(index._views) == {("float32", 16)}
+    assert set(index._cache.views) == {("float32", 16)}

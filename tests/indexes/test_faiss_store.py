@@ -12,14 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from matryoshka.retrieval import (
-    FunnelIndex,
-    IndexCorruptError,
-    Stage,
-    parse_stages,
-    read_manifest,
-    store,
-)
+from matryoshka.indexes.faiss import FunnelIndex, store
+from matryoshka.indexes.faiss.store import directory, layout, read_manifest
+from matryoshka.retrieval import IndexCorruptError, Stage, parse_stages
 
 FUNNEL = parse_stages("8:float32:20,full:float32:10")
 
@@ -149,7 +144,7 @@ def test_save_replaces_an_existing_index(saved, tmp_path: Path) -> None:
 
 def test_save_without_atomic_exchange_falls_back_to_renames(saved, tmp_path: Path, monkeypatch) -> None:
     _, path = saved
-    monkeypatch.setattr(store, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(directory, "_exchange", lambda a, b: False)
     make_index(count=9, seed=2).save(path)
     assert len(FunnelIndex.load(path)) == 9
     assert [p.name for p in tmp_path.iterdir()] == ["index"]
@@ -163,7 +158,7 @@ def test_crash_mid_save_leaves_the_old_index(saved, tmp_path: Path, monkeypatch)
         written.append(target.name)
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(store, "_write_json", crash_after_vectors)
+    monkeypatch.setattr(directory, "write_json", crash_after_vectors)
     with pytest.raises(OSError, match="simulated"):
         make_index(count=5, seed=3).save(path)
     assert written == ["ids.json"]  # vectors.npy was already written to the staging directory
@@ -178,8 +173,8 @@ def test_hard_kill_before_the_swap_leaves_the_old_index(saved, tmp_path: Path, m
     def killed(staging: Path, target: Path) -> None:
         raise SystemExit("killed")  # nothing after this point runs in a real crash...
 
-    monkeypatch.setattr(store, "_commit", killed)
-    monkeypatch.setattr(store.shutil, "rmtree", lambda *a, **k: None)  # ...not even the cleanup
+    monkeypatch.setattr(directory, "_commit", killed)
+    monkeypatch.setattr(directory.shutil, "rmtree", lambda *a, **k: None)  # ...not even the cleanup
     with pytest.raises(SystemExit):
         make_index(count=5, seed=4).save(path)
     monkeypatch.undo()
@@ -191,7 +186,7 @@ def test_hard_kill_before_the_swap_leaves_the_old_index(saved, tmp_path: Path, m
 
 
 def test_new_index_dir_does_not_exist_until_complete(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(store, "_write_json", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
+    monkeypatch.setattr(directory, "write_json", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
     with pytest.raises(OSError):
         make_index().save(tmp_path / "fresh")
     assert list(tmp_path.iterdir()) == []
@@ -234,7 +229,7 @@ def test_truncated_vectors(saved, mmap: bool) -> None:
 
 @pytest.mark.parametrize("mmap", [False, True])
 def test_changed_vector_bytes_are_caught_in_every_chunk(tmp_path: Path, monkeypatch, mmap: bool) -> None:
-    monkeypatch.setattr(store, "CHUNK_BYTES", 1000)  # 2,560 bytes of vectors: chunks of 1000, 1000 and 560
+    monkeypatch.setattr(layout, "CHUNK_BYTES", 1000)  # 2,560 bytes of vectors: chunks of 1000, 1000 and 560
     index = make_index()
     index.save(tmp_path / "ix")
     assert len(read_manifest(tmp_path / "ix")["files"]["vectors.bin"]["sha256_chunks"]) == 3
@@ -393,12 +388,12 @@ def test_killed_save_leaves_staging_that_the_next_save_removes(tmp_path: Path) -
     target = tmp_path / "index"
     code = f"""
 import numpy as np, time
-from matryoshka.retrieval import store
+from matryoshka.indexes.faiss.store import directory
 def hang(*args, **kwargs):
     print("staged", flush=True)
     time.sleep(120)
-store._commit = hang
-store.write_index({str(target)!r}, np.ones((3, 4), np.float32) / 2, ["a", "b", "c"], None, "m", "float32",
+directory._commit = hang
+directory.write_index({str(target)!r}, np.ones((3, 4), np.float32) / 2, ["a", "b", "c"], None, "m", "float32",
                   __import__("matryoshka.retrieval", fromlist=["PRESETS"]).PRESETS["exact"])
 """
     writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -16,7 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from matryoshka.retrieval import FunnelIndex, IndexCorruptError, read_manifest, store
+from matryoshka.indexes.faiss import FunnelIndex
+from matryoshka.indexes.faiss.store import directory, layout, read_manifest, tails
+from matryoshka.retrieval import IndexCorruptError
 
 DIM = 16
 
@@ -44,8 +46,8 @@ def check_against_manifest(path: Path) -> None:
 @pytest.fixture(autouse=True, params=["direct", "buffered"])
 def tail(request, monkeypatch) -> str:
     """Every test runs with both writers: O_DIRECT blocks (small, so blocks split rows and appends) and the page cache."""
-    monkeypatch.setattr(store, "DIRECT_IO", request.param == "direct" and store.DIRECT_IO)
-    monkeypatch.setattr(store, "_DIRECT_BYTES", 2 * store._DIRECT_ALIGN)
+    monkeypatch.setattr(tails, "DIRECT_IO", request.param == "direct" and tails.DIRECT_IO)
+    monkeypatch.setattr(tails, "_DIRECT_BYTES", 2 * tails._DIRECT_ALIGN)
     return request.param
 
 
@@ -69,7 +71,7 @@ def test_the_log_writes_with_o_direct_where_the_file_system_allows(tmp_path: Pat
         if start == 999:
             index.flush()  # a sync in the middle of a block: padded, cut back, rewritten by the next write
             assert (tmp_path / "ix" / "vectors.bin").stat().st_size == 1332 * DIM * 4
-    assert isinstance(index._log._tail, store._DirectTail if tail == "direct" else store._BufferedTail)
+    assert isinstance(index._checkpoints.log._tail, tails.DirectTail if tail == "direct" else tails.BufferedTail)
     index.close()
     check_against_manifest(tmp_path / "ix")
     assert (tmp_path / "ix" / "vectors.bin").stat().st_size == 3000 * DIM * 4
@@ -80,22 +82,22 @@ def test_a_file_system_that_refuses_o_direct_gets_page_cache_writes(tmp_path: Pa
     def refuse(*args: object) -> None:
         raise OSError(errno.EINVAL, "Invalid argument (simulated: no O_DIRECT here)")
 
-    monkeypatch.setattr(store, "_DirectTail", refuse)
+    monkeypatch.setattr(tails, "DirectTail", refuse)
     index = FunnelIndex.open(tmp_path / "ix", dim=DIM, checkpoint_seconds=None)
     index.upsert(["a"], rows(1, 41))
     index.flush()
     index.upsert(["b", "c"], rows(2, 42))
-    assert isinstance(index._log._tail, store._BufferedTail)
+    assert isinstance(index._checkpoints.log._tail, tails.BufferedTail)
     index.close()
     check_against_manifest(tmp_path / "ix")
     assert FunnelIndex.load(tmp_path / "ix").ids == ["a", "b", "c"]
 
 
-@pytest.fixture(params=[store.CHUNK_BYTES, 1000], ids=["64MiB-chunks", "1000-byte-chunks"])
+@pytest.fixture(params=[layout.CHUNK_BYTES, 1000], ids=["64MiB-chunks", "1000-byte-chunks"])
 def chunk(request, monkeypatch) -> int:
     """Small chunks put chunk boundaries inside rows and inside appends."""
-    monkeypatch.setattr(store, "CHUNK_BYTES", request.param)
-    monkeypatch.setattr(store, "_SYNC_BYTES", 700)
+    monkeypatch.setattr(layout, "CHUNK_BYTES", request.param)
+    monkeypatch.setattr(tails, "_SYNC_BYTES", 700)
     return request.param
 
 
@@ -107,11 +109,11 @@ def test_appends_extend_one_file_across_saves_and_reopens(tmp_path: Path, chunk:
     for start in range(0, 100, 7):
         index.upsert([str(i) for i in range(start, min(start + 7, 100))], data[start : min(start + 7, 100)])
     index.flush()
-    assert index._log is not None and inode(path) == first  # linked into the new directory, not written again
+    assert index._checkpoints.log is not None and inode(path) == first  # linked into the new directory, not written again
     check_against_manifest(path)
     index.upsert([str(i) for i in range(100, 200)], data[100:200])
     index.close()
-    assert index._log is None and inode(path) == first
+    assert index._checkpoints.log is None and inode(path) == first
     check_against_manifest(path)
     reopened = FunnelIndex.open(path, checkpoint_vectors=50)  # count checkpoints while streaming
     for start in range(200, 300, 10):
@@ -164,13 +166,13 @@ def test_killed_while_streaming_leaves_the_last_save(tmp_path: Path) -> None:
     path = tmp_path / "ix"
     code = f"""
 import numpy as np, time
-from matryoshka.retrieval import FunnelIndex
+from matryoshka.indexes.faiss import FunnelIndex
 index = FunnelIndex.open({str(path)!r}, dim={DIM}, checkpoint_seconds=None)
 data = np.random.default_rng(4).standard_normal((500, {DIM})).astype(np.float32)
 index.upsert([str(i) for i in range(100)], data[:100])
 index.flush()
 index.upsert([str(i) for i in range(100, 500)], data[100:])
-index._log.mark().wait()  # the streamed rows are on disk
+index._checkpoints.log.mark().wait()  # the streamed rows are on disk
 print("streamed", flush=True)
 time.sleep(120)
 """
@@ -202,7 +204,7 @@ def test_crash_in_an_appending_save_leaves_the_old_index(tmp_path: Path, monkeyp
     def killed(staging: Path, target: Path) -> None:
         raise SystemExit("killed")
 
-    monkeypatch.setattr(store, "_commit", killed)
+    monkeypatch.setattr(directory, "_commit", killed)
     with pytest.raises(SystemExit):
         index.flush()
     monkeypatch.undo()
@@ -232,7 +234,7 @@ def test_a_second_writer_on_the_same_directory_writes_in_full(tmp_path: Path) ->
     first.flush()
     second = FunnelIndex.open(path)
     second.upsert(["b"], rows(1, 12))  # the first holds the file's lock: no streaming here
-    assert second._log is None and first._log is not None
+    assert second._checkpoints.log is None and first._checkpoints.log is not None
     second.close()
     assert FunnelIndex.load(path).ids == ["a", "b"]
     first.upsert(["c"], rows(1, 13))
@@ -271,17 +273,17 @@ def test_a_failed_stream_write_falls_back_to_a_full_save(tmp_path: Path, monkeyp
     index = FunnelIndex.open(path, dim=DIM, checkpoint_seconds=None)
     index.upsert(["a"], rows(1, 18))
     index.flush()
-    monkeypatch.setattr(store.os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left (simulated)")))
+    monkeypatch.setattr(os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left (simulated)")))
     added = [f"b{i}" for i in range(count)]
     index.upsert(added, rows(count, 19))
-    assert index._log is not None
-    index._log.mark().done.wait()
+    assert index._checkpoints.log is not None
+    index._checkpoints.log.mark().done.wait()
     monkeypatch.undo()
     index.flush()
     check_against_manifest(path)
     assert FunnelIndex.load(path).ids == ["a", *added]
     index.upsert(["c"], rows(1, 23))  # no more streaming from this index: its saves write in full
-    assert index._log is None
+    assert index._checkpoints.log is None
     index.close()
     assert FunnelIndex.load(path).ids == ["a", *added, "c"]
 
@@ -290,7 +292,7 @@ def test_no_hard_links_falls_back_to_full_saves(tmp_path: Path, monkeypatch) -> 
     path = tmp_path / "ix"
     index = FunnelIndex.open(path, dim=DIM, checkpoint_seconds=None)
     index.upsert(["a"], rows(1, 24))
-    monkeypatch.setattr(store.os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(1, "no links (simulated)")))
+    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(1, "no links (simulated)")))
     index.flush()
     index.upsert(["b"], rows(1, 25))
     index.close()
@@ -312,13 +314,13 @@ def test_edited_vector_entry_is_caught(tmp_path: Path) -> None:
 
 def test_an_index_with_other_chunks_loads_and_is_rewritten(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "ix"
-    monkeypatch.setattr(store, "CHUNK_BYTES", 100)
+    monkeypatch.setattr(layout, "CHUNK_BYTES", 100)
     FunnelIndex.from_vectors(rows(10, 21), [str(i) for i in range(10)]).save(path)
     monkeypatch.undo()
     index = FunnelIndex.open(path)
     assert len(index) == 10
     index.upsert(["x"], rows(1, 22))
     index.close()
-    assert read_manifest(path)["files"]["vectors.bin"]["chunk_bytes"] == store.CHUNK_BYTES
+    assert read_manifest(path)["files"]["vectors.bin"]["chunk_bytes"] == layout.CHUNK_BYTES
     check_against_manifest(path)
     assert len(FunnelIndex.load(path)) == 11

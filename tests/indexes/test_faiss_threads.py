@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import matryoshka.indexes.faiss.exact as exact_module
-from matryoshka.retrieval import FunnelIndex, Stage
+from matryoshka.indexes.faiss import FunnelIndex
+from matryoshka.retrieval import Stage
 from support import numpy_blas_at, watch_column_scans
 
 

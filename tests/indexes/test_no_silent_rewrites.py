@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 import matryoshka.retrieval.stages as stages_module
 from matryoshka.embeddings.vectors import DimensionError, encode, quantize
-from matryoshka.retrieval import FunnelIndex, IndexCorruptError, parse_stages
+from matryoshka.indexes.faiss import FunnelIndex
+from matryoshka.retrieval import IndexCorruptError, parse_stages
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 
 torch.set_num_threads(1)

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from matryoshka import ingest
+from matryoshka.errors import InputError
 from matryoshka.indexes.faiss.index import FunnelIndex
 from matryoshka.ingest import encode_to_index
+from matryoshka.ingest import stream as ingest
 
 pytestmark = pytest.mark.ray
 
@@ -142,7 +143,7 @@ def test_bad_input_refused_before_encoding(docs, message, monkeypatch):
 
 
 def test_text_must_be_a_string():
-    with pytest.raises(TypeError, match="'a' has a int"):
+    with pytest.raises(InputError, match="'a' has a int"):
         encode_to_index([("a", 3)], recording(), show_progress=False)
 
 

@@ -83,7 +83,7 @@ def test_the_demo_cache_key_is_the_full_identity(second_model, tmp_path):
 def test_an_export_cache_beside_the_model_does_not_change_its_fingerprints(tmp_path) -> None:
     # ONNX/OpenVINO exports are cached in <model>/exports; they are copies of the weights, so vectors
     # cached under the model's fingerprint stay valid.
-    from matryoshka.embeddings.cache import model_fingerprint as cache_fingerprint
+    from matryoshka.embeddings.cache import cache_key as cache_fingerprint
 
     path = tmp_path / "model"
     path.mkdir()

@@ -12,8 +12,8 @@ from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
 
 from matryoshka.cli.app import app
-from matryoshka.models.loading import ModelLoadError, load_model
 from matryoshka.models.layers import cut_layers, keep_layers, layer_list, num_layers
+from matryoshka.models.loading import ModelLoadError, load_model
 from matryoshka.models.runtime import CHECK_TEXTS, RuntimeBackendError, agreement, backend_label, export_root
 
 TEXTS = [*CHECK_TEXTS, "Two dogs run through a field of tall grass.", "What is the capital of France?"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from matryoshka.embeddings.vectors import encode
-from matryoshka.retrieval import FunnelIndex
+from matryoshka.indexes.faiss import FunnelIndex
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 from matryoshka.serving.demo.index import WORDNET_CORPUS
 from matryoshka.serving.quality import lemma_recall, merge_quality
@@ -363,12 +363,12 @@ def test_the_demo_on_a_postgresql_index(pg_demo_server, demo_server, browser):
 @pytest.fixture(scope="module")
 def abstracts_server(model):
     """``serve --index`` on an index of 40 SciFact abstracts (ids without lemmas, texts of a page each)."""
-    from matryoshka.data.beir import read_corpus, resolve_beir_dir
+    from matryoshka.data.beir import read_beir_corpus, resolve_beir_dir
 
     directory = resolve_beir_dir("scifact")
     if directory is None:
         pytest.skip("no local SciFact (MATRYOSHKA_DATA)")
-    corpus = read_corpus(next(directory.glob("corpus.jsonl*")))
+    corpus = read_beir_corpus(next(directory.glob("corpus.jsonl*")))
     ids = sorted(corpus, key=lambda d: -len(corpus[d]))[:40]  # the longest abstracts
     texts = [corpus[d] for d in ids]
     index = FunnelIndex.from_vectors(encode(model, texts, batch_size=8), ids, texts, model_name=NAME)

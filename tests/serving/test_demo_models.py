@@ -11,7 +11,7 @@ import torch
 
 from matryoshka.adapt import fit_rotation
 from matryoshka.embeddings.vectors import encode, truncate
-from matryoshka.retrieval import FunnelIndex
+from matryoshka.indexes.faiss import FunnelIndex
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 from matryoshka.serving.demo.models import ROTATION_SUFFIX, demo_choices
 from support import wordnet_sample

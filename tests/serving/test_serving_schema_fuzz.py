@@ -18,7 +18,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from matryoshka.embeddings.vectors import encode
-from matryoshka.retrieval import FunnelIndex, parse_stages
+from matryoshka.indexes.faiss import FunnelIndex
+from matryoshka.retrieval import parse_stages
 from matryoshka.serving import ServeConfig, ServerThread, create_app
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from matryoshka.retrieval import FunnelIndex
+from matryoshka.indexes.faiss import FunnelIndex
 
 NAME = "all-MiniLM-L6-v2"
 

@@ -144,7 +144,7 @@ def test_retrieval_distillation_term_is_zero_at_the_teacher_and_ranking_trains(m
 
 
 def test_user_data_shape_must_fit_the_objective(tmp_path, model):
-    from matryoshka.data.errors import DataError
+    from matryoshka.errors import DataError
 
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(f'{{"text": "sentence {i}"}}\n' for i in range(16)))

@@ -18,7 +18,8 @@ Example:
     >>> print(result.report.to_markdown())                          # doctest: +SKIP
 """
 
-from matryoshka.adapt.adaptor import ADAPTOR_FILE, METHODS, AdaptError, Adaptor, Method, load_vectors, unit_rows
+from matryoshka.adapt.adaptor import ADAPTOR_FILE, METHODS, AdaptError, Adaptor, Method, checked_unit_rows, load_vectors
+from matryoshka.adapt.adaptor import checked_unit_rows as unit_rows  # the name this package exported before
 from matryoshka.adapt.choice import choose_adaptor
 from matryoshka.adapt.learned import LearnedConfig, PairSet, fit_learned, nearest_neighbours, pair_set_from_judgements
 from matryoshka.adapt.model import AdaptResult, adapt, adapted_model, judgements_from_pairs, save_adapted_model
@@ -42,6 +43,7 @@ __all__ = [
     "ValidationConfig",
     "adapt",
     "adapted_model",
+    "checked_unit_rows",
     "choose_adaptor",
     "fit_learned",
     "fit_rotation",

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from matryoshka.embeddings.vectors import truncate
+from matryoshka.embeddings.vectors import truncate, unit_rows
 from matryoshka.errors import AdaptError
 from matryoshka.files import write_atomic
 
@@ -26,18 +26,17 @@ METHODS: tuple[str, ...] = get_args(Method)
 ADAPTOR_FILE = "adaptor.safetensors"
 
 
-
-def unit_rows(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
-    """``vectors`` as float32 unit rows; an :class:`AdaptError` names ``what`` for empty, non-finite or zero rows."""
+def checked_unit_rows(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """``vectors`` as float32 unit rows (:func:`~matryoshka.embeddings.vectors.unit_rows`), refused first
+    with an :class:`AdaptError` naming ``what`` when empty, non-finite or holding a zero row (no direction)."""
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise AdaptError(f"{what} must be a non-empty 2-d array, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise AdaptError(f"{what} hold NaN or infinite values")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    if (norms == 0).any():
+    if (np.linalg.norm(array, axis=1) == 0).any():
         raise AdaptError(f"{what} hold an all-zero row, which has no direction")
-    return array / norms
+    return unit_rows(array)
 
 
 @dataclass
@@ -68,7 +67,7 @@ class Adaptor:
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         """Map vectors of any source (normalized first) and return unit vectors of the same width."""
-        unit = unit_rows(vectors)
+        unit = checked_unit_rows(vectors)
         if unit.shape[1] != self.dim:
             raise AdaptError(f"the adaptor maps {self.dim}-d vectors, these are {unit.shape[1]}-d")
         return truncate(unit @ self.weight.T)

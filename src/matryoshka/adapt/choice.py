@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from matryoshka.adapt.adaptor import AdaptError, Adaptor, Method, unit_rows
+from matryoshka.adapt.adaptor import AdaptError, Adaptor, Method, checked_unit_rows
 from matryoshka.adapt.learned import LearnedConfig, fit_learned, pair_set_from_judgements
 from matryoshka.adapt.report import AdaptReport, CandidateScores
 from matryoshka.adapt.rotation import fit_rotation
@@ -53,7 +53,7 @@ def choose_adaptor(
         progress: ``progress(stage, step, steps)`` while fitting.
     """
     started = time.perf_counter()
-    corpus = unit_rows(corpus_vectors, "corpus vectors")
+    corpus = checked_unit_rows(corpus_vectors, "corpus vectors")
     full = corpus.shape[1]
     asked = sorted({check_dim(int(d), full) for d in (dims or dimension_ladder(full))} | {full}, reverse=True)
     config = config or LearnedConfig()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matryoshka.adapt.adaptor import AdaptError, Adaptor, unit_rows
+from matryoshka.adapt.adaptor import AdaptError, Adaptor, checked_unit_rows
 from matryoshka.adapt.rotation import fit_rotation
 from matryoshka.embeddings.vectors import dimension_ladder
 
@@ -125,7 +125,7 @@ class PairSet:
 
     def checked(self, dim: int) -> PairSet:
         """Unit rows and consistent shapes, or an :class:`AdaptError`."""
-        queries, documents = unit_rows(self.queries, "query vectors"), unit_rows(self.documents, "document vectors")
+        queries, documents = checked_unit_rows(self.queries, "query vectors"), checked_unit_rows(self.documents, "document vectors")
         if queries.shape != documents.shape or queries.shape[1] != dim:
             raise AdaptError(f"pairs must be two ({dim}-d) arrays of equal shape, got {queries.shape} and {documents.shape}")
         n = len(queries)
@@ -181,7 +181,7 @@ def fit_learned(
 
     config = config or LearnedConfig()
     started = time.perf_counter()
-    unit = unit_rows(corpus_vectors, "corpus vectors")
+    unit = checked_unit_rows(corpus_vectors, "corpus vectors")
     dim = unit.shape[1]
     config.validate(dim)
     if unit.shape[0] < 2:
@@ -196,7 +196,7 @@ def fit_learned(
     if pairs is not None:
         pair_set = (pairs if isinstance(pairs, PairSet) else PairSet(*pairs)).checked(dim)
     if scored_pairs is not None:
-        left, right = unit_rows(scored_pairs[0], "pair vectors"), unit_rows(scored_pairs[1], "pair vectors")
+        left, right = checked_unit_rows(scored_pairs[0], "pair vectors"), checked_unit_rows(scored_pairs[1], "pair vectors")
         gold = np.asarray(scored_pairs[2], dtype=np.float32)
         if left.shape != right.shape or left.shape[1] != dim or gold.shape != (len(left),):
             raise AdaptError("scored_pairs must be two equal (n, dim) arrays and n scores")

@@ -249,4 +249,4 @@ def _plain(value: object) -> object:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    raise TypeError(f"not JSON-ready: {type(value).__name__}")
+    raise TypeError(f"not JSON-ready: {type(value).__name__}")  # json.dumps's ``default`` protocol: a TypeError

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from matryoshka.adapt.adaptor import AdaptError, Adaptor, unit_rows
+from matryoshka.adapt.adaptor import AdaptError, Adaptor, checked_unit_rows
 
 
 def fit_rotation(vectors: np.ndarray, center: bool = True) -> Adaptor:
@@ -17,7 +17,7 @@ def fit_rotation(vectors: np.ndarray, center: bool = True) -> Adaptor:
     stays a rotation and full-size cosines are unchanged.
     """
     started = time.perf_counter()
-    unit = unit_rows(vectors, "corpus vectors")
+    unit = checked_unit_rows(vectors, "corpus vectors")
     if unit.shape[0] < 2:
         raise AdaptError("a rotation needs at least 2 corpus vectors")
     data = (unit - unit.mean(axis=0, keepdims=True)) if center else unit

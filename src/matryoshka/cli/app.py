@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from matryoshka.cli.errors import HandledGroup
+from matryoshka.cli.errors import HandledGroup, fail
 from matryoshka.cli.options import (  # noqa: F401  (ModelOption, parse_*: re-exported for the other CLI modules)
     CORPUS_HELP,
     BackendOption,
@@ -28,6 +28,7 @@ from matryoshka.cli.options import (  # noqa: F401  (ModelOption, parse_*: re-ex
     parse_ints,
     progress_bar,
 )
+from matryoshka.errors import InputError, MatryoshkaError
 
 app = typer.Typer(
     cls=HandledGroup,
@@ -37,12 +38,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-
-def fail(message: str) -> NoReturn:
-    """Print ``message`` as an error and exit with status 1."""
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
-    raise typer.Exit(1)
-
 
 @app.command()
 def encode(
@@ -73,9 +68,9 @@ def encode(
     With --corpus and --index, encode a whole corpus at full size into a vector index instead
     (resumable: ids already stored are skipped); --ray spreads the encoding over a Ray cluster.
     """
-    from matryoshka.embeddings.vectors import PRECISIONS, DimensionError
+    from matryoshka.embeddings.vectors import PRECISIONS
     from matryoshka.embeddings.vectors import encode as encode_texts
-    from matryoshka.models.loading import ModelLoadError, load_model
+    from matryoshka.models.loading import load_model
 
     if index is not None or corpus is not None or ray or text_column is not None or id_column is not None:
         if index is None or corpus is None:
@@ -100,7 +95,7 @@ def encode(
     try:
         loaded = load_model(model, backend=backend, quantize=quantize, layers=layers)
         vectors = encode_texts(loaded, lines, dim=dim, precision=precision, normalize=not no_normalize)  # type: ignore[arg-type]
-    except (DimensionError, ModelLoadError, ValueError) as exc:
+    except MatryoshkaError as exc:
         fail(str(exc))
     if output is not None:
 
@@ -174,8 +169,8 @@ def train(
     trains on your file or data set. `cut` then `train --teacher` gives a smaller, faster model that
     learns the full-depth model's similarities.
     """
-    from matryoshka.data.errors import DataError
-    from matryoshka.models.loading import ModelLoadError, load_model, quiet_loading
+    from matryoshka.errors import DataError
+    from matryoshka.models.loading import load_model, quiet_loading
     from matryoshka.training.train import TrainConfig
     from matryoshka.training.train import train as run_training
 
@@ -218,7 +213,7 @@ def train(
             task = bar.add_task(f"training ({objective})", total=None)
             result = run_training(loaded, config, out, teacher=teacher_model,
                                   progress=lambda step, total, loss: bar.update(task, completed=step, total=total))
-    except (ValueError, ModelLoadError) as exc:
+    except MatryoshkaError as exc:
         fail(str(exc))
     console.print(f"saved {'standard' if standard else 'Matryoshka'} {objective} model to {result.output_dir} "
                   f"({result.steps} steps on {result.examples:,} rows, {result.seconds:.0f}s)")
@@ -237,9 +232,9 @@ def cut(
     `--layers N` pairs with a model trained by `train --layers` (Matryoshka2dLoss). `--keep 0,3,5`
     keeps the first and last layers of an untouched model, the start for distilling it (`train --teacher`).
     """
+    from matryoshka.files import save_model_atomic
     from matryoshka.models.layers import keep_layers
-    from matryoshka.models.loading import ModelLoadError, load_model
-    from matryoshka.training.train import save_model_atomic
+    from matryoshka.models.loading import load_model
 
     if (layers is None) == (keep is None):
         fail("give exactly one of --layers N and --keep I,J,...")
@@ -255,7 +250,7 @@ def cut(
             cut_model = load_model(model, layers=layers)
             what = f"{layers} layers"
         saved = save_model_atomic(cut_model, out)
-    except (ValueError, ModelLoadError) as exc:
+    except MatryoshkaError as exc:
         fail(str(exc))
     console.print(f"saved {model or 'all-MiniLM-L6-v2'} cut to {what} to {saved}")
 
@@ -284,7 +279,7 @@ def evaluate(
     from matryoshka.evaluation import Results
     from matryoshka.evaluation.layers import evaluate_layers, score_on_task
     from matryoshka.models.identity import model_label, short_name
-    from matryoshka.models.loading import ModelLoadError, load_model
+    from matryoshka.models.loading import load_model
 
     dim_list = parse_ints(dims, "--dims") if dims is not None else None
     names: list[str | None] = [*models] if models else [None]
@@ -311,7 +306,7 @@ def evaluate(
             if task != "stsb":
                 for key, by_dim in result.metrics.items():
                     metrics.setdefault(key, {})[label] = by_dim
-    except (ValueError, ModelLoadError) as exc:
+    except MatryoshkaError as exc:
         fail(str(exc))
     results = Results(task=f"{task}-{split}", metric=metric, scores=scores, metrics=metrics,
                       metadata={"models": [n or "all-MiniLM-L6-v2" for n in names],
@@ -386,7 +381,7 @@ def compare(
         dims = config.dims or tuple(dimension_ladder(model_dimension(load_model(model))))
         try:  # before any work: the recipe would refuse these weights only after scoring the base model
             replace(config.distill, dims=dims).validate(max(dims))
-        except ValueError:
+        except InputError:
             raise typer.BadParameter(f"--weights needs {len(dims)} non-negative numbers, got {weights!r}") from None
     if max_steps is not None:
         config.cap(max_steps, max_examples)
@@ -405,7 +400,7 @@ def compare(
     try:
         with bars:
             results = run_compare(config, log=console.print, progress=step)
-    except ValueError as exc:
+    except MatryoshkaError as exc:
         fail(str(exc))
     for result in results:
         print_results(result)

@@ -1,7 +1,7 @@
 """The one command-line error handler: every expected failure becomes ``error: <one line>`` and exit status 1.
 
 Every Typer app of the toolkit is created with ``cls=HandledGroup``, so a
-:class:`~matryoshka.errors.MatryoshkaError` (or a ``ValueError``/``OSError`` raised for bad input)
+:class:`~matryoshka.errors.MatryoshkaError` (or an ``OSError``: a file that cannot be read or written)
 from any command is reported without a traceback. Anything else is a bug and keeps its traceback.
 """
 
@@ -16,8 +16,8 @@ from matryoshka.errors import MatryoshkaError
 
 __all__ = ["EXPECTED", "HandledGroup", "fail", "one_line_error"]
 
-#: What a command may fail with on bad input or an unreachable engine.
-EXPECTED: tuple[type[BaseException], ...] = (MatryoshkaError, ValueError, TypeError, OSError, ImportError)
+#: What a command may fail with on bad input or an unreachable engine (the tree, and files).
+EXPECTED: tuple[type[BaseException], ...] = (MatryoshkaError, OSError)
 
 
 def one_line_error(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from rich.table import Table
 from matryoshka.cli.errors import HandledGroup, fail
 from matryoshka.cli.options import CORPUS_HELP, BackendOption, IdColumnOption, QuantizeOption, TextColumnOption
 from matryoshka.data.corpus import fill_ids, read_corpus, read_text_file  # noqa: F401  (re-exported for callers)
+from matryoshka.errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,28 +89,13 @@ def build(
     --backend openvino (or onnx, --quantize int8) encodes the corpus faster on a CPU; the index
     records the model, not the backend, since every backend gives the same model's vectors.
     """
-    from matryoshka.data.corpus import read_documents
-    from matryoshka.indexes import open_index
-    from matryoshka.models.identity import model_label
-    from matryoshka.models.loading import model_dimension
+    from matryoshka.ingest import rebuild_index
     from matryoshka.retrieval.stages import format_stages
 
     funnel = _parse_stages(stages)
-    console.print(f"reading {corpus}", highlight=False)
-    docs = read_documents(corpus, text_column=text_column, id_column=id_column)
-    if limit is not None and limit < len(docs):
-        docs = docs[:limit]
-    ids, texts, metadata = [d[0] for d in docs], [d[1] for d in docs], [d[2] for d in docs]
-    label = model_label(model)
-    console.print(f"loading model {label}", highlight=False)
-    loaded = _load_model(model, backend, quantize)
-    check_build_target(out, label, model_dimension(loaded))  # before the long part, the encoding
-    vectors = encode_with_progress(loaded, texts, batch_size)
-    with open_index(out, dim=int(vectors.shape[1]), model_name=label, create=True, stages=funnel,
-                    storage=storage) as index:
-        index.replace_all(ids, vectors, texts, metadata)  # the old documents or all the new ones, never none
-        index.prepare()
-        info = index.info()
+    info = rebuild_index(corpus, out, model, stages=funnel, storage=storage, batch_size=batch_size, limit=limit,
+                         runtime=backend, quantize=quantize, text_column=text_column, id_column=id_column,
+                         log=lambda message: console.print(message, highlight=False), load=_load_model)
     console.print(
         f"wrote {info.url}: {info.count:,} vectors × {info.dim} ({storage}), model {info.model_name}, "
         f"stages {format_stages(info.stages)}",
@@ -187,33 +173,6 @@ def search(
     for query, found in zip(queries, hits):
         out.print(hits_table(query, found, out.width))
     out.print(timings_table(timings, len(queries)))
-
-
-def check_build_target(url: str, label: str, dim: int) -> None:
-    """Refuse an existing index of another model or dimension before ``index build`` encodes anything.
-
-    A missing index (or one the engine cannot be asked about now) passes: the write after encoding
-    creates it, or reports the engine's error. Something that is not an index fails here.
-
-    Raises:
-        ModelError: the index holds another model's vectors, or vectors of another dimension.
-        IndexCorruptError: a directory that is not an index (or lost its manifest).
-    """
-    from matryoshka.errors import EngineError, ModelError
-    from matryoshka.indexes import open_index
-
-    try:
-        index = open_index(url, create=False)
-    except (FileNotFoundError, EngineError):
-        return
-    with index:
-        if index.model_name and index.model_name != label:
-            raise ModelError(
-                f"{index.url} holds vectors of model {index.model_name!r}, not {label!r}: build into another "
-                f"--out, or pass --model {index.model_name}"
-            )
-        if index.dim != dim:
-            raise ModelError(f"{index.url} holds {index.dim}-dim vectors, but model {label!r} makes {dim}-dim ones")
 
 
 def one_line(text: str) -> str:
@@ -468,5 +427,5 @@ def _parse_stages(spec: str) -> list[Stage]:
 
     try:
         return parse_stages(spec)
-    except ValueError as exc:
+    except InputError as exc:
         raise typer.BadParameter(str(exc), param_hint="--stages/--preset") from None

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from matryoshka.cli.errors import fail as _fail
+from matryoshka.cli.errors import fail
 from matryoshka.cli.options import QuantizeOption
+from matryoshka.errors import MatryoshkaError
 from matryoshka.serving.demo.index import DEMO_CACHE, DEMO_LIMIT
 
 if TYPE_CHECKING:
@@ -114,11 +115,9 @@ def serve_command(
     """
     from pydantic import ValidationError
 
-    from matryoshka.models.loading import ModelLoadError
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig
     from matryoshka.serving.startup import (
-        StartupError,
         bind_socket,
         check_index_model,
         check_model_sources,
@@ -147,7 +146,7 @@ def serve_command(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        _fail(f"{where}: {str(first.get('msg', exc)).removeprefix('Value error, ')}")
+        fail(f"{where}: {str(first.get('msg', exc)).removeprefix('Value error, ')}")
     tune_malloc()  # before the model and any thread allocate: see its docstring
     sock = None
     try:
@@ -163,10 +162,10 @@ def serve_command(
         _set_threads(threads)
         models = {name: _served(source, backend, quantize) for name, source in config.model_specs()}
         app = create_app(config, models=models, index=loaded_index, quality=quality)
-    except (StartupError, ModelLoadError, ValueError, OSError) as exc:
+    except (MatryoshkaError, OSError) as exc:
         if sock is not None:
             sock.close()
-        _fail(str(exc))
+        fail(str(exc))
     announce = f"serving {', '.join(n for n, _ in config.model_specs())} on http://{host}:{port}  (docs: /docs, demo: /)"
     _run(app, host, port, log_level, announce, sock)
 
@@ -207,13 +206,11 @@ def demo_command(
     Builds (first time, a few minutes on 2 cores) or loads a cached index of WordNet glosses from
     Debian's wordnet-base (apt-get install wordnet-base) or $MATRYOSHKA_DATA, then serves http://HOST:PORT/.
     """
-    from matryoshka.data.wordnet import WordNetNotFound
-    from matryoshka.models.loading import DEFAULT_MODEL, ModelLoadError
+    from matryoshka.models.loading import DEFAULT_MODEL
     from matryoshka.serving.app import create_app
     from matryoshka.serving.config import ServeConfig, served_name
     from matryoshka.serving.demo.index import WORDNET_CORPUS, build_demo_index, demo_cache_path
     from matryoshka.serving.startup import (
-        StartupError,
         bind_socket,
         load_results,
         tune_malloc,
@@ -250,8 +247,8 @@ def demo_command(
         config = config.model_copy(update={"models": [name, *extra_models]})
         app = create_app(config, models={name: loaded, **extra_models}, index=index, quality=quality,
                          demo_indexes=extra_indexes, demo_corpus=WORDNET_CORPUS)
-    except (StartupError, ModelLoadError, WordNetNotFound, ValueError, OSError) as exc:
+    except (MatryoshkaError, OSError) as exc:
         if sock is not None:
             sock.close()
-        _fail(str(exc))
+        fail(str(exc))
     _run(app, host, port, log_level, f"demo on http://{host}:{port}/", sock)

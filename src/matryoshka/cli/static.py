@@ -10,6 +10,7 @@ from rich.console import Console
 
 from matryoshka.cli.errors import fail
 from matryoshka.cli.options import ModelOption, parse_floats, parse_ints, progress_bar
+from matryoshka.errors import MatryoshkaError
 
 console = Console(stderr=True)
 
@@ -41,9 +42,8 @@ def static_command(
     The saved directory is a plain sentence-transformers StaticEmbedding model, so encode, evaluate,
     index, serve and demo take it with --model.
     """
-    from matryoshka.data.errors import DataError
-    from matryoshka.models.loading import ModelLoadError, quiet_loading
-    from matryoshka.training.static import StaticBuildError, StaticConfig, build_static
+    from matryoshka.models.loading import quiet_loading
+    from matryoshka.training.static import StaticConfig, build_static
     from matryoshka.training.train import TrainConfig
 
     words: tuple[str, ...] | None = None
@@ -77,7 +77,7 @@ def static_command(
                 bar.update(task, completed=step, total=total, description="training" if last is None else f"loss {last:.4f}")
 
             built = build_static(model, out, config, progress=progress, log=console.print)
-    except (StaticBuildError, ModelLoadError, DataError, ValueError) as exc:
+    except MatryoshkaError as exc:
         fail(str(exc))
     kind = "plain model2vec" if no_train else ("standard" if standard else "Matryoshka")
     console.print(f"saved {kind} static model ({built.info['pca_dims']} dims) to {built.output_dir}; "

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from matryoshka.data.errors import DataError
 from matryoshka.data.local import data_root, find_file, read_jsonl_records, read_lines
+from matryoshka.errors import DataError
 
 #: Names resolved under ``$MATRYOSHKA_DATA`` to their directory there.
 LOCAL_NAMES = {"scifact": "scifact", "npl": "npl-vaswani", "npl-vaswani": "npl-vaswani"}
@@ -81,7 +81,7 @@ def resolve_beir_dir(name_or_path: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def read_corpus(path: Path) -> dict[str, str]:
+def read_beir_corpus(path: Path) -> dict[str, str]:
     """Read a BEIR ``corpus.jsonl[.gz]``: doc id → ``title + " " + text`` (stripped)."""
     corpus: dict[str, str] = {}
     for number, record in read_jsonl_records(path):
@@ -136,7 +136,7 @@ def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
 
 
 def _load_directory(directory: Path, split: str) -> BeirDataset:
-    corpus = read_corpus(find_file(directory, "corpus.jsonl"))
+    corpus = read_beir_corpus(find_file(directory, "corpus.jsonl"))
     all_queries = read_queries(find_file(directory, "queries.jsonl"))
     qrels_path = directory / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():

@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from matryoshka.data.errors import DataError
 from matryoshka.data.user import SUFFIXES, Table, file_suffix, read_table, text_value
+from matryoshka.errors import DataError
 
 #: The column of a record that holds its text, and the one put before it.
 TEXT_COLUMN, TITLE_COLUMN = "text", "title"
@@ -120,8 +120,7 @@ def _is_beir_name(name: str) -> bool:
 
 
 def _read_beir(name: str) -> Columns:
-    from matryoshka.data.beir import load_beir, resolve_beir_dir
-    from matryoshka.data.beir import read_corpus as read_beir_corpus
+    from matryoshka.data.beir import load_beir, read_beir_corpus, resolve_beir_dir
     from matryoshka.data.local import find_file
 
     directory = resolve_beir_dir(name)

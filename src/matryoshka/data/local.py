@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from matryoshka.data.errors import DataError
+from matryoshka.errors import DataError
 
 #: Environment variable naming a directory laid out like ``shared/data`` (stsb/, snli/, scifact/...).
 DATA_ENV = "MATRYOSHKA_DATA"

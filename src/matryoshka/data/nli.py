@@ -11,8 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from matryoshka.data.errors import DataError
 from matryoshka.data.local import data_root, find_file, read_lines
+from matryoshka.errors import DataError
 
 HUB_NAME = "sentence-transformers/all-nli"
 LABELS = ("entailment", "neutral", "contradiction")

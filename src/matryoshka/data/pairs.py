@@ -16,10 +16,10 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from matryoshka.data.errors import DataError
 from matryoshka.data.local import data_root, find_file, read_lines
 from matryoshka.data.nli import read_nli_file
 from matryoshka.data.sts import load_sts
+from matryoshka.errors import DataError, InputError
 
 PAIR_SOURCES = ("stsb", "snli", "wordnet")
 
@@ -52,7 +52,7 @@ def load_distillation_pairs(
     """
     unknown = set(sources) - set(PAIR_SOURCES)
     if unknown:
-        raise ValueError(f"unknown pair sources {sorted(unknown)}; choose from {', '.join(PAIR_SOURCES)}")
+        raise InputError(f"unknown pair sources {sorted(unknown)}; choose from {', '.join(PAIR_SOURCES)}")
     root = data_root()
     pairs: list[tuple[str, str]] = []
     for source in sources:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from matryoshka.data.errors import DataError
 from matryoshka.data.local import data_root, find_file, read_lines
+from matryoshka.errors import DataError, InputError
 
 Split = Literal["train", "dev", "test"]
 HUB_NAME = "sentence-transformers/stsb"
@@ -64,7 +64,7 @@ def load_sts(split: Split = "test", source: str | Path | None = None) -> list[St
         (1379, 1.0)
     """
     if split not in ("train", "dev", "test"):
-        raise ValueError(f"split must be train, dev or test, got {split!r}")
+        raise InputError(f"split must be train, dev or test, got {split!r}")
     directory = Path(source) if source is not None else None
     if directory is None:
         root = data_root()

@@ -13,7 +13,7 @@ shares, so both options take the same files: ``.jsonl`` (objects, or strings rea
 column), ``.csv``/``.tsv`` with a header, ``.parquet``, ``.txt`` (one ``text`` per line; ``.gz`` may
 follow every text format), or a hub data set by ``owner/name``.
 
-Every problem is a :class:`~matryoshka.data.errors.DataError` that names the file, and where it
+Every problem is a :class:`~matryoshka.errors.DataError` that names the file, and where it
 applies the line and the column.
 
 Example:
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from matryoshka.data.errors import DataError
 from matryoshka.data.local import read_lines
+from matryoshka.errors import DataError
 
 Kind = Literal["pairs", "texts"]
 #: File suffixes read locally; ``.gz`` may follow all but ``.parquet``.

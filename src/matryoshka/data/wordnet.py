@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from matryoshka.errors import WordNetNotFound
+from matryoshka.errors import DataError, WordNetNotFound
 
 #: Where Debian's ``wordnet-base`` puts the database files.
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -58,7 +58,7 @@ def parse_data_line(line: str) -> Synset | None:
     head, sep, gloss = line.partition(" | ")
     fields = head.split()
     if len(fields) < 6:
-        raise ValueError(f"not a WordNet data line: {line[:80]!r}")
+        raise DataError(f"not a WordNet data line: {line[:80]!r}")
     offset, lexfile, ss_type, w_cnt = fields[0], int(fields[1]), fields[2], int(fields[3], 16)
     words = fields[4 : 4 + 2 * w_cnt : 2]
     lemmas = tuple(_ADJ_MARKER.sub("", w).replace("_", " ") for w in words)

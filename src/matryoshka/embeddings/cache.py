@@ -25,21 +25,12 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 
-def model_fingerprint(name: str | os.PathLike[str] | None) -> str:
-    """A short hash that changes when the model at ``name`` changes (path, weight file sizes and times)."""
-    from matryoshka.models.loading import resolve_model_name
+def cache_key(name: str | os.PathLike[str] | None) -> str:
+    """A short hash of the model's one fingerprint (:func:`matryoshka.models.identity.model_fingerprint`):
+    it changes when the model at a local ``name`` is retrained in place."""
+    from matryoshka.models.identity import model_fingerprint, model_label
 
-    resolved = resolve_model_name(name)
-    path = Path(resolved)
-    parts = [resolved]
-    if path.is_dir():
-        for file in sorted(path.rglob("*")):
-            # exports/ holds ONNX/OpenVINO copies made from these weights (runtime.export_dir): not the model
-            if file.is_file() and file.suffix in (".safetensors", ".bin", ".json") and \
-                    file.relative_to(path).parts[0] != "exports":
-                stat = file.stat()
-                parts.append(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return hashlib.sha256(model_fingerprint(model_label(name)).encode()).hexdigest()[:16]
 
 
 def cached_encode(
@@ -62,7 +53,7 @@ def cached_encode(
     digest = hashlib.sha256()
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass") + b"\x00")
-    key = f"{model_fingerprint(model_name)}-{digest.hexdigest()[:16]}-{len(texts)}"
+    key = f"{cache_key(model_name)}-{digest.hexdigest()[:16]}-{len(texts)}"
     path = Path(cache_dir) / f"{key}.npy"
     if path.is_file():
         try:

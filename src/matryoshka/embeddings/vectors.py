@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from matryoshka.errors import DimensionError
+from matryoshka.errors import DimensionError, InputError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -85,7 +85,7 @@ def truncate(vectors: np.ndarray, dim: int | None = None, normalize: bool = True
     """
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2:
-        raise ValueError(f"expected a 2-d array of vectors, got shape {array.shape}")
+        raise InputError(f"expected a 2-d array of vectors, got shape {array.shape}")
     dim = check_dim(dim, array.shape[1])
     prefix: np.ndarray = np.ascontiguousarray(array[:, :dim])
     if normalize:
@@ -104,7 +104,7 @@ def quantize(
     itself); ``binary``/``ubinary`` keep one sign bit per dimension, packed 8 per byte.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "float32":
         return vectors.astype(np.float32, copy=False)
     if precision == "float16":
@@ -155,10 +155,10 @@ def encode(
     single = isinstance(texts, str)
     batch = [texts] if single else list(texts)
     if not all(isinstance(t, str) for t in batch):
-        raise TypeError("texts must be strings")
+        raise InputError("texts must be strings")
     dim = check_dim(dim, model_dimension(model))
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_binary_dim(dim, precision)
     if not batch:
         width = dim // 8 if precision in BINARY_PRECISIONS else dim

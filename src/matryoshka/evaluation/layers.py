@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from matryoshka.evaluation.results import Results, _png_bytes, save_outputs
+from matryoshka.errors import InputError
+from matryoshka.evaluation.results import Results, png_bytes, save_outputs
 from matryoshka.files import write_atomic
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class LayerGrid:
         right.set_title("quality against encoding speed")
         right.grid(True, alpha=0.3)
         fig.tight_layout()
-        write_atomic(Path(path), _png_bytes(fig))
+        write_atomic(Path(path), png_bytes(fig))
         plt.close(fig)
 
     def save(self, directory: str | os.PathLike[str], stem: str = "layers") -> dict[str, Path]:
@@ -174,7 +175,7 @@ def evaluate_layers(
     from matryoshka.models.loading import load_model
 
     if not layers:
-        raise ValueError("layers must name at least one layer count")
+        raise InputError("layers must name at least one layer count")
     depth = num_layers(load_model(name))
     scores: dict[int, dict[int, float]] = {}
     speed: dict[int, float] = {}

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matryoshka.evaluation.results import Results, _png_bytes
+from matryoshka.errors import InputError
+from matryoshka.evaluation.results import Results, png_bytes
 from matryoshka.files import write_atomic
 
 
@@ -26,7 +27,7 @@ def plot_gains(results: Sequence[Results], path: str | os.PathLike[str], baselin
 
     panels = [r for r in results if baseline in r.scores]
     if not panels:
-        raise ValueError(f"no results hold the baseline {baseline!r}")
+        raise InputError(f"no results hold the baseline {baseline!r}")
     names = list(dict.fromkeys(n for r in panels for n in r.scores if n != baseline))
     colors = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), dpi=120, squeeze=False)
@@ -59,6 +60,6 @@ def plot_gains(results: Sequence[Results], path: str | os.PathLike[str], baselin
                frameon=False, bbox_to_anchor=(0.5, 0.0))
     rows = -(-len(handles) // 4)
     fig.tight_layout(rect=(0, 0.06 + 0.055 * rows, 1, 1))
-    buffer = _png_bytes(fig)
+    buffer = png_bytes(fig)
     plt.close(fig)
     write_atomic(Path(path), buffer)

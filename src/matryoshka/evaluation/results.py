@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matryoshka.errors import DataError, InputError
 from matryoshka.files import write_atomic
 
 RESERVED_KEYS = ("task", "metric", "retention", "metrics", "metadata")
@@ -41,7 +42,7 @@ class Results:
     def __post_init__(self) -> None:
         bad = [name for name in self.scores if name in RESERVED_KEYS]
         if bad:
-            raise ValueError(f"model names {bad} collide with reserved result keys {RESERVED_KEYS}")
+            raise InputError(f"model names {bad} collide with reserved result keys {RESERVED_KEYS}")
         self.metrics.setdefault(self.metric, self.scores)
 
     @property
@@ -85,8 +86,8 @@ class Results:
                 for m, per in data.get("metrics", {}).items()
             }
             return cls(data["task"], data["metric"], scores, metrics, dict(data.get("metadata", {})))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a matryoshka results file: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # int(), float() and lookups of a malformed file
+            raise DataError(f"not a matryoshka results file: {exc}") from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Results:
@@ -95,7 +96,7 @@ class Results:
         try:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+            raise DataError(f"not valid JSON: {exc}", path) from exc
 
     def to_markdown(self) -> str:
         """A table with one row per dimension and, per model, the score and its retention."""
@@ -140,7 +141,7 @@ class Results:
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        buffer = _png_bytes(fig)
+        buffer = png_bytes(fig)
         plt.close(fig)
         write_atomic(Path(path), buffer)
 
@@ -161,7 +162,8 @@ def save_outputs(
     return paths
 
 
-def _png_bytes(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes, for the callers' atomic writes."""
     import io
 
     buffer = io.BytesIO()

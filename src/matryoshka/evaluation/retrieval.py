@@ -19,6 +19,7 @@ import numpy as np
 
 from matryoshka.data.beir import BeirDataset
 from matryoshka.embeddings.vectors import check_dim, encode, truncate
+from matryoshka.errors import InputError
 
 #: Metrics computed at every cut-off in ``k_values``, as ``ranx`` names them.
 METRICS = ("ndcg", "recall", "mrr")
@@ -47,9 +48,9 @@ def evaluate_retrieval(
         ``{"ndcg@10": {384: ..., 64: ...}, "recall@10": {...}, "mrr@10": {...}, "ndcg@100": ...}``.
     """
     if not dims:
-        raise ValueError("dims must name at least one dimension")
+        raise InputError("dims must name at least one dimension")
     if not k_values or any(int(k) < 1 for k in k_values):
-        raise ValueError(f"k_values must be positive cut-offs, got {list(k_values)}")
+        raise InputError(f"k_values must be positive cut-offs, got {list(k_values)}")
     doc_ids, docs, query_ids, queries = encode_dataset(model, dataset, batch_size=batch_size)
     return score_vectors(dataset.qrels, doc_ids, docs, query_ids, queries, dims, k_values)
 
@@ -87,9 +88,9 @@ def score_vectors_per_query(
     import faiss
 
     if not dims:
-        raise ValueError("dims must name at least one dimension")
+        raise InputError("dims must name at least one dimension")
     if not k_values or any(int(k) < 1 for k in k_values):
-        raise ValueError(f"k_values must be positive cut-offs, got {list(k_values)}")
+        raise InputError(f"k_values must be positive cut-offs, got {list(k_values)}")
     checked = [check_dim(d, docs.shape[1]) for d in dims]
     depth = min(max(int(k) for k in k_values), len(doc_ids))
     metrics = [f"{name}@{int(k)}" for k in k_values for name in METRICS]
@@ -109,9 +110,9 @@ def encode_dataset(
 ) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
     """Encode corpus and queries at full size: ``(doc_ids, doc_vectors, query_ids, query_vectors)``."""
     if not dataset.corpus:
-        raise ValueError(f"data set {dataset.name!r} has an empty corpus")
+        raise InputError(f"data set {dataset.name!r} has an empty corpus")
     if not dataset.queries:
-        raise ValueError(f"data set {dataset.name!r} has no judged queries")
+        raise InputError(f"data set {dataset.name!r} has no judged queries")
     doc_ids = list(dataset.corpus)
     query_ids = list(dataset.queries)
     docs = encode(

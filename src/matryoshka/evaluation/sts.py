@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 
 from matryoshka.data.sts import StsPair
 from matryoshka.embeddings.vectors import check_dim, truncate
+from matryoshka.errors import InputError
 from matryoshka.models.loading import model_dimension
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def evaluate_sts(
     full = model_dimension(model)
     dims = [check_dim(d, full) for d in (dims or [full])]
     if not pairs:
-        raise ValueError("no STS pairs to evaluate")
+        raise InputError("no STS pairs to evaluate")
     sentences, left, right = sentence_rows(pairs)
     vectors = model.encode(
         sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=show_progress_bar

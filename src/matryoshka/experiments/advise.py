@@ -23,6 +23,7 @@ from rich.table import Table
 
 from matryoshka.data.beir import BeirDataset
 from matryoshka.embeddings.vectors import check_dim
+from matryoshka.errors import InputError
 from matryoshka.evaluation.retrieval import encode_dataset, ranx_scores
 from matryoshka.indexes.faiss.index import FunnelIndex
 from matryoshka.retrieval.protocol import VectorIndex
@@ -201,7 +202,7 @@ def advise(
         An :class:`AdviceReport`; print ``report.table()`` with rich.
     """
     if not 0 < target <= 1:
-        raise ValueError(f"target must be in (0, 1], got {target}")
+        raise InputError(f"target must be in (0, 1], got {target}")
     doc_ids, docs, query_ids, queries = encode_dataset(
         model, dataset, batch_size=batch_size, show_progress_bar=show_progress
     )

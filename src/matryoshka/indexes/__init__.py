@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from matryoshka.errors import EngineError
+from matryoshka.errors import EngineError, InputError, MissingDependencyError
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import Stage
 
@@ -42,10 +42,10 @@ def backend_kind(url: str) -> str:
     """``"faiss"``, ``"postgresql"`` or ``"qdrant"`` for an index URL (a plain path means ``faiss``).
 
     Raises:
-        ValueError: the URL names a scheme no engine handles.
+        InputError: the URL names a scheme no engine handles.
     """
     if not isinstance(url, str) or not url.strip():
-        raise ValueError("an index URL must be a non-empty string")
+        raise InputError("an index URL must be a non-empty string")
     scheme, sep, _ = url.partition("://")
     if not sep:
         if url.startswith("qdrant+local:"):
@@ -53,7 +53,7 @@ def backend_kind(url: str) -> str:
         return "faiss"
     kind = _KINDS.get(scheme.lower())
     if kind is None:
-        raise ValueError(
+        raise InputError(
             f"unknown index scheme {scheme!r} in {url!r}: use faiss://PATH (or a path), postgresql://..., "
             "qdrant://HOST/COLLECTION or qdrant+local://PATH"
         )
@@ -77,11 +77,11 @@ def open_index(
     ``faiss://``, ``pool_size``/``index_stages`` for PostgreSQL, ``prefix_dims``/``binary`` for Qdrant).
 
     Raises:
-        ValueError: unknown scheme, or ``dim``/``model_name`` differ from what is stored.
+        InputError: unknown scheme, or ``dim``/``model_name`` differ from what is stored.
         FileNotFoundError: no index directory there (``faiss://`` without ``create``).
         IndexStoreError: the index is corrupt, or the engine cannot be reached or refuses
             (:class:`~matryoshka.errors.EngineError`).
-        ImportError: the engine's client library is missing (with the pip extra to install).
+        MissingDependencyError: the engine's client library is missing (with the pip extra to install).
     """
     kind = backend_kind(url)
     create = dim is not None if create is None else create
@@ -91,15 +91,15 @@ def open_index(
         return FunnelIndex.open(url, dim=dim, model_name=model_name, create=create, stages=stages,
                                 storage=storage, **options)  # type: ignore[arg-type]
     if storage != "float32":
-        raise ValueError(f"{kind} stores float32 vectors; storage={storage!r} is for faiss:// indexes")
+        raise InputError(f"{kind} stores float32 vectors; storage={storage!r} is for faiss:// indexes")
     if kind == "postgresql":
         try:
             from matryoshka.indexes.pgvector import PgVectorIndex
         except ImportError as exc:
-            raise ImportError(f"the PostgreSQL backend needs psycopg: pip install 'matryoshka[postgres]' ({exc})") from exc
+            raise MissingDependencyError(f"the PostgreSQL backend needs psycopg: pip install 'matryoshka[postgres]' ({exc})") from exc
         return PgVectorIndex.open(url, dim=dim, model_name=model_name, create=create, stages=stages, **options)
     try:
         from matryoshka.indexes.qdrant import QdrantIndex
     except ImportError as exc:
-        raise ImportError(f"the Qdrant backend needs qdrant-client: pip install 'matryoshka[qdrant]' ({exc})") from exc
+        raise MissingDependencyError(f"the Qdrant backend needs qdrant-client: pip install 'matryoshka[qdrant]' ({exc})") from exc
     return QdrantIndex.open(url, dim=dim, model_name=model_name, create=create, stages=stages, **options)

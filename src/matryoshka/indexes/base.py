@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from matryoshka.data.documents import Metadata, check_metadata
+from matryoshka.embeddings import unit_rows
+from matryoshka.errors import InputError
 from matryoshka.retrieval.stages import FULL, Stage, as_float_scan, resolve_stages
 from matryoshka.retrieval.types import StageTiming, stage_timing
 
@@ -30,31 +32,30 @@ def check_batch(
     """Validate one write at the boundary; returns ids, unit float32 rows, texts and metadata.
 
     Raises:
-        ValueError: shapes or lengths differ, an id is empty or repeats, a vector is zero or not
+        InputError: shapes or lengths differ, an id is empty or repeats, a vector is zero or not
             finite, or metadata is not a flat JSON object.
     """
     ids = [str(i) for i in ids]
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[1] != dim:
-        raise ValueError(f"vectors must have shape (count, {dim}), got {array.shape}")
+        raise InputError(f"vectors must have shape (count, {dim}), got {array.shape}")
     if len(ids) != len(array):
-        raise ValueError(f"{len(ids)} ids for {len(array)} vectors")
+        raise InputError(f"{len(ids)} ids for {len(array)} vectors")
     if any(not i for i in ids):
-        raise ValueError("ids must be non-empty strings")
+        raise InputError("ids must be non-empty strings")
     if len(set(ids)) != len(ids):
-        raise ValueError("ids repeat within one batch")
+        raise InputError("ids repeat within one batch")
     if not np.isfinite(array).all():
-        raise ValueError("vectors hold NaN or inf")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError("a zero vector has no direction to store")
+        raise InputError("vectors hold NaN or inf")
+    if (np.linalg.norm(array, axis=1) == 0).any():
+        raise InputError("a zero vector has no direction to store")
     texts_out: list[str | None] = [None] * len(ids) if texts is None else list(texts)
     meta_out: list[dict[str, Any] | None] = (
         [None] * len(ids) if metadata is None else [check_metadata(m) for m in metadata]
     )
     if len(texts_out) != len(ids) or len(meta_out) != len(ids):
-        raise ValueError("texts and metadata need one entry per id")
-    return ids, np.ascontiguousarray(array / norms, dtype=np.float32), texts_out, meta_out
+        raise InputError("texts and metadata need one entry per id")
+    return ids, unit_rows(array), texts_out, meta_out
 
 
 def prefix_only(stages: Sequence[Stage], full_dim: int) -> Stage | None:
@@ -75,16 +76,16 @@ def funnel_shape(stages: Sequence[Stage], full_dim: int) -> tuple[Stage | None, 
     a full-size float re-rank.
 
     Raises:
-        ValueError: the funnel has more than two stages or its last stage is not the full float vector.
+        InputError: the funnel has more than two stages or its last stage is not the full float vector.
     """
     stages = [as_float_scan(stage) for stage in stages]  # an engine's float shortlist is its own HNSW search
     last = stages[-1]
     if last.dim not in (FULL, full_dim) or last.codec not in ("float32", "float16"):
-        raise ValueError(f"the last stage must re-rank with the full float vector, got {last}")
+        raise InputError(f"the last stage must re-rank with the full float vector, got {last}")
     if len(stages) == 1:
         return None, last
     if len(stages) > 2:
-        raise ValueError(f"this backend runs one shortlist stage and a re-rank, got {len(stages)} stages")
+        raise InputError(f"this backend runs one shortlist stage and a re-rank, got {len(stages)} stages")
     return stages[0], last
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 import torch
 
-from matryoshka.errors import RuntimeBackendError
+from matryoshka.errors import InputError, RuntimeBackendError
 from matryoshka.models.layers import encoder, num_layers
 
 if TYPE_CHECKING:
@@ -79,11 +79,11 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def check_backend(backend: str, quantize: str | None = None) -> None:
     """Raise ``ValueError`` for an unknown backend or quantization, before any model is loaded."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if quantize not in (None, "int8"):
-        raise ValueError(f"unknown quantization {quantize!r}: use int8 or none")
+        raise InputError(f"unknown quantization {quantize!r}: use int8 or none")
     if quantize is not None and backend == "torch":
-        raise ValueError("--quantize int8 needs --backend onnx or openvino")
+        raise InputError("--quantize int8 needs --backend onnx or openvino")
 
 
 def _require(module: str, backend: str) -> Any:
@@ -252,7 +252,7 @@ def use_backend(
     later loads read the cache. ``threads`` defaults to ``torch.get_num_threads()``.
 
     Raises:
-        ValueError: unknown backend or quantization.
+        InputError: unknown backend or quantization.
         RuntimeBackendError: the backend's package is missing (the message names the pip extra), or
             the model is not a transformer this export handles.
     """

@@ -1,17 +1,20 @@
-"""Adaptive retrieval over Matryoshka embeddings: funnel search, persistent indexes, a config advisor.
+"""The retrieval contract every index engine follows: the interface, funnel stages, filters, result types.
 
 A funnel scans a cheap view of every vector (a short prefix, its sign bits or int8 codes), keeps a
 shortlist, and re-ranks it with the full vector. Exact full-dimension search is the one-stage
-funnel ``PRESETS["exact"]`` of the same index.
+funnel ``PRESETS["exact"]``.
 
-Modules: ``protocol`` (:class:`VectorIndex`, the one index interface), ``types`` (:class:`Hit`,
-timings, :class:`IndexInfo`), ``stages``, ``filters``, ``index`` (:class:`FunnelIndex`, the embedded
-FAISS index), ``store`` (its directory format), ``advisor``. Names are imported on first use, so the
-database backends can use ``stages``, ``filters`` and ``types`` without loading FAISS.
+Modules: ``protocol`` (:class:`VectorIndex`, the one index interface), ``stages`` (:class:`Stage`,
+parsing and presets), ``filters`` (metadata filters), ``types`` (:class:`Hit`, timings,
+:class:`IndexInfo`). The engines live in :mod:`matryoshka.indexes`, the advisor in
+:mod:`matryoshka.experiments.advise`. This package imports neither: ``FunnelIndex``,
+``read_manifest``, ``advise`` and their kin are still importable from here (the package's public
+face before the engines moved) and are looked up in their homes on first use.
 
 Example:
-    >>> from matryoshka.retrieval import FunnelIndex, parse_stages
-    >>> index = FunnelIndex.build(model, texts, model_name="all-MiniLM-L6-v2")
+    >>> from matryoshka.retrieval import parse_stages
+    >>> from matryoshka.indexes import open_index
+    >>> index = open_index("faiss:///tmp/docs", dim=384, model_name="all-MiniLM-L6-v2")
     >>> index.search(query_vectors, k=10, stages=parse_stages("64:binary:400,full:float32:10"))
 """
 
@@ -22,9 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matryoshka.errors import IndexCorruptError
-    from matryoshka.experiments.advise import AdviceReport, AdviceRow, advise
-    from matryoshka.indexes.faiss.index import STORAGES, FunnelIndex, Storage
-    from matryoshka.indexes.faiss.store import read_manifest
     from matryoshka.retrieval.protocol import VectorIndex
     from matryoshka.retrieval.stages import (
         CODECS,
@@ -41,17 +41,18 @@ if TYPE_CHECKING:
     from matryoshka.retrieval.types import Hit, IndexInfo, StageTiming
 
 _LAZY = {
-    **dict.fromkeys(["AdviceReport", "AdviceRow", "advise"], "matryoshka.experiments.advise"),
-    **dict.fromkeys(["STORAGES", "FunnelIndex", "Storage"], "matryoshka.indexes.faiss.index"),
     **dict.fromkeys(
         ["CODECS", "FULL", "PRESETS", "Codec", "Stage", "bytes_per_vector", "format_stages", "parse_stages",
          "resolve_stages", "validate_stages"],
         "matryoshka.retrieval.stages",
     ),
     "IndexCorruptError": "matryoshka.errors",
-    "read_manifest": "matryoshka.indexes.faiss.store",
     "VectorIndex": "matryoshka.retrieval.protocol",
     **dict.fromkeys(["Hit", "IndexInfo", "StageTiming"], "matryoshka.retrieval.types"),
+    # Names that moved up a layer: resolved by name on first use, so this package imports nothing above it.
+    **dict.fromkeys(["AdviceReport", "AdviceRow", "advise"], "matryoshka.experiments.advise"),
+    **dict.fromkeys(["STORAGES", "FunnelIndex", "Storage"], "matryoshka.indexes.faiss.index"),
+    "read_manifest": "matryoshka.indexes.faiss.store",
 }
 
 

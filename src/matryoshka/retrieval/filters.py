@@ -85,9 +85,9 @@ def check_filter_keys(filter: Filter | None, known: set[str]) -> None:
     error that names the keys the index does have is more useful.
 
     Raises:
-        ValueError: a filter key is not in ``known``.
+        InputError: a filter key is not in ``known``.
     """
     unknown = sorted(set(filter or {}) - known)
     if unknown:
         have = ", ".join(repr(key) for key in sorted(known)) if known else "none (it stores no metadata)"
-        raise ValueError(f"no document has metadata key {', '.join(map(repr, unknown))}; the index's keys: {have}")
+        raise InputError(f"no document has metadata key {', '.join(map(repr, unknown))}; the index's keys: {have}")

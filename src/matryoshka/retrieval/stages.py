@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from matryoshka.errors import InputError
+
 Codec = Literal["float32", "float16", "int8", "binary", "hnsw", "ivf", "ivfpq", "graph"]
 #: Codecs that search an approximate index built over the prefix (first stage only).
 APPROXIMATE: tuple[str, ...] = ("hnsw", "ivf", "ivfpq")
@@ -61,18 +63,18 @@ class Stage:
 
     def __post_init__(self) -> None:
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 0:
-            raise ValueError(f"stage dim must be a positive integer or FULL (0), got {self.dim!r}")
+            raise InputError(f"stage dim must be a positive integer or FULL (0), got {self.dim!r}")
         if self.codec not in CODECS:
-            raise ValueError(f"stage codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+            raise InputError(f"stage codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
-            raise ValueError(f"stage keep must be a positive integer, got {self.keep!r}")
+            raise InputError(f"stage keep must be a positive integer, got {self.keep!r}")
         if self.codec == "binary" and self.dim % 8:
-            raise ValueError(f"a binary stage needs a dim that is a multiple of 8, got {self.dim}")
+            raise InputError(f"a binary stage needs a dim that is a multiple of 8, got {self.dim}")
         if self.probe is not None:
             if self.codec not in APPROXIMATE:
-                raise ValueError(f"only an hnsw, ivf or ivfpq stage takes a probe, not {self.codec}")
+                raise InputError(f"only an hnsw, ivf or ivfpq stage takes a probe, not {self.codec}")
             if isinstance(self.probe, bool) or not isinstance(self.probe, int) or self.probe < 1:
-                raise ValueError(f"stage probe must be a positive integer, got {self.probe!r}")
+                raise InputError(f"stage probe must be a positive integer, got {self.probe!r}")
 
     def __str__(self) -> str:
         probe = f":{self.probe}" if self.probe is not None else ""
@@ -94,10 +96,10 @@ def parse_stages(spec: str) -> list[Stage]:
     """Parse ``"dim:codec:keep,..."`` (``dim`` may be ``full``) or a preset name into stages.
 
     Raises:
-        ValueError: the spec is empty, a stage is malformed, or keeps grow from one stage to the next.
+        InputError: the spec is empty, a stage is malformed, or keeps grow from one stage to the next.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("empty stage spec; expected e.g. '64:binary:400,full:float32:10' or a preset name")
+        raise InputError("empty stage spec; expected e.g. '64:binary:400,full:float32:10' or a preset name")
     text = spec.strip()
     if text in PRESETS:
         return list(PRESETS[text])
@@ -105,7 +107,7 @@ def parse_stages(spec: str) -> list[Stage]:
     for position, part in enumerate(text.split(","), start=1):
         fields = [f.strip() for f in part.split(":")]
         if len(fields) not in (3, 4) or (len(fields) == 4 and fields[1] not in APPROXIMATE):
-            raise ValueError(
+            raise InputError(
                 f"stage {position} {part.strip()!r} must be 'dim:codec:keep' (e.g. '64:binary:400', or "
                 f"'64:hnsw:400:800' / '64:ivf:400:64' / '64:ivfpq:4000:256' with a probe); presets are "
                 f"{', '.join(PRESETS)}"
@@ -116,15 +118,15 @@ def parse_stages(spec: str) -> list[Stage]:
             keep = int(keep_text)
             probe = int(fields[3]) if len(fields) == 4 else None
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"stage {position} {part.strip()!r}: dim, keep and probe must be integers (dim may be 'full')"
             ) from None
         if dim_text.lower() != "full" and dim < 1:
-            raise ValueError(f"stage {position} {part.strip()!r}: dim must be positive or 'full'")
+            raise InputError(f"stage {position} {part.strip()!r}: dim must be positive or 'full'")
         try:
             stages.append(Stage(dim, codec, keep, probe))  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise ValueError(f"stage {position} {part.strip()!r}: {exc}") from None
+        except InputError as exc:
+            raise InputError(f"stage {position} {part.strip()!r}: {exc}") from None
     validate_stages(stages)
     return stages
 
@@ -138,42 +140,42 @@ def validate_stages(stages: Sequence[Stage], full_dim: int | None = None) -> lis
     """Check that ``stages`` form a funnel (and fit ``full_dim`` when given); return them as a list.
 
     Raises:
-        ValueError: no stages, a non-:class:`Stage`, a shortlist larger than the one before it, an
+        InputError: no stages, a non-:class:`Stage`, a shortlist larger than the one before it, an
             approximate stage after the first, a graph stage first or on a prefix, or a dim larger
             than ``full_dim``.
     """
     stages = list(stages)
     if not stages:
-        raise ValueError("a funnel needs at least one stage")
+        raise InputError("a funnel needs at least one stage")
     for stage in stages:
         if not isinstance(stage, Stage):
-            raise ValueError(f"expected Stage objects, got {stage!r}")
+            raise InputError(f"expected Stage objects, got {stage!r}")
     if stages[0].codec == "graph":
-        raise ValueError(
+        raise InputError(
             f"stage 1 ({stages[0]}): a graph stage widens the hits of the stage before it, so it cannot be first"
         )
     for position, stage in enumerate(stages, start=1):
         if stage.codec == "graph" and stage.dim not in (FULL, full_dim):
-            raise ValueError(
+            raise InputError(
                 f"stage {position} ({stage}): a graph stage scores the full vectors; write it as full:graph:{stage.keep}"
             )
     for position, stage in enumerate(stages[1:], start=2):
         if stage.codec in APPROXIMATE:
-            raise ValueError(
+            raise InputError(
                 f"stage {position} ({stage}): {stage.codec} searches an index over every vector, so only a first "
                 "stage can use it; re-rank its shortlist with float32, float16, int8 or binary"
             )
     for position, (before, after) in enumerate(zip(stages[:-2], stages[1:-1]), start=2):
         if after.keep > before.keep:
-            raise ValueError(
+            raise InputError(
                 f"stage {position} keeps {after.keep} but stage {position - 1} only passes {before.keep} candidates"
             )
     if full_dim is not None:
         for position, stage in enumerate(stages, start=1):
             if stage.dim > full_dim:
-                raise ValueError(f"stage {position} ({stage}) reads {stage.dim} dims but the vectors have {full_dim}")
+                raise InputError(f"stage {position} ({stage}) reads {stage.dim} dims but the vectors have {full_dim}")
             if stage.codec == "binary" and (stage.dim or full_dim) % 8:
-                raise ValueError(
+                raise InputError(
                     f"stage {position} ({stage}) is binary but the full dim {full_dim} is not a multiple of 8"
                 )
     return stages
@@ -187,17 +189,17 @@ def check_keeps(stages: Sequence[Stage], k: int) -> None:
     stage that keeps 10 is told so.
 
     Raises:
-        ValueError: a shortlist stage keeps fewer than ``k``, or keeps more than the stage before it.
+        InputError: a shortlist stage keeps fewer than ``k``, or keeps more than the stage before it.
     """
     stages = list(stages)
     for position, stage in enumerate(stages[:-1], start=1):
         if stage.keep < k:
-            raise ValueError(
+            raise InputError(
                 f"stage {position} ({stage}) keeps {stage.keep} candidates, fewer than k={k}; "
                 f"raise its keep to at least {k} or ask for fewer hits"
             )
         if position > 1 and stage.keep > stages[position - 2].keep:
-            raise ValueError(
+            raise InputError(
                 f"stage {position} keeps {stage.keep} but stage {position - 1} only passes {stages[position - 2].keep}"
             )
 
@@ -206,7 +208,7 @@ def resolve_stages(stages: Sequence[Stage], full_dim: int, k: int, count: int) -
     """The concrete plan for one search: ``FULL`` → ``full_dim``; the last keep is ``k``; earlier
     shortlists hold at least ``k``; no keep exceeds ``count`` vectors."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     stages = validate_stages(stages, full_dim)
     plan = []
     for position, stage in enumerate(stages):

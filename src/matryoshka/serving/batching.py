@@ -36,12 +36,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from matryoshka.errors import BatcherClosed, QueueFull
+from matryoshka.errors import BatcherClosed, InputError, QueueFull
 
 #: A batch function maps a list of texts to one or more arrays whose first axis runs over the texts.
 BatchFunction = Callable[[list[str]], tuple[np.ndarray, ...]]
-
-
 
 
 @dataclass(eq=False)
@@ -95,7 +93,7 @@ class MicroBatcher:
         max_queued_texts: int | None = None,
     ) -> None:
         if max_texts < 1:
-            raise ValueError(f"max_texts must be at least 1, got {max_texts}")
+            raise InputError(f"max_texts must be at least 1, got {max_texts}")
         self.fn = fn
         self.max_texts = max_texts
         self.max_wait = max_wait_ms / 1000.0
@@ -153,7 +151,7 @@ class MicroBatcher:
                     self.retry_after(),
                 )
         if not texts:
-            raise ValueError("submit at least one text")
+            raise InputError("submit at least one text")
         future: asyncio.Future[tuple[np.ndarray, ...]] = asyncio.get_running_loop().create_future()
         self._jobs.append(_Job(texts, future, next(self._order)))
         self.stats.queued_texts = self.queued_texts

@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from matryoshka.embeddings.vectors import DimensionError, check_dim
+from matryoshka.embeddings.vectors import check_dim
+from matryoshka.errors import DimensionError, InputError
 from matryoshka.retrieval.filters import check_filter
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.retrieval.stages import Stage
@@ -91,7 +92,7 @@ def request_stages(body: SearchRequest, index: VectorIndex) -> list[Stage] | Non
             check_dimensions(body.dimensions, index.dim)
             base = stages if stages is not None else index.stages
             stages = [dataclasses.replace(base[0], dim=body.dimensions), *base[1:]]
-    except ValueError as exc:  # Stage() refuses e.g. a binary stage whose dim is not a multiple of 8
+    except InputError as exc:  # Stage() refuses e.g. a binary stage whose dim is not a multiple of 8
         raise APIError(400, f"Invalid stages: {exc}", "stages", "invalid_stages") from None
     for i, stage in enumerate(stages or []):
         if stage.dim > index.dim:
@@ -100,7 +101,7 @@ def request_stages(body: SearchRequest, index: VectorIndex) -> list[Stage] | Non
     effective = stages if stages is not None else index.stages
     try:
         check_keeps(effective, body.k)
-    except ValueError as exc:
+    except InputError as exc:
         raise APIError(400, f"Invalid stages: {exc}.", "stages", "invalid_stages") from None
     return stages
 
@@ -114,7 +115,7 @@ def check_search_filter(filter: dict[str, Any] | None, index: VectorIndex) -> No
         keys = index.metadata_keys() if filter else None
         if keys is not None:
             check_filter_keys(filter, keys)
-    except ValueError as exc:
+    except InputError as exc:
         raise APIError(400, f"Invalid filter: {exc}", "filter", "invalid_filter") from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from matryoshka.errors import InputError
 from matryoshka.models.loading import DEFAULT_MODEL
 
 
@@ -51,13 +52,13 @@ class ServeConfig(BaseModel):
     def _unique_aliases(cls, value: list[str]) -> list[str]:
         aliases = [alias for alias, _ in parse_model_specs(value)]
         if len(set(aliases)) != len(aliases):
-            raise ValueError(f"model names must be unique, got {aliases}")
+            raise InputError(f"model names must be unique, got {aliases}")
         return value
 
     @model_validator(mode="after")
     def _queue_fits_a_request(self) -> ServeConfig:
         if self.max_queued_texts < self.max_inputs:
-            raise ValueError(
+            raise InputError(
                 f"max_queued_texts ({self.max_queued_texts}) must be at least max_inputs ({self.max_inputs}), "
                 "or the largest allowed request could never be queued"
             )

@@ -19,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from matryoshka.retrieval import FunnelIndex
+    from matryoshka.indexes.faiss import FunnelIndex
 
 CACHE_SUFFIX = ".quality.json"
 

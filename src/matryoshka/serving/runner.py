@@ -10,8 +10,9 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
+from matryoshka.errors import StartupError
 from matryoshka.serving.config import ServeConfig
-from matryoshka.serving.http.protocol import header_timeout_protocol
+from matryoshka.serving.http.header_deadline import header_timeout_protocol
 
 #: Seconds uvicorn waits for requests in flight when asked to stop (SIGINT/SIGTERM) before closing them.
 GRACEFUL_SHUTDOWN_S = 10
@@ -68,7 +69,7 @@ class ServerThread:
         deadline = time.monotonic() + self.startup_timeout
         while not self.server.started:
             if not self.thread.is_alive():
-                raise RuntimeError("the server thread died during startup")
+                raise StartupError("the server thread died during startup")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server did not start within {self.startup_timeout} s")
             time.sleep(0.02)

@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
 )
 
+from matryoshka.errors import InputError
+
 Codec = Literal["float32", "float16", "int8", "binary"]
 #: The codecs the HTTP API takes (the library's ``hnsw``/``ivf``/``ivfpq`` prefix indexes are not served).
 API_CODECS: tuple[str, ...] = get_args(Codec)
@@ -38,6 +40,12 @@ class ErrorResponse(BaseModel):
     """Every error answer: ``{"error": {...}}``."""
 
     error: ErrorDetail
+
+
+#: The error statuses every route documents (``responses=`` of each route), all in :class:`ErrorResponse`'s shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)
+}
 
 
 # -- embeddings ------------------------------------------------------------------------------------
@@ -59,7 +67,7 @@ class EmbeddingRequest(BaseModel):
     @classmethod
     def _input_shape(cls, value: Any) -> Any:
         if not isinstance(value, (str, list)):
-            raise ValueError("input must be a string or an array of strings")
+            raise InputError("input must be a string or an array of strings")
         return value
 
 
@@ -114,14 +122,14 @@ class StageSpec(BaseModel):
     def _dim_type(cls, value: Any) -> Any:
         # checked here so the error says what is allowed, not which branch of the union failed
         if value != "full" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f'dim must be an integer or "full", got {_shown(value)}')
+            raise InputError(f'dim must be an integer or "full", got {_shown(value)}')
         return value
 
     @field_validator("dim")
     @classmethod
     def _dim_not_negative(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 0:
-            raise ValueError('dim must be positive, or 0 / "full" for the full size')
+            raise InputError('dim must be positive, or 0 / "full" for the full size')
         return value
 
 
@@ -159,11 +167,11 @@ class SearchRequest(BaseModel):
         if value is None:
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"filter must be an object of metadata keys and values, got {_shown(value)}")
+            raise InputError(f"filter must be an object of metadata keys and values, got {_shown(value)}")
         for key, wanted in value.items():
             values = wanted if isinstance(wanted, list) else [wanted]
             if not all(isinstance(v, (str, int, float)) for v in values):  # bool is an int
-                raise ValueError(
+                raise InputError(
                     f"filter[{_shown(key)}] must be a string, a number, a boolean or a list of them, got {_shown(wanted)}"
                 )
         return value
@@ -177,6 +185,9 @@ class SearchHit(BaseModel):
 
 
 class StageTiming(BaseModel):
+    """The wire form of :class:`matryoshka.retrieval.types.StageTiming`: milliseconds, and the bytes a
+    vector of the stage scans."""
+
     dim: int
     codec: str
     keep: int

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from matryoshka.retrieval.protocol import VectorIndex
 
 
-
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind and listen on ``host:port`` now, so a busy port is reported before minutes of model loading.
 
@@ -63,7 +62,7 @@ def open_served_index(url: str) -> VectorIndex:
         return open_index(url, create=False)
     except FileNotFoundError as exc:
         raise StartupError(f"--index: {exc}") from None
-    except (MatryoshkaError, ValueError, OSError) as exc:
+    except (MatryoshkaError, OSError) as exc:
         raise StartupError(f"--index {url}: {exc}") from None
 
 
@@ -105,7 +104,7 @@ def load_results(config: ServeConfig) -> dict[str, Any] | None:
 
     try:
         return load_quality(config.results_path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: json's or UTF-8's parse error, made a StartupError here
         raise StartupError(f"--results: {exc}") from None
 
 

@@ -1,4 +1,7 @@
-"""What the handlers share: the served models (each with its batcher), the index, the demo's choices."""
+"""What the handlers share: the served models (each with its batcher), the index, the demo's choices.
+
+Routes get it through the :data:`State` dependency (``request.app.state.serving``), not through closures.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +11,19 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from fastapi import Request
+from fastapi import Depends, Request
 
 from matryoshka.embeddings.vectors import encode, truncate
+from matryoshka.errors import DimensionError, InputError, ModelError
 from matryoshka.models.identity import model_label, same_model
 from matryoshka.models.loading import model_dimension
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.serving.batching import MicroBatcher
 from matryoshka.serving.config import ServeConfig
+from matryoshka.serving.demo.index import NEUTRAL_CORPUS, DemoCorpus
 from matryoshka.serving.http.errors import APIError, ClientGone
 from matryoshka.serving.quality import clean_quality
 from matryoshka.serving.schemas import ModelCard
@@ -26,7 +31,7 @@ from matryoshka.serving.schemas import ModelCard
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["ServedModel", "ServerState", "count_tokens", "index_model", "make_batch_function",
+__all__ = ["ServedModel", "ServerState", "State", "count_tokens", "index_model", "make_batch_function", "server_state",
            "submit_while_connected"]
 
 logger = logging.getLogger("matryoshka.serving")
@@ -56,10 +61,12 @@ async def submit_while_connected(request: Request, batcher: MicroBatcher, texts:
 
 def count_tokens(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
     """Tokens the model reads per text: its own tokenizer, special tokens included, cut at ``max_seq_length``."""
+    from tokenizers import Tokenizer
+
     tokenizer: Any = getattr(model, "tokenizer", None)
     limit = getattr(model, "max_seq_length", None)
     try:
-        if hasattr(tokenizer, "encode_batch"):  # a bare `tokenizers.Tokenizer`, as static models have
+        if isinstance(tokenizer, Tokenizer):  # a bare `tokenizers.Tokenizer`, as static models have
             lengths = [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
         else:
             kwargs = {"truncation": True, "max_length": limit} if limit else {}
@@ -112,8 +119,6 @@ def index_model(recorded: str, labels: dict[str, str], allow_unnamed: bool = Tru
     Raises:
         ModelError: no served model is the index's model, or the index names none and several are served.
     """
-    from matryoshka.errors import ModelError
-
     served = ", ".join(labels) or "none"
     if not recorded:
         if allow_unnamed:
@@ -146,8 +151,10 @@ class ServerState:
         index: VectorIndex | None,
         quality: dict[str, Any] | None,
         demo_indexes: Mapping[str, VectorIndex] | None = None,
+        demo_corpus: DemoCorpus = NEUTRAL_CORPUS,
     ) -> None:
         self.config = config
+        self.demo_corpus = demo_corpus
         created = int(time.time())
         sources = dict(config.model_specs())
         self.models: dict[str, ServedModel] = {}
@@ -169,7 +176,7 @@ class ServerState:
             chosen = index_model(index.model_name, labels, allow_unnamed=len(self.models) == 1)
             self.search_model = self.models[chosen] if chosen else self.default
             if index.dim > self.search_model.dim:
-                raise ValueError(
+                raise DimensionError(
                     f"index vectors have {index.dim} dims but model {self.search_model.name!r} gives {self.search_model.dim}"
                 )
         self.quality = clean_quality(quality)
@@ -181,7 +188,7 @@ class ServerState:
             self.demo_choices[self.search_model.name] = (self.search_model, index)
         for name, extra in (demo_indexes or {}).items():
             if name not in self.models:
-                raise ValueError(f"a demo index is given for {name!r}, which is not a served model")
+                raise InputError(f"a demo index is given for {name!r}, which is not a served model")
             self.demo_choices[name] = (self.models[name], extra)
         # The demo chart's data per choice: the model in `quality` whose curves it draws (None: it has none).
         self.quality_keys: dict[str, str | None] = {
@@ -250,3 +257,13 @@ class ServerState:
     async def close(self) -> None:
         for served in self.models.values():
             await served.batcher.close()
+
+
+def server_state(request: Request) -> ServerState:
+    """The :class:`ServerState` of the app serving ``request`` (set by :func:`~matryoshka.serving.app.create_app`)."""
+    state: ServerState = request.app.state.serving
+    return state
+
+
+#: A route parameter annotated ``State`` receives the server's :class:`ServerState`.
+State = Annotated[ServerState, Depends(server_state)]

@@ -2,6 +2,7 @@
 
 - ``train``: :func:`train` and :class:`TrainConfig` (distillation, NLI, retrieval objectives).
 - ``losses``: the Matryoshka losses beside sentence-transformers' own.
+- ``teachers``: teacher tables, the full-size teacher embeddings the distillation losses learn from.
 - ``top_layer``: re-train only the top transformer layer on cached layer inputs.
 - ``static``: static (model2vec) models distilled from a sentence-transformer.
 

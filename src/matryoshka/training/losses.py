@@ -71,9 +71,9 @@ class InBatchSimilarityDistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if teacher_embeddings.ndim != 3:
-            raise ValueError("teacher_embeddings must have shape (rows, columns, dim)")
+            raise InputError("teacher_embeddings must have shape (rows, columns, dim)")
         if vector_weight < 0:
-            raise ValueError("vector_weight must not be negative")
+            raise InputError("vector_weight must not be negative")
         self.model = model
         self.register_buffer("teacher_embeddings", F.normalize(teacher_embeddings.float(), dim=-1), persistent=False)
         self.scale = scale
@@ -82,7 +82,7 @@ class InBatchSimilarityDistillationLoss(nn.Module):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         features = list(sentence_features)
         if len(features) != self.teacher_embeddings.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"the batch has {len(features)} text columns, the teacher table {self.teacher_embeddings.shape[1]}"
             )
         embeddings = [self.model(f)["sentence_embedding"] for f in features]
@@ -154,7 +154,7 @@ class RankingDistillationLoss(nn.Module):
 
         super().__init__()
         if distill_weight > 0 and (teacher_embeddings is None or teacher_embeddings.ndim != 3):
-            raise ValueError("a distillation term needs teacher_embeddings of shape (rows, columns, dim)")
+            raise InputError("a distillation term needs teacher_embeddings of shape (rows, columns, dim)")
         self.model = model
         self.ranking = MultipleNegativesRankingLoss(model, scale=scale)
         self.distill_weight = distill_weight

@@ -34,15 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from matryoshka.errors import StaticBuildError
+from matryoshka.errors import ModelLoadError, StaticBuildError
+from matryoshka.files import save_model_atomic
 from matryoshka.models.loading import load_model, model_dimension, resolve_model_name
-from matryoshka.training.train import (
-    TrainConfig,
-    TrainResult,
-    pair_dataset,
-    save_model_atomic,
-    train,
-)
+from matryoshka.training import teachers
+from matryoshka.training.train import TrainConfig, TrainResult, pair_dataset, train
 
 if TYPE_CHECKING:
     import torch
@@ -140,23 +136,19 @@ def distill_static(
     """
     from model2vec.distill import distill_from_model
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from sentence_transformers.sentence_transformer.modules import Pooling, StaticEmbedding, Transformer
 
     full_dim = model_dimension(teacher)
     StaticConfig(pca_dims=pca_dims, sif_coefficient=sif_coefficient).validate(full_dim)
     pca_dims = pca_dims or full_dim
     first = teacher[0]
-    auto_model = getattr(first, "auto_model", None)
-    tokenizer = getattr(first, "tokenizer", None)
-    if auto_model is None or tokenizer is None:
+    if not isinstance(first, Transformer) or first.tokenizer is None:
         raise StaticBuildError(f"model2vec distills a transformer; the model's first module is {type(first).__name__}")
-    pooling = "mean"
-    config_of = getattr(teacher[1], "get_config_dict", None) if len(teacher) > 1 else None
-    if callable(config_of):
-        pooling = _POOLING.get(str(config_of().get("pooling_mode", "mean")), "mean")
+    second = teacher[1] if len(teacher) > 1 else None
+    pooling = _POOLING.get(str(second.pooling_mode), "mean") if isinstance(second, Pooling) else "mean"
     distilled = distill_from_model(
-        model=auto_model,
-        tokenizer=tokenizer,
+        model=first.auto_model,
+        tokenizer=first.tokenizer,
         vocabulary=list(vocabulary) if vocabulary else None,
         device="cpu",
         pca_dims=pca_dims,
@@ -235,16 +227,12 @@ def teacher_table(
     cache_dir: str | os.PathLike[str] | None,
     teacher_name: str | os.PathLike[str] | None,
 ) -> torch.Tensor:
-    """The teacher's full-size unit vectors of both texts of every pair, ``(pairs, 2, dim)``, cached on disk."""
-    import torch
+    """The teacher's full-size unit vectors of both texts of every pair, ``(pairs, 2, dim)``, cached on disk.
 
-    from matryoshka.embeddings.cache import cached_encode
-
-    texts = list(dict.fromkeys(t for r in rows for t in r[:2]))  # each distinct text encoded once
-    position = {t: i for i, t in enumerate(texts)}
-    vectors = torch.from_numpy(np.ascontiguousarray(cached_encode(teacher, texts, cache_dir, teacher_name)))
-    index = torch.tensor([[position[r[0]], position[r[1]]] for r in rows], dtype=torch.long)
-    return vectors[index]
+    :func:`~matryoshka.training.teachers.teacher_table` through the cache, under the name tests and
+    benchmarks import.
+    """
+    return teachers.teacher_table(rows, teacher, columns=2, cache=teachers.TeacherCache(cache_dir, teacher_name))
 
 
 def train_static(
@@ -267,7 +255,7 @@ def train_static(
     if not config.dims:
         config = replace(config, dims=StaticConfig.dims_for(full_dim))
     if table is None:
-        table = teacher_table(rows, teacher, cache_dir, teacher_name)
+        table = teachers.teacher_table(rows, teacher, columns=2, cache=teachers.TeacherCache(cache_dir, teacher_name))
     dataset = pair_dataset(rows, table, config.distill_loss)
     return train(student, config, output_dir, train_dataset=dataset, teacher_table=table, progress=progress)
 
@@ -296,8 +284,6 @@ def build_static(
     """
     config = config or StaticConfig()
     if model is not None and not Path(resolve_model_name(model)).exists() and os.environ.get("HF_HUB_OFFLINE"):
-        from matryoshka.models.loading import ModelLoadError
-
         raise ModelLoadError(f"no model directory at {model} (and HF_HUB_OFFLINE is set, so no hub download)")
     teacher = load_model(model, device="cpu")
     full_dim = model_dimension(teacher)

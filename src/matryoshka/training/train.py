@@ -57,8 +57,10 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from matryoshka.embeddings.vectors import DIMENSION_LADDER, dimension_ladder
-from matryoshka.files import save_model_atomic  # noqa: F401  (re-exported: compare, static and the CLI import it here)
+from matryoshka.errors import DataError, InputError
+from matryoshka.files import save_model_atomic
 from matryoshka.models.loading import model_dimension
+from matryoshka.training import teachers
 from matryoshka.training.losses import InBatchSimilarityDistillationLoss, RankingDistillationLoss, check_prefixes
 
 Objective = Literal["distill", "nli", "retrieval"]
@@ -130,22 +132,22 @@ class TrainConfig:
         return self.dims or tuple(dimension_ladder(full_dim))
 
     def validate(self, full_dim: int) -> None:
-        """Raise ``ValueError`` for settings that cannot train ``full_dim``-dimensional models."""
+        """Raise :class:`InputError` for settings that cannot train ``full_dim``-dimensional models."""
         if self.objective not in get_args(Objective):
-            raise ValueError(f"objective must be 'distill', 'nli' or 'retrieval', got {self.objective!r}")
+            raise InputError(f"objective must be 'distill', 'nli' or 'retrieval', got {self.objective!r}")
         if self.objective == "retrieval" and self.data is None:
-            raise ValueError("the retrieval objective needs data: a file or BEIR set of (anchor, positive) rows")
+            raise InputError("the retrieval objective needs data: a file or BEIR set of (anchor, positive) rows")
         if self.distill_weight < 0:
-            raise ValueError("distill_weight must not be negative")
+            raise InputError("distill_weight must not be negative")
         if self.distill_loss not in get_args(DistillLoss):
-            raise ValueError(f"distill_loss must be 'cosine', 'cosent', 'inbatch' or 'vector', got {self.distill_loss!r}")
+            raise InputError(f"distill_loss must be 'cosine', 'cosent', 'inbatch' or 'vector', got {self.distill_loss!r}")
         check_prefixes(self.dims_for(full_dim), self.weights, full_dim, need_full=self.matryoshka)
         if self.batch_size < 2:
-            raise ValueError("batch_size must be at least 2 (in-batch losses need other rows)")
+            raise InputError("batch_size must be at least 2 (in-batch losses need other rows)")
         if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be positive")
+            raise InputError("learning_rate must be positive")
         if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError("max_steps must be positive")
+            raise InputError("max_steps must be positive")
 
 
 @dataclass
@@ -170,17 +172,6 @@ class TrainResult:
             "final_loss": self.losses[-1] if self.losses else None,
             "config": asdict(self.config),
         }
-
-
-def teacher_embeddings(
-    pairs: Sequence[Sequence[str]], teacher: SentenceTransformer, show_progress_bar: bool = True
-) -> torch.Tensor:
-    """The teacher's full-size embeddings of both texts of every pair, shape ``(pairs, 2, dim)``."""
-    texts = [p[0] for p in pairs] + [p[1] for p in pairs]
-    encoded = teacher.encode(
-        texts, batch_size=64, convert_to_tensor=True, show_progress_bar=show_progress_bar, device="cpu"
-    )
-    return torch.stack([encoded[: len(pairs)], encoded[len(pairs) :]], dim=1).cpu()
 
 
 def pair_dataset(pairs: Sequence[Sequence[str]], table: torch.Tensor, distill_loss: DistillLoss) -> Dataset:
@@ -214,7 +205,6 @@ def load_rows(config: TrainConfig, rows: Sequence[Sequence[str]] | None = None) 
 
 def user_rows(config: TrainConfig) -> list[tuple[str, ...]]:
     """The rows of ``config.data``, checked against what the objective needs."""
-    from matryoshka.data.errors import DataError
     from matryoshka.data.user import load_training_data
 
     assert config.data is not None
@@ -229,23 +219,6 @@ def user_rows(config: TrainConfig) -> list[tuple[str, ...]]:
     return data.rows
 
 
-def _row_columns(rows: Sequence[Sequence[str]]) -> int:
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise ValueError(f"training rows must all have the same number of texts, found {sorted(widths)}")
-    return widths.pop()
-
-
-def teacher_table_of(rows: Sequence[Sequence[str]], teacher: SentenceTransformer, show_progress_bar: bool = True) -> torch.Tensor:
-    """The teacher's full-size embeddings of every text of every row, shape ``(rows, columns, dim)``."""
-    columns = _row_columns(rows)
-    texts = [row[c] for c in range(columns) for row in rows]
-    encoded = teacher.encode(
-        texts, batch_size=64, convert_to_tensor=True, show_progress_bar=show_progress_bar, device="cpu"
-    ).cpu()
-    return torch.stack([encoded[c * len(rows) : (c + 1) * len(rows)] for c in range(columns)], dim=1)
-
-
 def build_dataset(
     config: TrainConfig, teacher: SentenceTransformer | None = None, rows: Sequence[Sequence[str]] | None = None
 ) -> tuple[Dataset, torch.Tensor | None]:
@@ -256,11 +229,11 @@ def build_dataset(
     """
     loaded = load_rows(config, rows)
     if not loaded:
-        raise ValueError("no training rows")
-    columns = _row_columns(loaded)
+        raise InputError("no training rows")
+    columns = teachers.row_columns(loaded)
     if config.objective in ("nli", "retrieval"):
         if columns < 2:
-            raise ValueError(f"the {config.objective} objective needs rows of at least (anchor, positive)")
+            raise InputError(f"the {config.objective} objective needs rows of at least (anchor, positive)")
         names = ["anchor", "positive"] + [f"negative_{i}" if i > 1 else "negative" for i in range(1, columns - 1)]
         data: dict[str, list[Any]] = {name: [row[i] for row in loaded] for i, name in enumerate(names)}
         if config.objective == "nli":
@@ -269,15 +242,15 @@ def build_dataset(
         table = None
         if config.distill_weight > 0:
             if teacher is None:
-                raise ValueError("a distillation term needs a teacher model")
-            table = teacher_table_of(loaded, teacher, config.show_progress_bar)
+                raise InputError("a distillation term needs a teacher model")
+            table = teachers.teacher_table(loaded, teacher, show_progress_bar=config.show_progress_bar)
         return Dataset.from_dict(data), table
     if teacher is None:
-        raise ValueError("the distill objective needs a teacher model")
+        raise InputError("the distill objective needs a teacher model")
     if columns == 1:  # one text per row: only the in-batch loss has pairs to learn from
-        table = teacher_table_of(loaded, teacher, config.show_progress_bar)
+        table = teachers.teacher_table(loaded, teacher, show_progress_bar=config.show_progress_bar)
         return Dataset.from_dict({"text": [row[0] for row in loaded], "label": list(range(len(loaded)))}), table
-    table = teacher_embeddings(loaded, teacher, config.show_progress_bar)
+    table = teachers.teacher_table(loaded, teacher, columns=2, show_progress_bar=config.show_progress_bar)
     return pair_dataset(loaded, table, config.distill_loss), table
 
 
@@ -289,7 +262,7 @@ def build_loss(model: SentenceTransformer, config: TrainConfig, teacher_table: t
         base = RankingDistillationLoss(model, teacher_table, config.distill_weight)
     elif config.distill_loss in ("inbatch", "vector") or (teacher_table is not None and teacher_table.shape[1] == 1):
         if teacher_table is None:
-            raise ValueError("the distill objective needs the teacher's embedding table")
+            raise InputError("the distill objective needs the teacher's embedding table")
         base = InBatchSimilarityDistillationLoss(
             model, teacher_table, vector_weight=1.0 if config.distill_loss == "vector" else 0.0)
     elif config.distill_loss == "cosent":
@@ -362,7 +335,7 @@ def train(
     config.validate(model_dimension(model))
     config = replace(config, dims=config.dims_for(model_dimension(model)))
     if teacher is not None and config.objective == "nli":
-        raise ValueError("the nli objective learns from its triplets, not from a teacher; drop the teacher")
+        raise InputError("the nli objective learns from its triplets, not from a teacher; drop the teacher")
     own_max_seq_length = model.max_seq_length if config.max_seq_length else None  # static models have no settable cap
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length  # for training only: restored before the model is saved
@@ -391,7 +364,7 @@ def _train(
             teacher = model
         train_dataset, teacher_table = build_dataset(config, teacher, rows)
     if len(train_dataset) < config.batch_size:
-        raise ValueError(f"{len(train_dataset)} training rows is fewer than one batch of {config.batch_size}")
+        raise InputError(f"{len(train_dataset)} training rows is fewer than one batch of {config.batch_size}")
     loss = build_loss(model, config, teacher_table)
     output_dir = Path(output_dir)
     recorder = _LossRecorder()

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from matryoshka.indexes.faiss.exact import serial_when_small, top_k_inner_product
-from matryoshka.indexes.faiss.prefixes import prefix_blocks, prefixes, unit_rows
+from matryoshka.indexes.faiss.prefixes import finite_unit_rows, prefix_blocks, prefixes
 
 #: Neighbours per node of the HNSW graph a ``hnsw`` stage searches (FAISS's ``M``; level 0 keeps 2M).
 HNSW_M = 16
@@ -75,7 +75,7 @@ class ApproxView:
             else:
                 index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
             sample = np.linspace(0, max(len(vectors) - 1, 0), min(len(vectors), lists * IVF_TRAIN_PER_LIST))
-            index.train(unit_rows(vectors[sample.astype(np.int64), :dim], "float32"))
+            index.train(finite_unit_rows(vectors[sample.astype(np.int64), :dim], "float32"))
         for block in prefix_blocks(vectors, dim):
             index.add(block)
         return cls(codec, index, np.zeros((0, dim), np.float32))

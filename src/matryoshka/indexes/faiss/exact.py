@@ -43,6 +43,8 @@ import faiss
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from matryoshka.errors import DimensionError, InputError
+
 #: Rows per block when a batch of several queries is scored, and per :class:`ColumnBlocks` block (a
 #: 2048 x 384 float32 block is 3 MB and its scores stay in cache; on the 2-core development machine,
 #: 1 thread, batch 32, blocks of 1-4k rows ran OpenBLAS's product fastest, in either layout).
@@ -72,14 +74,14 @@ def top_k_inner_product(
         row ascending (ties go to the earlier row), like a full sort would.
 
     Raises:
-        ValueError: ``k`` is not positive, or the dims differ.
+        InputError: ``k`` is not positive, or the dims differ.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     shape = (len(base), base.dim) if isinstance(base, ColumnBlocks) else base.shape
     if queries.ndim != 2 or len(shape) != 2 or queries.shape[1] != shape[1]:
-        raise ValueError(f"queries {queries.shape} and base {shape} must be 2-d with the same dim")
+        raise DimensionError(f"queries {queries.shape} and base {shape} must be 2-d with the same dim")
     batch, count = len(queries), len(base)
     k = int(min(k, count))
     if batch == 0 or k == 0:

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from matryoshka.indexes.faiss.prefixes import unit_rows
+from matryoshka.indexes.faiss.prefixes import finite_unit_rows
 
 #: Neighbours stored per vector (int32 each: 64 bytes a vector).
 GRAPH_DEGREE = 16
@@ -125,7 +125,7 @@ def _lists(vectors: np.ndarray, lists: int, seed: int) -> tuple[np.ndarray, np.n
         return np.zeros(count, dtype=np.int64), np.zeros((1, dim), dtype=np.float32)
     sample = np.linspace(0, count - 1, min(count, lists * _TRAIN_PER_LIST)).astype(np.int64)
     kmeans = faiss.Kmeans(dim, lists, niter=_KMEANS_ITERATIONS, spherical=True, seed=seed, verbose=False)
-    kmeans.train(unit_rows(vectors[sample], "float32"))
+    kmeans.train(finite_unit_rows(vectors[sample], "float32"))
     centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
     assign = np.empty(count, dtype=np.int64)
     for start in range(0, count, _ASSIGN_ROWS):

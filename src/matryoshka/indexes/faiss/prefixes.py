@@ -11,26 +11,32 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from matryoshka.embeddings import unit_rows
+from matryoshka.errors import InputError
+
 #: Rows per block when deriving views.
 BLOCK_ROWS = 65_536
 
 
-def unit_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), block by block, as ``dtype``."""
+def finite_unit_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero) as ``dtype``, checked finite, block by block.
+
+    Raises:
+        InputError: a value is NaN or infinite.
+    """
     out = np.empty(vectors.shape, dtype=dtype)
     for start in range(0, len(vectors), BLOCK_ROWS):
         block = np.asarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32)
         if not np.isfinite(block).all():
-            raise ValueError("vectors contain NaN or infinity")
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        out[start : start + len(block)] = block / np.where(norms == 0, 1.0, norms)
+            raise InputError("vectors contain NaN or infinity")
+        out[start : start + len(block)] = unit_rows(block)
     return out
 
 
 def prefix_blocks(vectors: np.ndarray, dim: int) -> Iterable[np.ndarray]:
     """The unit ``dim``-prefixes of ``vectors``, :data:`BLOCK_ROWS` rows at a time, as float32."""
     for start in range(0, len(vectors), BLOCK_ROWS):
-        yield unit_rows(vectors[start : start + BLOCK_ROWS, :dim], "float32")
+        yield finite_unit_rows(vectors[start : start + BLOCK_ROWS, :dim], "float32")
 
 
 def prefixes(vectors: np.ndarray, dim: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool
 
-from matryoshka.errors import EngineError
+from matryoshka.errors import EngineError, InputError
 
 __all__ = ["DEFAULT_TABLE", "connect", "message", "open_pool", "parse_url", "version_tuple"]
 
@@ -28,13 +28,13 @@ def parse_url(url: str) -> tuple[str, str, str]:
     """``(libpq URL without table=, URL with the password masked, table name)``.
 
     Raises:
-        ValueError: not a ``postgresql://`` URL, or a bad table name.
+        InputError: not a ``postgresql://`` URL string, or a bad table name.
     """
     if not isinstance(url, str):
-        raise TypeError(f"expected a postgresql:// URL string, got {url!r}")
+        raise InputError(f"expected a postgresql:// URL string, got {url!r}")
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"expected a postgresql:// URL, got scheme {parts.scheme!r}")
+        raise InputError(f"expected a postgresql:// URL, got scheme {parts.scheme!r}")
     table = DEFAULT_TABLE
     kept = []
     tables = 0
@@ -46,9 +46,9 @@ def parse_url(url: str) -> tuple[str, str, str]:
         else:
             kept.append(item)
     if tables > 1:
-        raise ValueError("the URL names table= more than once")
+        raise InputError("the URL names table= more than once")
     if not _TABLE_NAME.fullmatch(table):
-        raise ValueError(
+        raise InputError(
             f"table {table!r} must be a plain SQL identifier (letters, digits, _; not starting with a digit; "
             "at most 40 characters)"
         )
@@ -72,7 +72,7 @@ def _options(conninfo: str, masked: str) -> tuple[dict[str, Any], dict[str, Any]
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
-        raise ValueError(f"bad PostgreSQL URL {masked}: {message(exc)}") from None
+        raise InputError(f"bad PostgreSQL URL {masked}: {message(exc)}") from None
     extra: dict[str, Any] = {"autocommit": True}  # transactions are explicit
     if "connect_timeout" not in params:
         extra["connect_timeout"] = 10

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from matryoshka.errors import EngineError
+from matryoshka.errors import DimensionError, EngineError, InputError
 from matryoshka.indexes.base import check_batch, funnel_shape, prefix_only, whole_funnel_timings
 from matryoshka.indexes.pgvector.connection import connect, message, open_pool, parse_url
 from matryoshka.indexes.pgvector.queries import (
@@ -94,17 +94,17 @@ class PgVectorIndex(VectorIndex):
             pool_size: most connections the pool opens.
 
         Raises:
-            ValueError: bad URL or table name, ``dim`` missing for a new table, or ``dim``/``model_name``
+            InputError: bad URL or table name, ``dim`` missing for a new table, or ``dim``/``model_name``
                 differ from the stored ones.
             EngineError: the server cannot be reached, lacks pgvector >= 0.7, the table is missing
                 (``create=False``) or belongs to a newer schema version.
         """
         conninfo, masked, table = parse_url(url)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= _MAX_DIM):
-            raise ValueError(f"dim must be an integer from 1 to {_MAX_DIM}, got {dim!r}")
+            raise DimensionError(f"dim must be an integer from 1 to {_MAX_DIM}, got {dim!r}")
         plan = parse_stages(stages) if isinstance(stages, str) else (list(stages) if stages is not None else None)
         if plan is not None and not create:
-            raise ValueError("stages needs create=True (recording the default funnel writes)")
+            raise InputError("stages needs create=True (recording the default funnel writes)")
         index = cls(conninfo, masked, table)
         probe = connect(conninfo, masked)
         try:
@@ -125,7 +125,7 @@ class PgVectorIndex(VectorIndex):
         try:
             if index_stages is not None:
                 if not create:
-                    raise ValueError("index_stages needs create=True (building an index writes)")
+                    raise InputError("index_stages needs create=True (building an index writes)")
                 index.prepare(parse_stages(index_stages) if isinstance(index_stages, str) else list(index_stages))
         except BaseException:
             index.close()
@@ -253,7 +253,7 @@ class PgVectorIndex(VectorIndex):
         point leaves the old rows. The meta row (dim, model, default funnel) stays.
 
         Raises:
-            ValueError: as :meth:`upsert`; nothing is written then.
+            InputError: as :meth:`upsert`; nothing is written then.
             EngineError: the server failed or refused (nothing changed).
         """
         ids, unit, texts_out, meta_out = check_batch(ids, vectors, self.dim, texts, metadata)
@@ -297,7 +297,7 @@ class PgVectorIndex(VectorIndex):
         the last stage.
 
         Raises:
-            ValueError: bad ``k``, stages, filter or query shape; an ``int8`` stage.
+            InputError: bad ``k``, stages, filter or query shape; an ``int8`` stage.
         """
         rows = query_rows(queries, self.dim)
         plan = validate_stages(self._stages if stages is None else stages, self.dim)
@@ -354,7 +354,7 @@ class PgVectorIndex(VectorIndex):
         writes to the table while it runs; on a large table build after the bulk load.
 
         Raises:
-            ValueError: an ``int8`` stage, or a prefix longer than pgvector's HNSW limit for the codec.
+            InputError: an ``int8`` stage, or a prefix longer than pgvector's HNSW limit for the codec.
         """
         name, expression, opclass = index_parts(self.table, stage, self.dim)
         statement = sql.SQL(
@@ -382,7 +382,7 @@ class PgVectorIndex(VectorIndex):
         """The plan PostgreSQL picks for the statement a search runs for one query (``EXPLAIN``)."""
         rows = query_rows(query, self.dim)
         if len(rows) != 1:
-            raise ValueError(f"explain takes one query, got {len(rows)}")
+            raise InputError(f"explain takes one query, got {len(rows)}")
         plan = validate_stages(self._stages if stages is None else stages, self.dim)
         with self._transaction() as conn:
             prepared = self._prepare(conn, k, plan, filter)
@@ -416,7 +416,7 @@ class PgVectorIndex(VectorIndex):
     def _prepare(self, conn: psycopg.Connection[Any], k: int, stages: list[Stage], filter: Filter | None) -> Query:
         """The statements for one search; a funnel whose keep covers every matching row runs exactly."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InputError(f"k must be a positive integer, got {k!r}")
         alone = prefix_only(stages, self.dim)
         if alone is not None:  # ranked by a prefix view alone (the demo's chosen side): an exact scan
             index_parts(self.table, alone, self.dim)  # rejects int8 and over-long prefixes
@@ -453,15 +453,15 @@ def _check_nul(ids: list[str], texts: list[str | None], metadata: list[dict[str,
     """PostgreSQL text and jsonb cannot hold NUL characters; refuse them before the load starts.
 
     Raises:
-        ValueError: an id, text or metadata string holds ``\\x00``.
+        InputError: an id, text or metadata string holds ``\\x00``.
     """
     for kind, values in (("id", ids), ("text", texts)):
         for value in values:
             if value is not None and "\x00" in str(value):
-                raise ValueError(f"a document {kind} holds a NUL character, which PostgreSQL cannot store: {value!r}")
+                raise InputError(f"a document {kind} holds a NUL character, which PostgreSQL cannot store: {value!r}")
     for meta in metadata:
         if meta is not None and any("\x00" in key or (isinstance(v, str) and "\x00" in v) for key, v in meta.items()):
-            raise ValueError(f"metadata holds a NUL character, which PostgreSQL cannot store: {meta!r}")
+            raise InputError(f"metadata holds a NUL character, which PostgreSQL cannot store: {meta!r}")
 
 
 def _id_list(ids: Iterable[str] | str) -> list[str]:

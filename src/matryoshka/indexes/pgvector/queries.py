@@ -17,6 +17,8 @@ import numpy as np
 from pgvector import Bit
 from psycopg import sql
 
+from matryoshka.embeddings import unit_rows
+from matryoshka.errors import DimensionError, InputError
 from matryoshka.retrieval.stages import Stage, validate_stages
 
 __all__ = ["HNSW_MAX_DIM", "Query", "filter_sql", "index_parts", "prefix_expression", "prefix_sql", "query_rows",
@@ -76,17 +78,17 @@ def index_parts(table: str, stage: Stage, dim: int) -> tuple[str, sql.Composable
     """Index name, indexed expression and operator class for a shortlist stage.
 
     Raises:
-        ValueError: an ``int8`` stage, or a prefix longer than pgvector's HNSW limit for the codec.
+        InputError: not a stage, an ``int8`` stage, or a prefix longer than pgvector's HNSW limit for the codec.
     """
     if not isinstance(stage, Stage):
-        raise TypeError(f"expected a Stage, got {stage!r}")
+        raise InputError(f"expected a Stage, got {stage!r}")
     validate_stages([stage], dim)
     d = stage.dim or dim
     if stage.codec == "int8":
-        raise ValueError("pgvector has no int8 vectors; use a float32, float16 or binary shortlist stage")
+        raise InputError("pgvector has no int8 vectors; use a float32, float16 or binary shortlist stage")
     kind = {"float32": "vector", "float16": "halfvec", "binary": "bit"}[stage.codec]
     if d > HNSW_MAX_DIM[kind]:
-        raise ValueError(
+        raise InputError(
             f"pgvector indexes {kind} prefixes of at most {HNSW_MAX_DIM[kind]} dims, stage {stage} reads {d}"
             + ("; use float16 or binary" if kind == "vector" else "")
         )
@@ -198,14 +200,14 @@ def query_rows(queries: np.ndarray, dim: int) -> np.ndarray:
     """Query rows as unit float32 (one row for a 1-D query).
 
     Raises:
-        ValueError: wrong width, NaN/inf, or a zero row.
+        DimensionError: wrong width.
+        InputError: NaN/inf, or a zero row.
     """
     array = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     if array.ndim != 2 or array.shape[1] != dim:
-        raise ValueError(f"queries must have {dim} dims (shape (count, {dim})), got shape {np.shape(queries)}")
+        raise DimensionError(f"queries must have {dim} dims (shape (count, {dim})), got shape {np.shape(queries)}")
     if not np.isfinite(array).all():
-        raise ValueError("queries hold NaN or inf")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError("a zero query vector has no direction to search")
-    return (array / norms).astype(np.float32)
+        raise InputError("queries hold NaN or inf")
+    if (np.linalg.norm(array, axis=1) == 0).any():
+        raise InputError("a zero query vector has no direction to search")
+    return unit_rows(array)

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from matryoshka.errors import EngineError
+from matryoshka.errors import DimensionError, EngineError, InputError
 from matryoshka.indexes.pgvector.connection import version_tuple
 
 __all__ = ["META_TABLE", "MIN_PGVECTOR", "SCHEMA_VERSION", "Schema", "init_schema"]
@@ -93,7 +93,7 @@ def init_schema(
     Runs inside the caller's transaction.
 
     Raises:
-        ValueError: ``dim`` missing for a new table, or ``dim``/``model_name`` differ from the stored ones.
+        InputError: ``dim`` missing for a new table, or ``dim``/``model_name`` differ from the stored ones.
         EngineError: no pgvector (or too old), a missing table with ``create=False``, a foreign table,
             or a newer schema version.
     """
@@ -143,7 +143,7 @@ def init_schema(
                 "by matryoshka (pick another ?table=)"
             )
         if dim is None:
-            raise ValueError(f"table {table!r} does not exist yet; pass dim=... to create it")
+            raise InputError(f"table {table!r} does not exist yet; pass dim=... to create it")
         _migrate(conn, table, 0, dim)
         conn.execute(
             sql.SQL(
@@ -154,9 +154,9 @@ def init_schema(
         return Schema(dim, model_name, stages or "", pgvector_version)
     stored_dim, stored_model, version = row["dim"], row["model_name"], row["schema_version"]
     if dim is not None and dim != stored_dim:
-        raise ValueError(f"table {table!r} holds {stored_dim}-dim vectors, not {dim}")
+        raise DimensionError(f"table {table!r} holds {stored_dim}-dim vectors, not {dim}")
     if model_name and stored_model and model_name != stored_model:
-        raise ValueError(f"table {table!r} holds vectors of model {stored_model!r}, not {model_name!r}")
+        raise InputError(f"table {table!r} holds vectors of model {stored_model!r}, not {model_name!r}")
     if version > SCHEMA_VERSION:
         raise EngineError(
             f"table {table!r} has schema version {version}, newer than this matryoshka ({SCHEMA_VERSION}); "

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from matryoshka.errors import EngineError
+from matryoshka.errors import EngineError, InputError, MissingDependencyError
 
 try:
     from qdrant_client import QdrantClient
     from qdrant_client.common.client_exceptions import QdrantException
     from qdrant_client.http.exceptions import ApiException
 except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError("the Qdrant backend needs qdrant-client: pip install 'matryoshka[qdrant]'") from exc
+    raise MissingDependencyError("the Qdrant backend needs qdrant-client: pip install 'matryoshka[qdrant]'") from exc
 
 
 DEFAULT_COLLECTION = "matryoshka"
@@ -79,39 +79,39 @@ def parse_url(url: str) -> QdrantTarget:
     """Parse a ``qdrant://``, ``qdrants://`` or ``qdrant+local:`` URL (see the module docstring).
 
     Raises:
-        ValueError: another scheme, a missing host or path, credentials or an API key in the URL,
+        InputError: another scheme, a missing host or path, credentials or an API key in the URL,
             a collection path with slashes, or an unknown query parameter.
     """
     if not isinstance(url, str) or not url.strip():
-        raise ValueError("empty Qdrant URL; expected qdrant://HOST:PORT/COLLECTION or qdrant+local:///DIR")
+        raise InputError("empty Qdrant URL; expected qdrant://HOST:PORT/COLLECTION or qdrant+local:///DIR")
     raw, url = url.strip(), _redact(url.strip())  # error messages show `url`, which holds no secrets
     try:
         parts = urlsplit(raw)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"bad Qdrant URL {url!r}: {exc}") from None
+        raise InputError(f"bad Qdrant URL {url!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in _SERVER_SCHEMES and scheme != _LOCAL_SCHEME:
-        raise ValueError(
+        raise InputError(
             f"bad Qdrant URL {url!r}: the scheme must be qdrant://, qdrants:// or qdrant+local:, got {parts.scheme!r}"
         )
     if parts.fragment:
-        raise ValueError(f"bad Qdrant URL {url!r}: no '#' fragment allowed")
+        raise InputError(f"bad Qdrant URL {url!r}: no '#' fragment allowed")
     query = _query_params(url, parts.query, allowed={"timeout"} if scheme in _SERVER_SCHEMES else {"collection"})
     if scheme == _LOCAL_SCHEME:
         if parts.netloc:
-            raise ValueError(
+            raise InputError(
                 f"bad Qdrant URL {url!r}: a local-mode URL names a directory, e.g. qdrant+local:///abs/dir "
                 "(three slashes) or qdrant+local:relative/dir"
             )
         path = unquote(parts.path)
         if not path:
-            raise ValueError(f"bad Qdrant URL {url!r}: no directory given")
+            raise InputError(f"bad Qdrant URL {url!r}: no directory given")
         return QdrantTarget(collection=_collection_name(url, query.get("collection", DEFAULT_COLLECTION)), path=path)
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"bad Qdrant URL: credentials do not belong in the URL; set {API_KEY_ENV} instead")
+        raise InputError(f"bad Qdrant URL: credentials do not belong in the URL; set {API_KEY_ENV} instead")
     if not parts.hostname:
-        raise ValueError(f"bad Qdrant URL {url!r}: no host given")
+        raise InputError(f"bad Qdrant URL {url!r}: no host given")
     collection = unquote(parts.path.strip("/")) or DEFAULT_COLLECTION
     timeout = None
     if "timeout" in query:
@@ -120,7 +120,7 @@ def parse_url(url: str) -> QdrantTarget:
         except ValueError:
             timeout = 0
         if timeout < 1:
-            raise ValueError(f"bad Qdrant URL {url!r}: timeout must be a positive number of seconds")
+            raise InputError(f"bad Qdrant URL {url!r}: timeout must be a positive number of seconds")
     return QdrantTarget(
         collection=_collection_name(url, collection),
         host=parts.hostname,
@@ -141,17 +141,17 @@ def _query_params(url: str, query: str, allowed: set[str]) -> dict[str, str]:
     try:
         params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise ValueError(f"bad Qdrant URL {url!r}: malformed query string") from None
+        raise InputError(f"bad Qdrant URL {url!r}: malformed query string") from None
     out = {}
     for key, values in params.items():
         if key.lower() in _SECRET_PARAMS:
-            raise ValueError(f"bad Qdrant URL: do not put {key!r} in the URL; set {API_KEY_ENV} instead")
+            raise InputError(f"bad Qdrant URL: do not put {key!r} in the URL; set {API_KEY_ENV} instead")
         if key not in allowed:
-            raise ValueError(
+            raise InputError(
                 f"bad Qdrant URL {url!r}: unknown parameter {key!r} (allowed: {', '.join(sorted(allowed))})"
             )
         if len(values) != 1:
-            raise ValueError(f"bad Qdrant URL {url!r}: {key!r} is given more than once")
+            raise InputError(f"bad Qdrant URL {url!r}: {key!r} is given more than once")
         out[key] = values[0]
     return out
 
@@ -159,7 +159,7 @@ def _query_params(url: str, query: str, allowed: set[str]) -> dict[str, str]:
 def _collection_name(url: str, name: str) -> str:
     """Check a collection name: non-empty, no path separators."""
     if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise ValueError(f"bad Qdrant URL {url!r}: the collection name must be one non-empty path segment, got {name!r}")
+        raise InputError(f"bad Qdrant URL {url!r}: the collection name must be one non-empty path segment, got {name!r}")
     return name
 
 

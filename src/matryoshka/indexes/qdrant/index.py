@@ -19,7 +19,7 @@ from qdrant_client.common.client_exceptions import QdrantException
 from qdrant_client.http.exceptions import ApiException
 
 from matryoshka.embeddings.vectors import truncate
-from matryoshka.errors import EngineError
+from matryoshka.errors import DimensionError, EngineError, InputError
 from matryoshka.indexes.base import check_batch, funnel_shape, prefix_only, whole_funnel_timings
 from matryoshka.indexes.qdrant.connection import QdrantTarget, _connect, _Connection, parse_url
 from matryoshka.indexes.qdrant.points import filter_conditions, point_hit, point_id, point_payload
@@ -103,20 +103,20 @@ class QdrantIndex(VectorIndex):
         and stored model name win, and a different ``dim`` or ``model_name`` is refused.
 
         Raises:
-            ValueError: a bad URL or argument, a missing ``dim`` for a new collection, a mismatch
+            InputError: a bad URL or argument, a missing ``dim`` for a new collection, a mismatch
                 with the stored dim or model, or a collection that matryoshka did not create.
             EngineError: the server is unreachable or refuses, the local directory is in use by
                 another process, or the collection is missing and ``create`` is false.
         """
         target = parse_url(url)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+            raise DimensionError(f"dim must be a positive integer, got {dim!r}")
         if not isinstance(model_name, str):
-            raise ValueError(f"model_name must be a string, got {model_name!r}")
+            raise InputError(f"model_name must be a string, got {model_name!r}")
         wanted_prefixes = _prefix_dims(prefix_dims, dim) if dim is not None else None
         plan = parse_stages(stages) if isinstance(stages, str) else (list(stages) if stages is not None else None)
         if plan is not None and not create:
-            raise ValueError("stages needs create=True (recording the default funnel writes)")
+            raise InputError("stages needs create=True (recording the default funnel writes)")
         connection = _connect(target, url)
         client = connection.client
         try:
@@ -135,7 +135,7 @@ class QdrantIndex(VectorIndex):
                     "... --out URL` (from Python: open it with create=True and dim=...)"
                 )
             elif dim is None or wanted_prefixes is None:
-                raise ValueError(f"collection {target.collection!r} does not exist yet; pass dim to create it")
+                raise InputError(f"collection {target.collection!r} does not exist yet; pass dim to create it")
             else:
                 backend = cls(connection, target, url, dim, model_name, wanted_prefixes, bool(binary), plan)
                 backend._create()
@@ -151,10 +151,10 @@ class QdrantIndex(VectorIndex):
         """Read an existing collection's layout and metadata; refuse foreign collections and mismatches."""
         vectors = info.config.params.vectors
         if not isinstance(vectors, Mapping) or FULL_VECTOR not in vectors:
-            raise ValueError(f"collection {target.collection!r} at {url} has no {FULL_VECTOR!r} vector; not a matryoshka collection")
+            raise InputError(f"collection {target.collection!r} at {url} has no {FULL_VECTOR!r} vector; not a matryoshka collection")
         meta = getattr(info.config, "metadata", None) or {}
         if meta.get("format", FORMAT) != FORMAT:
-            raise ValueError(f"collection {target.collection!r} at {url} holds {meta.get('format')!r} data, not {FORMAT}")
+            raise InputError(f"collection {target.collection!r} at {url} holds {meta.get('format')!r} data, not {FORMAT}")
         stored_dim = int(vectors[FULL_VECTOR].size)
         prefixes = sorted(int(m.group(1)) for name in vectors if (m := _PREFIX_NAME.fullmatch(name)))
         binary = meta.get("binary")
@@ -162,9 +162,9 @@ class QdrantIndex(VectorIndex):
             binary = isinstance(vectors[FULL_VECTOR].quantization_config, models.BinaryQuantization)
         stored_model = meta.get("model_name") or ""
         if dim is not None and dim != stored_dim:
-            raise ValueError(f"collection {target.collection!r} at {url} holds {stored_dim}-dim vectors, not {dim}")
+            raise DimensionError(f"collection {target.collection!r} at {url} holds {stored_dim}-dim vectors, not {dim}")
         if model_name and stored_model and model_name != stored_model:
-            raise ValueError(
+            raise InputError(
                 f"collection {target.collection!r} at {url} holds vectors of model {stored_model!r}, not {model_name!r}"
             )
         recorded = meta.get("stages") or ""
@@ -279,7 +279,7 @@ class QdrantIndex(VectorIndex):
           meanwhile are replaced with it.
 
         Raises:
-            ValueError: as :meth:`upsert`; nothing is written then.
+            InputError: as :meth:`upsert`; nothing is written then.
             EngineError: the engine failed (the old collection still answers, except as said above).
         """
         ids, rows, texts_out, meta = check_batch(ids, vectors, self.dim, texts, metadata)
@@ -380,27 +380,27 @@ class QdrantIndex(VectorIndex):
         ``query_batch_points``.
 
         Raises:
-            ValueError: bad queries or ``k``, a funnel this backend cannot run (more than two
+            InputError: bad queries or ``k``, a funnel this backend cannot run (more than two
                 stages, an ``int8`` stage, a prefix dim the collection lacks, a binary stage
                 without binary quantization), or a bad filter.
             EngineError: the engine failed.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InputError(f"k must be a positive integer, got {k!r}")
         query = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if query.ndim != 2 or query.shape[1] != self.dim:
-            raise ValueError(f"queries have shape {np.shape(queries)} but the collection holds {self.dim}-dim vectors")
+            raise DimensionError(f"queries have shape {np.shape(queries)} but the collection holds {self.dim}-dim vectors")
         if not np.isfinite(query).all():
-            raise ValueError("queries hold NaN or inf")
+            raise InputError("queries hold NaN or inf")
         if (np.linalg.norm(query, axis=1) == 0).any():
-            raise ValueError("a zero query has no direction to search")
+            raise InputError("a zero query has no direction to search")
         started = time.perf_counter()
         funnel = validate_stages(self._stages if stages is None else stages, self.dim)
         conditions = filter_conditions(check_filter(filter))
         alone = prefix_only(funnel, self.dim)
         if alone is not None:  # rank by a stored prefix vector alone, exactly
             if alone.codec not in ("float32", "float16"):
-                raise ValueError(f"stage {alone}: this backend ranks by a prefix alone only with float codecs")
+                raise InputError(f"stage {alone}: this backend ranks by a prefix alone only with float codecs")
             name, d, _, _ = self._shortlist(alone, k)
             requests = [
                 models.QueryRequest(query=truncate(row[None, :], d)[0].tolist(), using=name, limit=k, filter=conditions,
@@ -423,12 +423,12 @@ class QdrantIndex(VectorIndex):
         """(vector name, prefix dim, limit, search params) of a shortlist stage; refuse what is not stored."""
         d = stage.dim or self.dim
         if stage.codec == "int8":
-            raise ValueError(f"stage {stage}: this backend stores no int8 (scalar) quantization; use float32 or binary")
+            raise InputError(f"stage {stage}: this backend stores no int8 (scalar) quantization; use float32 or binary")
         if stage.codec == "binary" and not self.binary:
-            raise ValueError(f"stage {stage}: collection {self.collection!r} was created without binary quantization")
+            raise InputError(f"stage {stage}: collection {self.collection!r} was created without binary quantization")
         if d != self.dim and d not in self.prefix_dims:
             available = ", ".join(str(p) for p in (*self.prefix_dims, self.dim))
-            raise ValueError(
+            raise InputError(
                 f"stage {stage}: collection {self.collection!r} stores no {d}-dim prefix; available dims: {available}"
             )
         name = FULL_VECTOR if d == self.dim else PREFIX_VECTOR.format(d)
@@ -488,11 +488,11 @@ def _engine_errors(url: str, action: str) -> Iterator[None]:
 def _prefix_dims(prefix_dims: Sequence[int], dim: int) -> list[int]:
     """Validated prefix dims shorter than ``dim``, sorted and without repeats."""
     if isinstance(prefix_dims, (str, bytes)) or not isinstance(prefix_dims, Iterable):
-        raise ValueError(f"prefix_dims must be a sequence of positive integers, got {prefix_dims!r}")
+        raise InputError(f"prefix_dims must be a sequence of positive integers, got {prefix_dims!r}")
     out = set()
     for d in prefix_dims:
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-            raise ValueError(f"prefix_dims must be positive integers, got {d!r}")
+            raise InputError(f"prefix_dims must be positive integers, got {d!r}")
         if d < dim:
             out.add(int(d))
     return sorted(out)

@@ -8,6 +8,7 @@ from typing import Any
 
 from qdrant_client import models
 
+from matryoshka.errors import InputError
 from matryoshka.retrieval.types import Hit
 
 #: Namespace of the point UUIDs; changing it orphans every stored point.
@@ -48,7 +49,7 @@ def _field_path(key: str) -> str:
     if _PLAIN_KEY.fullmatch(key):
         return f"metadata.{key}"
     if '"' in key:
-        raise ValueError(f"this backend cannot filter on a metadata key holding a double quote: {key!r}")
+        raise InputError(f"this backend cannot filter on a metadata key holding a double quote: {key!r}")
     return f'metadata."{key}"'
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from matryoshka.errors import MatryoshkaError
 from matryoshka.models.identity import model_fingerprint, model_label, short_name
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def build_demo_index(
             index = FunnelIndex.load(path)
             log(f"loaded the demo index from {path} ({len(index)} glosses)")
             return index
-        except Exception as exc:  # a damaged cache is rebuilt, not fatal
+        except (MatryoshkaError, OSError) as exc:  # a damaged cache (IndexCorruptError...) is rebuilt, not fatal
             log(f"cached index at {path} is unusable ({exc}); rebuilding")
     where = Path(source) if source is not None else find_source()
     ids, texts = load_glosses(limit, where)

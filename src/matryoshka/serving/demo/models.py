@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from matryoshka.errors import InputError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from matryoshka.retrieval import FunnelIndex
+    from matryoshka.indexes.faiss import FunnelIndex
 
 #: Suffix of the served name of the rotated base model.
 ROTATION_SUFFIX = "+rotation"
@@ -56,7 +58,7 @@ def demo_choices(
         models[rotated_name], indexes[rotated_name] = rotated, rotated_index
     for other_name, other in others:
         if build is None:
-            raise ValueError("more demo models need a function that builds their index")
+            raise InputError("more demo models need a function that builds their index")
         models[other_name], indexes[other_name] = other, build(other, other_name)
     return models, indexes
 

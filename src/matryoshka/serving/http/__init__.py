@@ -1,1 +1,1 @@
-"""HTTP plumbing of the server: the uvicorn protocol, middleware and OpenAI-shaped errors."""
+"""HTTP plumbing of the server: the header deadline (a uvicorn protocol), middleware, OpenAI-shaped errors."""

@@ -9,7 +9,6 @@ from matryoshka.errors import ClientGone, ServingError
 __all__ = ["APIError", "ClientGone"]
 
 
-
 class APIError(ServingError):
     """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
 

@@ -1,4 +1,4 @@
-"""Ingestion: encode a corpus (with Ray Data across a cluster, or in this process) into any index, resumably.
+"""Add a corpus to any index, resumably: Ray Data across a cluster, or this process.
 
 The driver reads the corpus, asks the backend which ids it already holds and drops them (so a re-run
 after a crash resumes instead of starting over), then streams the remaining ``(id, text)`` rows
@@ -28,21 +28,21 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from matryoshka.data.corpus import read_documents
-from matryoshka.errors import InputError
+from matryoshka.errors import InputError, MissingDependencyError
+from matryoshka.ingest.progress import progress
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
     from matryoshka.retrieval.protocol import VectorIndex
 
-__all__ = ["LOCAL_OBJECT_STORE_BYTES", "EncodeReport", "encode_chunks", "encode_to_index", "read_documents"]
+__all__ = ["LOCAL_OBJECT_STORE_BYTES", "EncodeReport", "encode_to_index", "free_ids"]
 
 #: Object store size of a local Ray instance started by :func:`encode_to_index` (Ray's default is
 #: 30% of RAM, too much next to other jobs).
@@ -134,7 +134,7 @@ def encode_to_index(
             ``index build --backend`` runs it: the same model's vectors, faster on a CPU.
 
     Raises:
-        ValueError: the corpus is empty, an id is empty or repeats (the message names it), or the
+        InputError: the corpus is empty, an id is empty or repeats (the message names it), or the
             backend's dimension differs from the model's (checked before any encoding).
         ImportError: Ray Data is not installed (``pip install 'matryoshka[ray]'``).
     """
@@ -142,9 +142,9 @@ def encode_to_index(
 
     started = time.perf_counter()
     if batch_size < 1 or write_batch < 1:
-        raise ValueError(f"batch_size and write_batch must be positive, got {batch_size} and {write_batch}")
+        raise InputError(f"batch_size and write_batch must be positive, got {batch_size} and {write_batch}")
     if num_workers is not None and num_workers < 1:
-        raise ValueError(f"num_workers must be positive, got {num_workers}")
+        raise InputError(f"num_workers must be positive, got {num_workers}")
     docs = _check_documents(documents, text_column, id_column)
     dim = _model_dim(model)
     label = model_label(model)
@@ -153,7 +153,7 @@ def encode_to_index(
     store = _open(backend, dim, label) if isinstance(backend, str) else backend
     try:
         if store.dim != dim:
-            raise ValueError(
+            raise InputError(
                 f"the backend {store.url} holds {store.dim}-dimensional vectors but model {label} "
                 f"makes {dim}-dimensional ones"
             )
@@ -192,18 +192,18 @@ def _check_documents(
     out: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
     for number, row in enumerate(rows):
         if not isinstance(row, (tuple, list)) or len(row) not in (2, 3):
-            raise ValueError(f"document {number} must be (id, text) or (id, text, metadata), got {row!r:.80}")
+            raise InputError(f"document {number} must be (id, text) or (id, text, metadata), got {row!r:.80}")
         doc_id, text = str(row[0]), row[1]
         metadata = row[2] if len(row) == 3 else None
         if not doc_id:
-            raise ValueError(f"document {number} has an empty id")
+            raise InputError(f"document {number} has an empty id")
         if not isinstance(text, str):
-            raise TypeError(f"document {doc_id!r} has a {type(text).__name__} for text, expected a string")
+            raise InputError(f"document {doc_id!r} has a {type(text).__name__} for text, expected a string")
         if doc_id in out:
-            raise ValueError(f"duplicate document id {doc_id!r} in the input")
+            raise InputError(f"duplicate document id {doc_id!r} in the input")
         out[doc_id] = (text, metadata)
     if not out:
-        raise ValueError("the corpus is empty: nothing to encode")
+        raise InputError("the corpus is empty: nothing to encode")
     return out
 
 
@@ -247,7 +247,7 @@ def _run(
         import ray
         import ray.data
     except ImportError as exc:  # pragma: no cover - ray is an optional dependency
-        raise ImportError("encoding with Ray needs `pip install 'matryoshka[ray]'` (ray[data])") from exc
+        raise MissingDependencyError("encoding with Ray needs `pip install 'matryoshka[ray]'` (ray[data])") from exc
 
     we_started = _connect(ray, ray_address)
     context = ray.data.DataContext.get_current()
@@ -268,7 +268,7 @@ def _run(
         )
         del items
         written = 0
-        with _progress(len(todo), show_progress, "encoding with Ray") as advance:
+        with progress(len(todo), show_progress, "encoding with Ray") as advance:
             for batch in dataset.iter_batches(batch_size=write_batch, batch_format="numpy"):
                 ids = [str(i) for i in batch["id"]]
                 store.upsert(
@@ -302,7 +302,7 @@ def _run_here(
 
     loaded = load_model(model, backend=runtime[0], quantize=runtime[1])
     written = 0
-    with _progress(len(todo), show_progress, "encoding") as advance:
+    with progress(len(todo), show_progress, "encoding") as advance:
         for start in range(0, len(todo), write_batch):
             ids = todo[start : start + write_batch]
             texts = [docs[i][0] for i in ids]
@@ -326,84 +326,6 @@ def _connect(ray: Any, address: str | None) -> bool:
     else:
         ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, log_to_driver=False)
     return True
-
-
-def piped_progress(console: Any, total: int) -> Callable[[int], None]:
-    """``report(done)``: a line ``encoded N/M`` every tenth of ``total`` when ``console`` is no terminal
-    (piped or logged, where a rich progress bar does not draw); nothing on a terminal."""
-    reported = [0]
-
-    def report(done: int) -> None:
-        if not console.is_terminal and (done - reported[0] >= max(total // 10, 1) or done == total):
-            console.print(f"encoded {done:,}/{total:,}", highlight=False)
-            reported[0] = done
-
-    return report
-
-
-class _progress:
-    """A rich progress bar over documents written (a no-op when hidden); yields an ``advance(n)``.
-
-    When stderr is not a terminal (piped, logged) the bar does not draw, so a line ``encoded N/M`` is
-    printed every tenth instead, as ``index build`` prints it.
-    """
-
-    def __init__(self, total: int, show: bool, label: str = "encoding") -> None:
-        self.total, self.show, self.label = total, show, label
-        self._bar: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.show:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        console = Console(stderr=True)
-        columns = (TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self._bar = Progress(*columns, console=console, transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task("encoding", total=self.total)
-        report = piped_progress(console, self.total)
-        done = [0]
-
-        def advance(n: int) -> None:
-            self._bar.advance(task, n)
-            done[0] += n
-            report(done[0])
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-
-def encode_chunks(
-    model: SentenceTransformer, texts: Sequence[str], batch_size: int = 64, on_progress: Any = None
-) -> np.ndarray:
-    """Full-size unit vectors of ``texts``, encoded a few batches at a time; ``on_progress(done, total)``
-    is called after each chunk (a progress bar's update)."""
-    from matryoshka.embeddings.vectors import encode
-    from matryoshka.models.loading import model_dimension
-
-    if not texts:
-        return np.zeros((0, model_dimension(model)), dtype=np.float32)
-    # A few batches per chunk: long enough for sentence-transformers to sort texts by length, short
-    # enough that progress moves every few seconds.
-    chunk = batch_size * 4
-    parts = []
-    for start in range(0, len(texts), chunk):
-        batch = list(texts[start : start + chunk])
-        parts.append(encode(model, batch, batch_size=batch_size, show_progress_bar=False))
-        if on_progress is not None:
-            on_progress(start + len(batch), len(texts))
-    return np.concatenate(parts)
 
 
 def free_ids(index: VectorIndex, ids: Sequence[str | None]) -> list[str]:

@@ -1,0 +1,50 @@
+"""``POST /v1/embeddings``: OpenAI's embeddings, with Matryoshka ``dimensions``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from matryoshka.embeddings.vectors import truncate
+from matryoshka.serving.checks import check_dimensions, check_inputs
+from matryoshka.serving.demo.render import RENDER_ROWS, render_embeddings
+from matryoshka.serving.schemas import ERROR_RESPONSES, EmbeddingRequest, EmbeddingResponse
+from matryoshka.serving.state import State, submit_while_connected
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
+async def create_embeddings(body: EmbeddingRequest, request: Request, state: State) -> Response:
+    """Embed strings with a served model, optionally cut to ``dimensions`` (re-normalized)."""
+    served = state.get_model(body.model)
+    texts = check_inputs(body.input, state.config)
+    dim = check_dimensions(body.dimensions, served.dim)
+    vectors, tokens = await submit_while_connected(request, served.batcher, texts)
+
+    rows = truncate(vectors, dim)
+    total = int(tokens.sum())
+    head = b'{"object":"list","data":['
+    usage = {"model": served.name, "usage": {"prompt_tokens": total, "total_tokens": total}}
+    tail = b"]," + json.dumps(usage, separators=(",", ":"))[1:].encode()
+    if len(rows) <= RENDER_ROWS:
+        items = await run_in_threadpool(render_embeddings, rows, 0, body.encoding_format)
+        return Response(head + items + tail, media_type="application/json")
+
+    def parts() -> Iterator[bytes]:
+        # Large answers go out in slices of RENDER_ROWS rows, each rendered in a worker thread: memory
+        # stays at one slice (not 2,048 x 384 Python floats and their JSON at once) and the event loop,
+        # which needs the GIL that json.dumps holds, gets a turn between slices.
+        yield head
+        for start in range(0, len(rows), RENDER_ROWS):
+            data = render_embeddings(rows[start : start + RENDER_ROWS], start, body.encoding_format)
+            yield (b"," if start else b"") + data
+        yield tail
+
+    return StreamingResponse(parts(), media_type="application/json")
