@@ -26,19 +26,19 @@ def _corpus(path: Path, count: int = 5) -> Path:
 
 def test_build_refuses_an_index_of_another_model_before_encoding(tmp_path: Path, monkeypatch) -> None:
     """The refusal used to come after the whole corpus was encoded."""
-    import matryoshka.cli.index as index_cli
+    import matryoshka.ingest.rebuild as rebuild
 
     out = tmp_path / "index"
     with FunnelIndex.open(out, dim=384, model_name="someone/other-model") as index:
         index.upsert(["x"], np.ones((1, 384), dtype=np.float32), ["kept"])
     encoded: list[int] = []
-    real = index_cli.encode_with_progress
+    real = rebuild.encode_chunks
 
-    def counting(model, texts, batch_size=64):
+    def counting(model, texts, batch_size=64, on_progress=None):
         encoded.append(len(texts))
-        return real(model, texts, batch_size)
+        return real(model, texts, batch_size, on_progress=on_progress)
 
-    monkeypatch.setattr(index_cli, "encode_with_progress", counting)
+    monkeypatch.setattr(rebuild, "encode_chunks", counting)
     result = runner.invoke(app, ["index", "build", "--corpus", str(_corpus(tmp_path / "c.jsonl")), "--out", str(out)])
     assert result.exit_code == 1, result.output
     assert encoded == []  # refused before encoding a single text
