@@ -22,6 +22,7 @@ from matryoshka import _moved
 if TYPE_CHECKING:
     from matryoshka.embeddings.vectors import Precision, encode, truncate
     from matryoshka.models.loading import DEFAULT_MODEL, build_static_model, load_model
+    from matryoshka.models.upstream.config import UpstreamConfig
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ _LAZY = {
     "DEFAULT_MODEL": "matryoshka.models.loading",
     "build_static_model": "matryoshka.models.loading",
     "load_model": "matryoshka.models.loading",
+    "UpstreamConfig": "matryoshka.models.upstream.config",
 }
 
 
@@ -43,4 +45,6 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'matryoshka' has no attribute {name!r}")
 
-__all__ = ["DEFAULT_MODEL", "Precision", "build_static_model", "encode", "load_model", "truncate", "__version__"]
+__all__ = [
+    "DEFAULT_MODEL", "Precision", "UpstreamConfig", "build_static_model", "encode", "load_model", "truncate", "__version__",
+]

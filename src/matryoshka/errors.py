@@ -14,8 +14,9 @@ models, ``ImportError`` for a missing extra), so ``except ValueError`` keeps wor
     │   ├── AdaptError                      an adaptor cannot be fitted, loaded or applied
     │   └── StaticBuildError                a static model cannot be built with these settings
     ├── ModelError (RuntimeError)           a model cannot be found, loaded, or does not match
-    │   └── ModelLoadError
-    │       └── RuntimeBackendError         ONNX/OpenVINO missing or cannot export this model
+    │   ├── ModelLoadError
+    │   │   └── RuntimeBackendError         ONNX/OpenVINO missing or cannot export this model
+    │   └── UpstreamError                   an upstream embeddings API failed (HTTP ``status`` 502/503/504)
     ├── IndexStoreError (RuntimeError)      an index cannot be opened, read or written
     │   ├── IndexCorruptError               an index directory fails its checks
     │   ├── StaleLogError                   a vector log's index was replaced by another writer
@@ -37,7 +38,7 @@ __all__ = [
     "AdaptError", "BackendError", "BatcherClosed", "ClientGone", "DataError", "DimensionError", "EngineError",
     "IndexCorruptError", "IndexStoreError", "InputError", "MatryoshkaError", "MissingDependencyError",
     "ModelError", "ModelLoadError", "QueueFull", "RuntimeBackendError", "ServingError", "StaleLogError",
-    "StartupError", "StaticBuildError", "WordNetNotFound",
+    "StartupError", "StaticBuildError", "UpstreamError", "WordNetNotFound",
 ]
 
 
@@ -98,6 +99,19 @@ class ModelLoadError(ModelError):
 
 class RuntimeBackendError(ModelLoadError):
     """An inference backend is missing or cannot export this model."""
+
+
+class UpstreamError(ModelError):
+    """An upstream embeddings API failed after its retries; ``status`` is the HTTP answer it maps to.
+
+    502: the upstream answered badly (a 5xx, malformed JSON, wrong vector sizes or counts); 503: it kept
+    answering 429, or cannot be reached; 504: it timed out. The message names the upstream's URL and
+    what went wrong, never its key.
+    """
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class WordNetNotFound(DataError):

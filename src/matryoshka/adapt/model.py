@@ -8,6 +8,7 @@ without importing matryoshka.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.adapt.adaptor import ADAPTOR_FILE, METHODS, AdaptError, Adaptor, Method
+from matryoshka.adapt.applied import adaptor_dimensions, dimension_list
 from matryoshka.adapt.choice import Progress, choose_adaptor
 from matryoshka.adapt.learned import LearnedConfig
 from matryoshka.adapt.report import AdaptReport
@@ -58,7 +60,8 @@ def save_adapted_model(
     report: AdaptReport | None = None,
 ) -> Path:
     """Save the adapted model (loadable by plain ``SentenceTransformer(output_dir)``) with its adaptor
-    file and, when given, ``adapt-report.json``/``.md``."""
+    file and, when given, ``adapt-report.json``/``.md``; its safe dimensions (the report's, else those the
+    adaptor's metadata holds) go into ``config.json`` as ``matryoshka_dimensions``."""
     from matryoshka.files import save_model_atomic
 
     adapted = adapted_model(model, adaptor)
@@ -66,7 +69,40 @@ def save_adapted_model(
     adaptor.save(target / ADAPTOR_FILE)
     if report is not None:
         report.save(target)
+    dims = report.matryoshka_dimensions if report is not None else adaptor_dimensions(adaptor)
+    if dims is not None:
+        write_matryoshka_dimensions(target, dims)
     return target
+
+
+def write_matryoshka_dimensions(model_dir: str | os.PathLike[str], dims: Sequence[int]) -> Path:
+    """Record ``dims`` as ``matryoshka_dimensions`` in the model's ``config.json`` (atomically; its other keys
+    kept), the key inference servers such as vLLM read to accept a request's ``dimensions``."""
+    from matryoshka.files import write_atomic
+
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError as exc:
+        raise AdaptError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise AdaptError(f"{path} does not hold a JSON object")
+    config["matryoshka_dimensions"] = sorted(int(d) for d in dims)
+    write_atomic(path, (json.dumps(config, indent=2) + "\n").encode())
+    return path
+
+
+def model_dimensions(model_dir: str | os.PathLike[str]) -> list[int] | None:
+    """The ``matryoshka_dimensions`` a model directory's ``config.json`` states; ``None`` when it states none."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not ours to judge: the model loader reports a broken config
+    dims = config.get("matryoshka_dimensions") if isinstance(config, dict) else None
+    return None if dims is None else dimension_list(dims, str(path))
 
 
 @dataclass

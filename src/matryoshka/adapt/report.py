@@ -2,7 +2,9 @@
 
 Written beside the result as ``adapt-report.json`` and ``adapt-report.md``. The scores are means over
 held-out queries (or texts); the gain of the learned map over the rotation comes with a 95% interval
-from the paired per-query differences, and with folds, how many folds it won.
+from the paired per-query differences, and with folds, how many folds it won. The report also states
+``matryoshka_dimensions``: the dims at which the saved candidate keeps ``safe_share`` (95%) of its
+full-size held-out score, what a server lists and may restrict requests to.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from matryoshka.evaluation.results import SAFE_SHARE, safe_dimensions
 from matryoshka.files import write_atomic
 
 if TYPE_CHECKING:
@@ -80,10 +83,20 @@ class AdaptReport:
     counts: dict[str, int] = field(default_factory=dict)
     chosen: str = "rotation"
     reason: str = ""
+    safe_share: float = SAFE_SHARE
 
     @property
     def metric(self) -> str:
         return self.rows["rotation"].primary if "rotation" in self.rows else ""
+
+    @property
+    def matryoshka_dimensions(self) -> list[int] | None:
+        """The dims (ascending) where the saved candidate keeps ``safe_share`` of its full-size held-out
+        score; ``None`` when it was not scored (no held-out data could be carved) or scored zero at full size."""
+        scores = self.chosen_scores()
+        if scores is None or not scores[str(self.full_dim)] > 0:
+            return None
+        return safe_dimensions({int(d): v for d, v in scores.items()}, self.safe_share)
 
     def gain(self, dim: int) -> dict[str, float]:
         """The learned map's gain over the rotation at ``dim``: mean, 95% interval, folds won."""
@@ -173,14 +186,25 @@ class AdaptReport:
 
     def summary(self) -> dict[str, Any]:
         """The short form stored in the adaptor's metadata."""
-        return {"chosen": self.chosen, "reason": self.reason, "signal": self.signal, "scheme": self.scheme.get("kind")}
+        return {"chosen": self.chosen, "reason": self.reason, "signal": self.signal, "scheme": self.scheme.get("kind"),
+                "matryoshka_dimensions": self.matryoshka_dimensions, "safe_share": self.safe_share,
+                "metric": self.metric, "held_out_scores": self.chosen_scores()}
+
+    def chosen_scores(self) -> dict[str, float] | None:
+        """The saved candidate's mean held-out score per dim (primary metric), from which the safe
+        dimensions at any share follow; ``None`` when it was not scored."""
+        scores = self.rows.get(self.chosen)
+        if scores is None or not self.metric:
+            return None
+        return {str(d): round(scores.mean(self.metric, d), 6) for d in self.dims}
 
     def to_json(self) -> dict[str, Any]:
         rows = {name: scores.means() for name, scores in self.rows.items()}
         out: dict[str, Any] = {
             "chosen": self.chosen, "reason": self.reason, "confidence": self.confidence(), "method": self.method,
             "signal": self.signal, "metric": self.metric, "dims": self.dims, "full_dim": self.full_dim,
-            "corpus_vectors": self.corpus_vectors, "scheme": self.scheme, "validation": rows,
+            "corpus_vectors": self.corpus_vectors, "matryoshka_dimensions": self.matryoshka_dimensions,
+            "safe_share": self.safe_share, "scheme": self.scheme, "validation": rows,
             "gain_over_rotation": {d: self.gain(d) for d in self.dims} if "learned" in self.rows else {},
             "floors": {"tolerance": self.validation.tolerance, "full_tolerance": self.validation.full_tolerance,
                        "min_gain": self.validation.min_gain},
@@ -221,6 +245,10 @@ class AdaptReport:
                   f"untouched model at full size, and {100 * self.validation.min_gain:.2f}+ points better than the "
                   "rotation on average, with a 95% interval of that gain above zero.")
         lines += [floors, ""]
+        safe = self.matryoshka_dimensions
+        if safe is not None:
+            lines += [f"Safe dimensions (`matryoshka_dimensions`): {', '.join(map(str, safe))}: the {self.chosen} keeps "
+                      f"{100 * self.safe_share:.0f}% of its full-size held-out {self.metric} there.", ""]
         if self.counts:
             lines += ["Inputs: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in self.counts.items()) + ".", ""]
         if self.warnings:

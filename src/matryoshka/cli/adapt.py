@@ -10,7 +10,18 @@ from rich.console import Console
 from rich.table import Table
 
 from matryoshka.cli.errors import HandledGroup, fail
-from matryoshka.cli.options import CORPUS_HELP, IdColumnOption, ModelOption, TextColumnOption, parse_ints, progress_bar
+from matryoshka.cli.options import (
+    CORPUS_HELP,
+    IdColumnOption,
+    ModelOption,
+    TextColumnOption,
+    UpstreamArgs,
+    load_cli_model,
+    parse_ints,
+    progress_bar,
+    upstream_cost,
+    upstream_options,
+)
 
 console = Console(stderr=True)
 
@@ -24,6 +35,7 @@ adapt_app = typer.Typer(
 
 
 @adapt_app.callback()
+@upstream_options
 def adapt(
     ctx: typer.Context,
     corpus: Annotated[str | None, typer.Option(
@@ -54,6 +66,7 @@ def adapt(
         "refitting on all of them.")] = False,
     limit: Annotated[int | None, typer.Option(min=2, help="Fit on the first N corpus texts.")] = None,
     seed: Annotated[int, typer.Option(help="Seeds the validation split and the fit.")] = 0,
+    upstream: UpstreamArgs = UpstreamArgs(),
 ) -> None:
     """Make a frozen model Matryoshka for a corpus; save an ordinary sentence-transformers model.
 
@@ -63,6 +76,11 @@ def adapt(
     adapt-report.md beside the result say what was checked and why. The output directory loads with plain
     ``SentenceTransformer(path)`` and holds ``adaptor.safetensors``, which ``matryoshka adapt apply``
     applies to vectors from any source.
+
+    With --upstream URL --upstream-model NAME the corpus (and the pairs' queries) are encoded through that
+    embeddings API (cached on disk, so a later `index build` of the same corpus costs no call) and the
+    adaptor file is saved with its report (an API is no model directory): `serve --upstream ... --adaptor`
+    serves it.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -80,27 +98,88 @@ def adapt(
         config = replace(config, steps=steps)
     validation = ValidationConfig(folds=folds, seed=seed, refit=not no_refit)
     dim_list = parse_ints(dims, "--dims") if dims is not None else None
+    api = upstream.config()
     try:
         if vectors is not None:
             if pairs is not None:
                 fail("--pairs are texts and need a model; with --vectors fit from corpus vectors alone")
+            if api is not None:
+                fail("--vectors are encoded already; --upstream encodes --corpus texts (give one of them)")
             corpus_vectors = load_vectors(vectors)[:limit]
             with progress_bar(console) as bar:
                 fitted, report = choose_adaptor(corpus_vectors, None, method=method, dims=dim_list,  # type: ignore[arg-type]
                                                 config=config, validation=validation, progress=_stage_updater(bar))
-            target = out if out.suffix == ".safetensors" else out / "adaptor.safetensors"
-            fitted.save(target)
-            stem = f"{target.stem}.adapt-report" if out.suffix == ".safetensors" else "adapt-report"
-            written = report.save(target.parent, stem=stem)
-            _print_report(report, written)
-            console.print(f"wrote the {report.chosen} adaptor ({fitted.dim}-d, fitted on {corpus_vectors.shape[0]:,} "
-                          f"vectors) to {target}", soft_wrap=True)
+            _save_adaptor(fitted, report, out, f"{corpus_vectors.shape[0]:,} vectors")
             return
         assert corpus is not None
+        if api is not None:
+            _adapt_upstream(corpus, text_column, id_column, method, pairs, pairs_split, load_cli_model(model, api),
+                            out, config, validation, dim_list, limit)
+            return
         _adapt_model(corpus, text_column, id_column, method, pairs, pairs_split, model, out, config, validation,
                      dim_list, limit)
     except MatryoshkaError as exc:
         fail(str(exc))
+
+
+def _save_adaptor(fitted: Any, report: Any, out: Path, fitted_on: str) -> Path:
+    """Save an adaptor file (``out`` itself when it ends in .safetensors, else ``out/adaptor.safetensors``)
+    and its report beside it; print the report. What ``adapt apply`` and ``serve --adaptor`` load."""
+    target = out if out.suffix == ".safetensors" else out / "adaptor.safetensors"
+    fitted.save(target)
+    stem = f"{target.stem}.adapt-report" if out.suffix == ".safetensors" else "adapt-report"
+    written = report.save(target.parent, stem=stem)
+    _print_report(report, written)
+    console.print(f"wrote the {report.chosen} adaptor ({fitted.dim}-d, fitted on {fitted_on}) to {target}",
+                  soft_wrap=True)
+    return target
+
+
+def _read_pairs(pairs: str | None, pairs_split: str) -> list[tuple[str, str]] | None:
+    """The (query, document) rows of ``--pairs`` (``None`` without it)."""
+    from matryoshka.data.user import load_training_data
+
+    if pairs is None:
+        return None
+    data = load_training_data(pairs, split=pairs_split)
+    if data.kind != "pairs":
+        fail(f"--pairs {pairs} has no anchor/positive columns (found {list(data.columns)})")
+    return [(row[0], row[1]) for row in data.rows]
+
+
+def _adapt_upstream(
+    corpus: str, text_column: str | None, id_column: str | None, method: str, pairs: str | None, pairs_split: str,
+    api: Any, out: Path, config: Any, validation: Any, dims: list[int] | None, limit: int | None,
+) -> None:
+    """``adapt --upstream``: the corpus and the pairs' queries encoded through the API, then the validated
+    choice on those vectors, saved as an adaptor file with its report."""
+    from matryoshka.adapt import AdaptError, Judgements, choose_adaptor, judgements_from_pairs
+    from matryoshka.data.corpus import read_corpus
+    from matryoshka.embeddings.vectors import encode
+
+    with upstream_cost(console, api):
+        _, texts = read_corpus(corpus, text_column=text_column, id_column=id_column)
+        texts = texts[:limit]
+        empty = [i for i, text in enumerate(texts, start=1) if not text.strip()]
+        if empty:
+            raise AdaptError(f"{len(empty):,} corpus texts are empty (the first is text {empty[0]:,})")
+        if len(texts) < 2:
+            raise AdaptError(f"a corpus of {len(texts)} texts cannot fit an adaptor; give at least 2")
+        pair_rows = _read_pairs(pairs, pairs_split)
+        counts: dict[str, int] = {"corpus_texts": len(texts)}
+        warnings: list[str] = []
+        queries, relevant = judgements_from_pairs(texts, pair_rows, counts, warnings) if pair_rows else ([], [])
+        console.print(f"encoding {len(texts):,} corpus texts" + (f" and {len(queries):,} queries" if queries else "")
+                      + f" through {api.label}", soft_wrap=True, highlight=False)
+        corpus_vectors = encode(api, texts)
+        judgements = Judgements(encode(api, queries), relevant, queries) if queries else None
+    with progress_bar(console) as bar:
+        fitted, report = choose_adaptor(corpus_vectors, judgements, method=method, dims=dims,  # type: ignore[arg-type]
+                                        config=config, validation=validation, progress=_stage_updater(bar))
+    report.counts.update(counts)
+    report.warnings[:0] = warnings
+    fitted.info["upstream"] = api.label
+    _save_adaptor(fitted, report, out, f"{len(texts):,} texts" + (f" + {counts['pairs_used']:,} pairs" if queries else ""))
 
 
 def _adapt_model(
@@ -110,17 +189,11 @@ def _adapt_model(
     from matryoshka.adapt import adapt as fit_adaptor
     from matryoshka.adapt import save_adapted_model
     from matryoshka.data.corpus import read_corpus
-    from matryoshka.data.user import load_training_data
     from matryoshka.models.loading import load_model
 
     _, texts = read_corpus(corpus, text_column=text_column, id_column=id_column)
     texts = texts[:limit]
-    pair_rows = None
-    if pairs is not None:
-        data = load_training_data(pairs, split=pairs_split)
-        if data.kind != "pairs":
-            fail(f"--pairs {pairs} has no anchor/positive columns (found {list(data.columns)})")
-        pair_rows = [(row[0], row[1]) for row in data.rows]
+    pair_rows = _read_pairs(pairs, pairs_split)
     loaded = load_model(model)
     console.print(f"encoding {len(texts):,} corpus texts" + (f" and the queries of {len(pair_rows):,} pairs" if pair_rows else ""))
     with progress_bar(console) as bar:

@@ -24,9 +24,13 @@ from matryoshka.cli.options import (  # noqa: F401  (ModelOption, parse_*: re-ex
     ModelOption,
     QuantizeOption,
     TextColumnOption,
+    UpstreamArgs,
+    load_cli_model,
     parse_floats,
     parse_ints,
     progress_bar,
+    upstream_cost,
+    upstream_options,
 )
 from matryoshka.errors import InputError, MatryoshkaError
 
@@ -40,6 +44,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 @app.command()
+@upstream_options
 def encode(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to encode; or use --input.")] = None,
     input: Annotated[Path | None, typer.Option("--input", "-i", help="A file with one text per line.")] = None,
@@ -61,16 +66,17 @@ def encode(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
     write_batch: Annotated[int, typer.Option(min=1, help="Vectors per backend write.")] = 1024,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Re-encode ids the backend already holds.")] = False,
+    upstream: UpstreamArgs = UpstreamArgs(),
 ) -> None:
     """Encode texts at any dimension; print one JSON array per line, or save a .npy file.
 
     --backend onnx/openvino (and --quantize int8, --layers N) run the model faster on a CPU.
+    --upstream URL --upstream-model NAME encodes through an OpenAI-compatible API instead (cached on disk).
     With --corpus and --index, encode a whole corpus at full size into a vector index instead
     (resumable: ids already stored are skipped); --ray spreads the encoding over a Ray cluster.
     """
     from matryoshka.embeddings.vectors import PRECISIONS
     from matryoshka.embeddings.vectors import encode as encode_texts
-    from matryoshka.models.loading import load_model
 
     if index is not None or corpus is not None or ray or text_column is not None or id_column is not None:
         if index is None or corpus is None:
@@ -80,8 +86,11 @@ def encode(
         if layers:
             fail("--corpus/--index take --backend and --quantize as `index build` does; --layers applies to texts "
                  "and --input (index with a cut model saved by `matryoshka cut` instead)")
+        if upstream.url is not None and ray:
+            fail("--upstream encodes through the API from this process (--upstream-concurrency calls at once); drop --ray")
         load_corpus(corpus, index, model, ray, workers, batch_size, write_batch, not no_resume,
-                    text_column=text_column, id_column=id_column, backend=backend, quantize=quantize)
+                    text_column=text_column, id_column=id_column, backend=backend, quantize=quantize,
+                    upstream=upstream)
         return
     lines = list(texts or [])
     if input is not None:
@@ -92,11 +101,9 @@ def encode(
         fail("give texts as arguments or with --input")
     if precision not in PRECISIONS:
         fail(f"precision must be one of {', '.join(PRECISIONS)}")
-    try:
-        loaded = load_model(model, backend=backend, quantize=quantize, layers=layers)
+    loaded = load_cli_model(model, upstream, backend=backend, quantize=quantize, layers=layers)
+    with upstream_cost(console, loaded):
         vectors = encode_texts(loaded, lines, dim=dim, precision=precision, normalize=not no_normalize)  # type: ignore[arg-type]
-    except MatryoshkaError as exc:
-        fail(str(exc))
     if output is not None:
 
         from matryoshka.files import save_npy_atomic
@@ -111,15 +118,19 @@ def encode(
 def load_corpus(
     corpus: str, index: str, model: str | None, ray: bool, workers: int | None, batch_size: int,
     write_batch: int, resume: bool, *, text_column: str | None = None, id_column: str | None = None,
-    backend: str = "torch", quantize: str | None = None,
+    backend: str = "torch", quantize: str | None = None, upstream: UpstreamArgs | None = None,
 ) -> None:
     """``matryoshka encode --corpus ... --index ...``: a thin layer over :func:`matryoshka.ingest.encode_to_index`."""
     from matryoshka.ingest import encode_to_index
 
-    report = encode_to_index(
-        corpus, index, model, batch_size=batch_size, write_batch=write_batch, num_workers=workers,
-        resume=resume, use_ray=ray, text_column=text_column, id_column=id_column, runtime=backend, quantize=quantize,
-    )
+    config = upstream.config() if upstream is not None else None
+    source = load_cli_model(model, config, backend=backend, quantize=quantize) if config is not None else model
+    with upstream_cost(console, source):
+        report = encode_to_index(
+            corpus, index, source, batch_size=batch_size, write_batch=write_batch, num_workers=workers,  # type: ignore[arg-type]
+            resume=resume, use_ray=ray, text_column=text_column, id_column=id_column, runtime=backend,
+            quantize=quantize,
+        )
     console.print(
         f"{index}: wrote {report.written:,} of {report.total:,} documents "
         f"({report.skipped_existing:,} already stored) in {report.seconds:.1f}s"
@@ -256,6 +267,7 @@ def cut(
 
 
 @app.command()
+@upstream_options
 def evaluate(
     models: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model(s) to score; repeat the option.")] = None,
     task: Annotated[str, typer.Option(help="stsb, or a retrieval set: scifact, npl, or a BEIR directory.")] = "stsb",
@@ -270,11 +282,13 @@ def evaluate(
         "(writes layers-<model>.json/.md/.png).")] = None,
     backend: BackendOption = "torch",
     quantize: QuantizeOption = None,
+    upstream: UpstreamArgs = UpstreamArgs(),
 ) -> None:
     """Score models at every dimension; write JSON, a Markdown table and a plot, with retention.
 
     With --layers, also score every model cut to each number of layers and time its encoding: a grid
-    of (layers, dims) → score and texts/s, as a table and a plot per model.
+    of (layers, dims) → score and texts/s, as a table and a plot per model. --upstream URL
+    --upstream-model NAME scores an embeddings API too (its row is NAME), beside any --model.
     """
     from matryoshka.evaluation import Results
     from matryoshka.evaluation.layers import evaluate_layers, score_on_task
@@ -282,11 +296,22 @@ def evaluate(
     from matryoshka.models.loading import load_model
 
     dim_list = parse_ints(dims, "--dims") if dims is not None else None
-    names: list[str | None] = [*models] if models else [None]
+    config = upstream.config()
+    if config is not None and layers:
+        fail("--layers cuts a local model's transformer; an --upstream model has none to cut")
+    names: list[str | None] = [*(models or [])] if models or config is not None else [None]
     scores: dict[str, dict[int, float]] = {}
     metrics: dict[str, dict[str, dict[int, float]]] = {}
     metric = "spearman_cosine"
     command = " ".join(["matryoshka", *sys.argv[1:]])
+
+    def record(label: str, result: Any) -> None:
+        nonlocal metric
+        metric, scores[label] = result.metric, result.primary
+        if task != "stsb":
+            for key, by_dim in result.metrics.items():
+                metrics.setdefault(key, {})[label] = by_dim
+
     try:
         for name in names:
             label = short_name(model_label(name))
@@ -302,15 +327,17 @@ def evaluate(
             if result is None:
                 result = score_on_task(load_model(name, backend=backend, quantize=quantize), task, dim_list, split,
                                        limit, show_progress_bar=True)
-            metric, scores[label] = result.metric, result.primary
-            if task != "stsb":
-                for key, by_dim in result.metrics.items():
-                    metrics.setdefault(key, {})[label] = by_dim
+            record(label, result)
+        if config is not None:
+            api = load_cli_model(None, config)
+            with upstream_cost(console, api):
+                scored = score_on_task(api, task, dim_list, split, limit, show_progress_bar=True)
+            record(config.model if config.model not in scores else config.label, scored)
     except MatryoshkaError as exc:
         fail(str(exc))
+    recorded = [n or "all-MiniLM-L6-v2" for n in names] + ([config.label] if config is not None else [])
     results = Results(task=f"{task}-{split}", metric=metric, scores=scores, metrics=metrics,
-                      metadata={"models": [n or "all-MiniLM-L6-v2" for n in names],
-                                "backend": backend, "quantize": quantize, "command": command})
+                      metadata={"models": recorded, "backend": backend, "quantize": quantize, "command": command})
     results.metadata["dims"] = results.dims  # the ladder may differ per model: record what was scored
     paths = results.save(out)
     print_results(results)

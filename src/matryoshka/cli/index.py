@@ -22,7 +22,17 @@ from rich.console import Console
 from rich.table import Table
 
 from matryoshka.cli.errors import HandledGroup, fail
-from matryoshka.cli.options import CORPUS_HELP, BackendOption, IdColumnOption, QuantizeOption, TextColumnOption
+from matryoshka.cli.options import (
+    CORPUS_HELP,
+    BackendOption,
+    IdColumnOption,
+    QuantizeOption,
+    TextColumnOption,
+    UpstreamArgs,
+    load_cli_model,
+    upstream_cost,
+    upstream_options,
+)
 from matryoshka.data.corpus import fill_ids, read_corpus, read_text_file  # noqa: F401  (re-exported for callers)
 from matryoshka.errors import InputError
 
@@ -30,6 +40,7 @@ if TYPE_CHECKING:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
+    from matryoshka.models.loading import AnyModel
     from matryoshka.retrieval.stages import Stage
 
 index_app = typer.Typer(
@@ -54,6 +65,7 @@ IndexArgument = Annotated[
 
 
 @index_app.command()
+@upstream_options
 def build(
     corpus: Annotated[
         str,
@@ -81,6 +93,7 @@ def build(
     quantize: QuantizeOption = None,
     text_column: TextColumnOption = None,
     id_column: IdColumnOption = None,
+    upstream: UpstreamArgs = UpstreamArgs(),
 ) -> None:
     """Encode a corpus at full size and write it to an index (any engine), with a progress bar.
 
@@ -88,14 +101,20 @@ def build(
     one transaction on PostgreSQL, an alias switch on Qdrant, an atomic save of a directory).
     --backend openvino (or onnx, --quantize int8) encodes the corpus faster on a CPU; the index
     records the model, not the backend, since every backend gives the same model's vectors.
+    --upstream URL --upstream-model NAME encodes through an embeddings API (texts already in the
+    vector cache cost no call); the index records URL#NAME as its model.
     """
     from matryoshka.ingest import rebuild_index
     from matryoshka.retrieval.stages import format_stages
 
     funnel = _parse_stages(stages)
-    info = rebuild_index(corpus, out, model, stages=funnel, storage=storage, batch_size=batch_size, limit=limit,
-                         runtime=backend, quantize=quantize, text_column=text_column, id_column=id_column,
-                         log=lambda message: console.print(message, highlight=False), load=_load_model)
+    config = upstream.config()
+    source = load_cli_model(model, config, backend=backend, quantize=quantize) if config is not None else model
+    with upstream_cost(console, source):
+        info = rebuild_index(corpus, out, source, stages=funnel, storage=storage, batch_size=batch_size,  # type: ignore[arg-type]
+                             limit=limit, runtime=backend, quantize=quantize, text_column=text_column,
+                             id_column=id_column, log=lambda message: console.print(message, highlight=False),
+                             load=_load_model)
     console.print(
         f"wrote {info.url}: {info.count:,} vectors × {info.dim} ({storage}), model {info.model_name}, "
         f"stages {format_stages(info.stages)}",
@@ -104,6 +123,7 @@ def build(
 
 
 @index_app.command()
+@upstream_options
 def search(
     index_url: IndexArgument,
     queries: Annotated[list[str], typer.Argument(help="One or more query texts.", show_default=False)],
@@ -127,8 +147,10 @@ def search(
     filter: Annotated[
         str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"source": ["scifact", "npl"]}\'.')
     ] = None,
+    upstream: UpstreamArgs = UpstreamArgs(),
 ) -> None:
-    """Search an index; prints the hits and how long each stage took."""
+    """Search an index; prints the hits and how long each stage took (an index built through an
+    upstream API needs the same --upstream and --upstream-model)."""
     from matryoshka.embeddings.vectors import encode
     from matryoshka.indexes import open_index
     from matryoshka.retrieval.filters import check_filter_keys
@@ -144,14 +166,13 @@ def search(
     funnel = _parse_stages(spec) if spec else None
     wanted = _parse_filter(filter)
     with open_index(index_url, create=False) as index:
-        name = model or index.model_name
-        if not name:
-            fail(f"{index_url} records no model name; pass --model")
         check_keeps(funnel if funnel is not None else index.stages, k)
         keys = index.metadata_keys()
         if wanted and keys is not None:
             check_filter_keys(wanted, keys)
-        vectors = encode(_load_model(name), queries)
+        loaded = _index_model(index_url, index.model_name, model, upstream)
+        with upstream_cost(console, loaded):
+            vectors = encode(loaded, queries)
         hits, timings = index.search_with_timings(vectors, k=k, stages=funnel, filter=wanted)
     if fmt == "json":
         for query, found in zip(queries, hits):
@@ -209,6 +230,7 @@ def _out_console() -> Console:
 
 
 @index_app.command()
+@upstream_options
 def add(
     index_url: IndexArgument,
     texts: Annotated[
@@ -218,6 +240,7 @@ def add(
         str | None, typer.Option("--model", "-m", help="Override the model the index records.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+    upstream: UpstreamArgs = UpstreamArgs(),
 ) -> None:
     """Encode new texts and add them to an index (no rebuild); texts without ids get the next free numbers."""
     from matryoshka.data.corpus import jsonl_metadata
@@ -234,10 +257,9 @@ def add(
             more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
             raise InputError(f"id {taken[0]!r}{more} is already in the index; delete it first to replace it")
         filled = free_ids(index, ids)
-        name = model or index.model_name
-        if not name:
-            fail(f"{index_url} records no model name; pass --model")
-        vectors = encode_with_progress(_load_model(name), new_texts, batch_size)
+        loaded = _index_model(index_url, index.model_name, model, upstream)
+        with upstream_cost(console, loaded):
+            vectors = encode_with_progress(loaded, new_texts, batch_size)
         index.upsert(filled, vectors, new_texts, metadata)
         count = len(index)
     console.print(f"added {len(filled):,} texts to {index_url} (now {count:,})", soft_wrap=True, highlight=False)
@@ -322,7 +344,7 @@ def advise_command(
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def encode_with_progress(model: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+def encode_with_progress(model: AnyModel, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """:func:`matryoshka.ingest.encode_chunks` under a rich progress bar (a line per tenth when piped)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -396,6 +418,26 @@ def timings_table(timings: Sequence[Mapping[str, Any]], queries: int) -> Table:
 
 
 _MODELS: dict[str, Any] = {}
+
+
+def _index_model(url: str, recorded: str | None, model: str | None, upstream: UpstreamArgs) -> AnyModel:
+    """The model to encode for an index: --upstream (which must be the API the index records), --model, or
+    the model the index records. An index built through an API names it, so its queries go there too."""
+    from matryoshka.errors import ModelError
+    from matryoshka.ingest.rebuild import use_model_hint
+    from matryoshka.models.upstream import split_label
+
+    config = upstream.config()
+    if config is not None:
+        if recorded and recorded != config.label and model is None:
+            raise ModelError(f"{url} holds vectors of model {recorded!r}, not {config.label!r}")
+        return load_cli_model(model, config)
+    name = model or recorded
+    if not name:
+        fail(f"{url} records no model name; pass --model")
+    if split_label(name) is not None:
+        fail(f"{url} was built through an upstream API: {use_model_hint(name)}")
+    return _load_model(name)
 
 
 def _load_model(name: str | None, backend: str = "torch", quantize: str | None = None) -> SentenceTransformer:

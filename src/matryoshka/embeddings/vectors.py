@@ -15,7 +15,7 @@ import numpy as np
 from matryoshka.errors import DimensionError, InputError
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from matryoshka.models.loading import AnyModel
 
 Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -116,7 +116,7 @@ def quantize(
 
 
 def encode(
-    model: SentenceTransformer,
+    model: AnyModel,
     texts: str | Sequence[str],
     dim: int | None = None,
     precision: Precision = "float32",
@@ -128,7 +128,8 @@ def encode(
     """Encode ``texts`` with ``model`` and return vectors of ``dim`` dimensions.
 
     Args:
-        model: a loaded sentence-transformers model.
+        model: a loaded sentence-transformers model, or an upstream API's
+            (:class:`~matryoshka.models.upstream.UpstreamModel`).
         texts: one text or a sequence of texts.
         dim: leading dimensions to keep; ``None`` keeps all. Must be in ``1..model dimension``.
         precision: ``float32`` (default), ``float16``, ``int8``, ``uint8``, ``binary`` or ``ubinary``.
@@ -153,7 +154,7 @@ def encode(
     from matryoshka.models.loading import model_dimension
 
     single = isinstance(texts, str)
-    batch = [texts] if single else list(texts)
+    batch: list[str] = [texts] if isinstance(texts, str) else list(texts)
     if not all(isinstance(t, str) for t in batch):
         raise InputError("texts must be strings")
     dim = check_dim(dim, model_dimension(model))

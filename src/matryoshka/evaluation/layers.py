@@ -23,7 +23,7 @@ from matryoshka.evaluation.results import Results, png_bytes, save_outputs
 from matryoshka.files import write_atomic
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from matryoshka.models.loading import AnyModel
 
 
 @dataclass
@@ -38,7 +38,7 @@ class TaskScores:
 
 
 def score_on_task(
-    model: SentenceTransformer, task: str, dims: Sequence[int] | None, split: str = "test", limit: int | None = None,
+    model: AnyModel, task: str, dims: Sequence[int] | None, split: str = "test", limit: int | None = None,
     show_progress_bar: bool = False,
 ) -> TaskScores:
     """Score ``model`` at ``dims`` on ``stsb`` (Spearman) or a BEIR set (nDCG@10 and more), timing the encoding.

@@ -4,13 +4,14 @@ The JSON maps each model to its primary score per dimension, e.g.
 ``{"matryoshka": {"384": 0.83, "32": 0.81}, "standard": {...}, "task": "stsb-test", ...}``,
 next to the reserved keys ``task``, ``metric``, ``retention``, ``metrics`` (every metric measured,
 ``{metric: {model: {dim: value}}}``) and ``metadata``. Tables, plots, the advisor and the demo's
-chart all read this file.
+chart all read this file, and :func:`safe_dimensions` turns it into the dims a server may offer.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,33 @@ from matryoshka.errors import DataError, InputError
 from matryoshka.files import write_atomic
 
 RESERVED_KEYS = ("task", "metric", "retention", "metrics", "metadata")
+#: The share of full-size quality a dimension must keep to be listed as safe (``matryoshka_dimensions``).
+SAFE_SHARE = 0.95
+
+
+def safe_dimensions(scores: Mapping[int, float], share: float = SAFE_SHARE) -> list[int]:
+    """The dims (ascending) whose score keeps at least ``share`` of the score at full size (the largest dim).
+
+    What ``/v1/models`` lists as ``matryoshka_dimensions`` and ``serve --strict-dimensions`` accepts; the
+    full size is always in it. Higher scores must be better (nDCG, recall, Spearman).
+
+    Example:
+        >>> safe_dimensions({384: 0.80, 128: 0.78, 64: 0.75, 32: 0.70})
+        [64, 128, 384]
+
+    Raises:
+        InputError: ``share`` is not in (0, 1], there are no scores, or the full-size score is not positive
+            (a share of it means nothing).
+    """
+    if not 0 < share <= 1:
+        raise InputError(f"the share of full-size quality must be in (0, 1], got {share}")
+    if not scores:
+        raise InputError("no per-dimension scores to choose safe dimensions from")
+    by_dim = {int(d): float(v) for d, v in scores.items()}
+    full = by_dim[max(by_dim)]
+    if not full > 0:  # also NaN
+        raise InputError(f"the full-size ({max(by_dim)}) score is {full}; safe dimensions need a positive one")
+    return sorted(d for d, v in by_dim.items() if v >= share * full)
 
 
 @dataclass
@@ -57,6 +85,20 @@ class Results:
             full = by_dim[max(by_dim)]
             out[name] = {d: (v / full if full else float("nan")) for d, v in by_dim.items()}
         return out
+
+    def safe_dimensions(self, model: str | None = None, share: float = SAFE_SHARE) -> list[int]:
+        """:func:`safe_dimensions` of ``model``'s scores (default: the only model of the file).
+
+        Raises:
+            InputError: ``model`` is not in the file, or none is named and the file has several.
+        """
+        if model is None:
+            if len(self.scores) != 1:
+                raise InputError(f"the results hold {len(self.scores)} models ({', '.join(self.scores)}); name one")
+            model = next(iter(self.scores))
+        if model not in self.scores:
+            raise InputError(f"the results hold no model {model!r} (they hold {', '.join(self.scores) or 'none'})")
+        return safe_dimensions(self.scores[model], share)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form described in the module docstring."""

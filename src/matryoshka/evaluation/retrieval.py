@@ -25,11 +25,11 @@ from matryoshka.errors import InputError
 METRICS = ("ndcg", "recall", "mrr")
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from matryoshka.models.loading import AnyModel
 
 
 def evaluate_retrieval(
-    model: SentenceTransformer,
+    model: AnyModel,
     dataset: BeirDataset,
     dims: Sequence[int],
     k_values: Sequence[int] = (10, 100),
@@ -106,7 +106,7 @@ def score_vectors_per_query(
 
 
 def encode_dataset(
-    model: SentenceTransformer, dataset: BeirDataset, batch_size: int = 64, show_progress_bar: bool | None = None
+    model: AnyModel, dataset: BeirDataset, batch_size: int = 64, show_progress_bar: bool | None = None
 ) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
     """Encode corpus and queries at full size: ``(doc_ids, doc_vectors, query_ids, query_vectors)``."""
     if not dataset.corpus:

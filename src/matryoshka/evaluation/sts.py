@@ -18,7 +18,7 @@ from matryoshka.errors import InputError
 from matryoshka.models.loading import model_dimension
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from matryoshka.models.loading import AnyModel
 
 
 def spearman_by_dim(
@@ -36,7 +36,7 @@ def spearman_by_dim(
 
 
 def evaluate_sts(
-    model: SentenceTransformer,
+    model: AnyModel,
     pairs: Sequence[StsPair],
     dims: Sequence[int] | None = None,
     batch_size: int = 64,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from matryoshka.models.loading import AnyModel
 
 __all__ = ["encode_chunks", "piped_progress", "progress"]
 
@@ -70,7 +70,7 @@ class progress:
 
 
 def encode_chunks(
-    model: SentenceTransformer, texts: Sequence[str], batch_size: int = 64, on_progress: Any = None
+    model: AnyModel, texts: Sequence[str], batch_size: int = 64, on_progress: Any = None
 ) -> np.ndarray:
     """Full-size unit vectors of ``texts``, encoded a few batches at a time; ``on_progress(done, total)``
     is called after each chunk (a progress bar's update)."""

@@ -39,7 +39,7 @@ from matryoshka.errors import InputError, MissingDependencyError
 from matryoshka.ingest.progress import progress
 
 if TYPE_CHECKING:
-
+    from matryoshka.models.upstream import UpstreamModel
     from matryoshka.retrieval.protocol import VectorIndex
 
 __all__ = ["LOCAL_OBJECT_STORE_BYTES", "EncodeReport", "encode_to_index", "free_ids"]
@@ -94,7 +94,7 @@ class _Encoder:
 def encode_to_index(
     documents: Iterable[Document] | str | os.PathLike[str],
     backend: VectorIndex | str,
-    model: str | None = None,
+    model: str | UpstreamModel | None = None,
     *,
     batch_size: int = 256,
     write_batch: int = 1024,
@@ -117,7 +117,10 @@ def encode_to_index(
         backend: an open :class:`~matryoshka.indexes.base.VectorIndex` (left open), or a backend URL
             opened with the model's dimension and name (and closed afterwards).
         model: a model name or directory; ``None`` is the packaged all-MiniLM-L6-v2. On a cluster a
-            directory must be visible at the same path on every node.
+            directory must be visible at the same path on every node. An
+            :class:`~matryoshka.models.upstream.UpstreamModel` (an embeddings API, already open) is
+            called from this process whatever ``use_ray`` says (its calls run concurrently); the
+            index records its label.
         batch_size: texts per Ray batch and forward pass on a worker.
         write_batch: vectors per backend upsert; a crash loses at most the batches in flight.
         ray_address: a Ray cluster to join (default: ``$RAY_ADDRESS``). A Ray already initialized in
@@ -139,6 +142,8 @@ def encode_to_index(
         ImportError: Ray Data is not installed (``pip install 'matryoshka[ray]'``).
     """
     from matryoshka.models.identity import model_label
+    from matryoshka.models.loading import model_dimension
+    from matryoshka.models.upstream import UpstreamModel
 
     started = time.perf_counter()
     if batch_size < 1 or write_batch < 1:
@@ -146,8 +151,8 @@ def encode_to_index(
     if num_workers is not None and num_workers < 1:
         raise InputError(f"num_workers must be positive, got {num_workers}")
     docs = _check_documents(documents, text_column, id_column)
-    dim = _model_dim(model)
-    label = model_label(model)
+    dim = model_dimension(model) if isinstance(model, UpstreamModel) else _model_dim(model)
+    label = model.label if isinstance(model, UpstreamModel) else model_label(model)
 
     opened = isinstance(backend, str)
     store = _open(backend, dim, label) if isinstance(backend, str) else backend
@@ -162,7 +167,7 @@ def encode_to_index(
         skipped = len(docs) - len(todo)
         if not todo:
             return EncodeReport(len(docs), skipped, 0, time.perf_counter() - started, 0)
-        if use_ray:
+        if use_ray and not isinstance(model, UpstreamModel):
             written, workers = _run(
                 store, docs, todo, model, batch_size, write_batch, ray_address, num_workers, show_progress,
                 (runtime, quantize),
@@ -290,7 +295,7 @@ def _run_here(
     store: VectorIndex,
     docs: dict[str, tuple[str, Mapping[str, Any] | None]],
     todo: list[str],
-    model: str | None,
+    model: str | UpstreamModel | None,
     batch_size: int,
     write_batch: int,
     show_progress: bool,
@@ -299,8 +304,9 @@ def _run_here(
     """Encode ``todo`` in this process, one backend write per ``write_batch`` documents."""
     from matryoshka.embeddings.vectors import encode
     from matryoshka.models.loading import load_model
+    from matryoshka.models.upstream import UpstreamModel
 
-    loaded = load_model(model, backend=runtime[0], quantize=runtime[1])
+    loaded = model if isinstance(model, UpstreamModel) else load_model(model, backend=runtime[0], quantize=runtime[1])
     written = 0
     with progress(len(todo), show_progress, "encoding") as advance:
         for start in range(0, len(todo), write_batch):

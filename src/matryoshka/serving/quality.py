@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
     from matryoshka.indexes.faiss import FunnelIndex
+    from matryoshka.serving.served import Served
 
 CACHE_SUFFIX = ".quality.json"
 
@@ -33,7 +32,7 @@ def lemma_of(doc_id: str) -> str | None:
 
 
 def lemma_recall(
-    model: SentenceTransformer,
+    model: Served,
     index: FunnelIndex,
     model_name: str,
     dims: Sequence[int] | None = None,
@@ -44,6 +43,7 @@ def lemma_recall(
     when the index's ids are not WordNet demo ids."""
     from matryoshka.embeddings.vectors import encode
     from matryoshka.retrieval import Stage
+    from matryoshka.serving.served import as_model
 
     ids = index.ids
     rows = np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(int) if ids else np.array([], dtype=int)
@@ -51,7 +51,7 @@ def lemma_recall(
     pairs = [(r, lemma) for r, lemma in found if lemma]
     if len(pairs) < 10:
         return None
-    queries = encode(model, [lemma for _, lemma in pairs], show_progress_bar=False)
+    queries = encode(as_model(model), [lemma for _, lemma in pairs], show_progress_bar=False)
     full = index.dim
     dims = sorted({d for d in (dims or [2**p for p in range(4, 16) if 2**p < full]) if 0 < d < full} | {full})
     curve = {}
@@ -70,7 +70,7 @@ def quality_cache_path(index_path: Path, variant: str = "") -> Path:
 
 
 def cached_lemma_recall(
-    model: SentenceTransformer, index: FunnelIndex, model_name: str, index_path: Path, variant: str = "",
+    model: Served, index: FunnelIndex, model_name: str, index_path: Path, variant: str = "",
     **kwargs: Any,
 ) -> dict[str, Any] | None:
     """:func:`lemma_recall`, computed once per demo index (and ``variant``, see :func:`quality_cache_path`)

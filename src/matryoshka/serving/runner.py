@@ -52,7 +52,8 @@ class ServerThread:
     def __init__(
         self, app: FastAPI, host: str = "127.0.0.1", log_level: str = "warning", startup_timeout: float = 120.0
     ) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP: asyncio then sets TCP_NODELAY on each connection (see startup.bind_socket)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
         self.host, self.port = self.sock.getsockname()[:2]

@@ -44,7 +44,7 @@ class ErrorResponse(BaseModel):
 
 #: The error statuses every route documents (``responses=`` of each route), all in :class:`ErrorResponse`'s shape.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 429, 502, 503, 504)
 }
 
 
@@ -98,6 +98,11 @@ class ModelCard(BaseModel):
     owned_by: str = "matryoshka"
     dimensions: int
     max_input_tokens: int | None = None
+    matryoshka_dimensions: list[int] | None = Field(
+        None,
+        description="The dimensions this model can be cut to safely (they keep the stated share of full-size "
+        "quality, 95% by default), from its adapt report or evaluation results; null when unknown."
+    )
 
 
 class ModelList(BaseModel):

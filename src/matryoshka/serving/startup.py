@@ -23,14 +23,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """Bind and listen on ``host:port`` now, so a busy port is reported before minutes of model loading.
 
     The socket is handed to uvicorn (``Server.run(sockets=[...])``), so there is no window in which
-    another process can take the port between this check and serving.
+    another process can take the port between this check and serving. It is made with ``IPPROTO_TCP``:
+    asyncio sets ``TCP_NODELAY`` only on connections whose socket says so, and without it every answer on
+    a kept-alive connection waited about 40 ms (Nagle's algorithm held the body until the client's
+    delayed ACK of the headers).
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise StartupError(f"cannot resolve --host {host!r}: {exc.strerror}") from None
     family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
@@ -47,7 +50,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def check_model_sources(config: ServeConfig) -> None:
-    """Refuse a model given as a path that does not exist (hub names are only known once loaded)."""
+    """Refuse a model given as a path that does not exist (hub names are only known once loaded), and an
+    adaptor file that cannot be read (an upstream is only known once called)."""
+    if config.adaptor is not None:
+        from matryoshka.serving.served import config_labels
+
+        config_labels(config)  # reads the adaptor: a StartupError naming it
+    if config.upstream is not None:
+        return
     for alias, source in config.model_specs():
         looks_like_path = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
         if looks_like_path and not Path(source).expanduser().exists():
@@ -68,10 +78,22 @@ def open_served_index(url: str) -> VectorIndex:
 
 def serve_index_model(config: ServeConfig, index: VectorIndex) -> ServeConfig:
     """``config`` serving the model ``index`` records when no model was asked for (``serve --index DIR``
-    without ``--model``), as ``index search`` loads it; unchanged when models were given or the index
-    records none (then the default model is served)."""
-    if "models" in config.model_fields_set or not index.model_name:
+    without ``--model``), as ``index search`` loads it; unchanged when models or an upstream were given or
+    the index records none (then the default model is served).
+
+    Raises:
+        StartupError: the index was built through an upstream API, which needs ``--upstream`` (and its key).
+    """
+    from matryoshka.serving.served import upstream_of_label
+
+    if "models" in config.model_fields_set or config.upstream is not None or not index.model_name:
         return config
+    upstream = upstream_of_label(index.model_name)
+    if upstream is not None:
+        raise StartupError(
+            f"the index was built through the upstream API {upstream[0]} (model {upstream[1]!r}); serve it with "
+            f"--upstream {upstream[0]} --upstream-model {upstream[1]} (and --upstream-key-env if it needs a key)"
+        )
     return config.model_copy(update={"models": [index.model_name]})
 
 
@@ -79,19 +101,19 @@ def check_index_model(index: VectorIndex, config: ServeConfig) -> str | None:
     """The served name of the model that built ``index`` (``None``: it records none and one model is served).
 
     Matching is by :func:`~matryoshka.models.identity.model_label`: the index records the label, each
-    served model's source has one. There is no fallback to the default model.
+    served model's source has one (an upstream's is ``<url>#<model>``); an adapted model also matches an
+    index of its base's vectors, which the server maps on start. There is no fallback to the default model.
 
     Raises:
         StartupError: the index's model is not served, or it records none while several are.
     """
     from matryoshka.errors import ModelError
-    from matryoshka.models.identity import model_label
+    from matryoshka.serving.served import config_labels
     from matryoshka.serving.state import index_model
 
-    specs = config.model_specs()
-    labels = {alias: model_label(source) for alias, source in specs}
+    labels, bases = config_labels(config)
     try:
-        return index_model(index.model_name, labels, allow_unnamed=len(specs) == 1)
+        return index_model(index.model_name, labels, allow_unnamed=len(labels) == 1, bases=bases)
     except ModelError as exc:
         raise StartupError(str(exc)) from None
 

@@ -1,4 +1,5 @@
-"""What the handlers share: the served models (each with its batcher), the index, the demo's choices.
+"""What the handlers share: the served models (each with its batcher and safe dimensions), the index,
+the demo's choices.
 
 Routes get it through the :data:`State` dependency (``request.app.state.serving``), not through closures.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,10 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from fastapi import Depends, Request
 
+from matryoshka.adapt.applied import AdaptedModel
 from matryoshka.embeddings.vectors import encode, truncate
-from matryoshka.errors import DimensionError, InputError, ModelError
-from matryoshka.models.identity import model_label, same_model
+from matryoshka.errors import DimensionError, InputError, ModelError, StartupError
+from matryoshka.models.identity import same_model
 from matryoshka.models.loading import model_dimension
+from matryoshka.models.upstream.model import UpstreamModel
 from matryoshka.retrieval.protocol import VectorIndex
 from matryoshka.serving.batching import MicroBatcher
 from matryoshka.serving.config import ServeConfig
@@ -27,9 +31,10 @@ from matryoshka.serving.demo.index import NEUTRAL_CORPUS, DemoCorpus
 from matryoshka.serving.http.errors import APIError, ClientGone
 from matryoshka.serving.quality import clean_quality
 from matryoshka.serving.schemas import ModelCard
+from matryoshka.serving.served import as_model, served_dimensions, served_label, upstream_of_label
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from matryoshka.serving.served import Served
 
 __all__ = ["ServedModel", "ServerState", "State", "count_tokens", "index_model", "make_batch_function", "server_state",
            "submit_while_connected"]
@@ -59,12 +64,21 @@ async def submit_while_connected(request: Request, batcher: MicroBatcher, texts:
     return work.result()
 
 
-def count_tokens(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
-    """Tokens the model reads per text: its own tokenizer, special tokens included, cut at ``max_seq_length``."""
+def base_model(model: Served) -> object:
+    """The model under an adaptor (or ``model`` itself): what holds the tokenizer, or calls an API."""
+    return model.model if isinstance(model, AdaptedModel) else model
+
+
+def count_tokens(model: Served, texts: Sequence[str]) -> np.ndarray:
+    """Tokens the model reads per text: its own tokenizer, special tokens included, cut at ``max_seq_length``
+    (an adapted model's: its base's); words for a model without a local tokenizer (an upstream API)."""
     from tokenizers import Tokenizer
 
-    tokenizer: Any = getattr(model, "tokenizer", None)
-    limit = getattr(model, "max_seq_length", None)
+    base = base_model(model)
+    tokenizer: Any = getattr(base, "tokenizer", None)
+    limit = getattr(base, "max_seq_length", None)
+    if tokenizer is None:
+        return np.asarray([len(t.split()) for t in texts], dtype=np.int64)
     try:
         if isinstance(tokenizer, Tokenizer):  # a bare `tokenizers.Tokenizer`, as static models have
             lengths = [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
@@ -84,37 +98,53 @@ class ServedModel:
 
     name: str
     label: str
-    model: SentenceTransformer
+    model: Served
     dim: int
     batcher: MicroBatcher
     created: int
+    matryoshka_dimensions: list[int] | None = None
 
     def card(self) -> ModelCard:
-        limit = getattr(self.model, "max_seq_length", None)  # a static model reads any length: inf
+        limit = getattr(base_model(self.model), "max_seq_length", None)  # a static model reads any length: inf; an API: unknown
         return ModelCard(
             id=self.name,
             created=self.created,
             dimensions=self.dim,
             max_input_tokens=int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None,
+            matryoshka_dimensions=self.matryoshka_dimensions,
         )
 
+    def check_safe(self, dim: int | None) -> None:
+        """A 400 naming the safe dimensions when ``dim`` is not one of them (``None``, full size, always is)."""
+        safe = self.matryoshka_dimensions or [self.dim]
+        if dim is not None and dim not in safe:
+            raise APIError(
+                400,
+                f"Invalid value for 'dimensions': {dim}; model `{self.name}` serves only its safe dimensions "
+                f"{', '.join(map(str, safe))} (this server runs with --strict-dimensions).",
+                "dimensions",
+                "unsafe_dimensions",
+            )
 
-def make_batch_function(
-    model: SentenceTransformer, batch_size: int
-) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
+
+def make_batch_function(model: Served, batch_size: int) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
     """Full-size float32 vectors (not re-normalized: each request truncates and normalizes its own) and token counts."""
 
     def run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        vectors = encode(model, texts, dim=None, normalize=False, batch_size=batch_size, show_progress_bar=False)
+        vectors = encode(as_model(model), texts, dim=None, normalize=False, batch_size=batch_size,
+                         show_progress_bar=False)
         return vectors, count_tokens(model, texts)
 
     return run
 
 
-def index_model(recorded: str, labels: dict[str, str], allow_unnamed: bool = True) -> str | None:
+def index_model(
+    recorded: str, labels: Mapping[str, str], allow_unnamed: bool = True, bases: Mapping[str, str] | None = None
+) -> str | None:
     """The served name whose model made an index that records ``recorded``: a served name equal to it, or
-    the one model with the same :func:`~matryoshka.models.identity.model_label`; ``None`` when the index
-    records no model (allowed only with ``allow_unnamed``: one model served).
+    the one model with the same :func:`~matryoshka.models.identity.model_label`, or an adapted model whose
+    base (in ``bases``, name -> base label) made it; ``None`` when the index records no model (allowed only
+    with ``allow_unnamed``: one model served).
 
     Raises:
         ModelError: no served model is the index's model, or the index names none and several are served.
@@ -130,10 +160,12 @@ def index_model(recorded: str, labels: dict[str, str], allow_unnamed: bool = Tru
     if recorded in labels:
         return recorded
     matches = [name for name, label in labels.items() if same_model(label, recorded)]
+    matches += [name for name, base in (bases or {}).items() if same_model(base, recorded)]
     if not matches:
+        upstream = upstream_of_label(recorded)
+        hint = f"--upstream {upstream[0]} --upstream-model {upstream[1]}" if upstream else f"--model {recorded}"
         raise ModelError(
-            f"the index was built with model {recorded!r}, which is not served (served: {served}); "
-            f"add --model {recorded}"
+            f"the index was built with model {recorded!r}, which is not served (served: {served}); serve it with {hint}"
         )
     return matches[0]
 
@@ -147,7 +179,7 @@ class ServerState:
     def __init__(
         self,
         config: ServeConfig,
-        models: dict[str, SentenceTransformer],
+        models: Mapping[str, Served],
         index: VectorIndex | None,
         quality: dict[str, Any] | None,
         demo_indexes: Mapping[str, VectorIndex] | None = None,
@@ -157,35 +189,36 @@ class ServerState:
         self.demo_corpus = demo_corpus
         created = int(time.time())
         sources = dict(config.model_specs())
+        self.quality = clean_quality(quality)
         self.models: dict[str, ServedModel] = {}
         for name, model in models.items():
+            label = served_label(model, sources.get(name, name))
+            dim = model_dimension(as_model(model))
+            safe = served_dimensions(model, name, label, dim, self.quality, config.safe_share)
+            if config.strict_dimensions and safe is None:
+                raise StartupError(
+                    f"--strict-dimensions: model {name!r} has no known safe dimensions; serve it with an adaptor "
+                    "from `adapt` (--adaptor), or give --results from `matryoshka evaluate` of it"
+                )
             batcher = MicroBatcher(
                 make_batch_function(model, config.encode_batch_size),
                 max_texts=config.batch_max_texts,
-                max_wait_ms=config.batch_max_wait_ms,
+                max_wait_ms=config.batch_wait_ms(upstream=isinstance(base_model(model), UpstreamModel)),
                 max_queued_texts=config.max_queued_texts,
                 name=f"encode-{name}"[:15],
             )
-            label = model_label(sources.get(name, name))
-            self.models[name] = ServedModel(name, label, model, model_dimension(model), batcher, created)
+            self.models[name] = ServedModel(name, label, model, dim, batcher, created, safe)
         self.default = next(iter(self.models.values()))
         self.index = index
         self.search_model = self.default
         if index is not None:
-            labels = {name: m.label for name, m in self.models.items()}
-            chosen = index_model(index.model_name, labels, allow_unnamed=len(self.models) == 1)
-            self.search_model = self.models[chosen] if chosen else self.default
-            if index.dim > self.search_model.dim:
-                raise DimensionError(
-                    f"index vectors have {index.dim} dims but model {self.search_model.name!r} gives {self.search_model.dim}"
-                )
-        self.quality = clean_quality(quality)
+            self.search_model, self.index = self._search_pair(index)
         self.quality_model = self._quality_model()
         self.started = time.time()
         # The demo's model selector: each choice is a served model and the index of its own vectors.
         self.demo_choices: dict[str, tuple[ServedModel, VectorIndex]] = {}
-        if index is not None:
-            self.demo_choices[self.search_model.name] = (self.search_model, index)
+        if self.index is not None:
+            self.demo_choices[self.search_model.name] = (self.search_model, self.index)
         for name, extra in (demo_indexes or {}).items():
             if name not in self.models:
                 raise InputError(f"a demo index is given for {name!r}, which is not a served model")
@@ -194,6 +227,45 @@ class ServerState:
         self.quality_keys: dict[str, str | None] = {
             name: self._quality_key(name, choice_index) for name, (_, choice_index) in self.demo_choices.items()
         }
+
+    def upstreams(self) -> dict[str, UpstreamModel]:
+        """Served name -> the upstream API model behind it (adapted or not)."""
+        out = {}
+        for name, served in self.models.items():
+            base = base_model(served.model)
+            if isinstance(base, UpstreamModel):
+                out[name] = base
+        return out
+
+    def redact(self, text: str) -> str:
+        """``text`` with the key of every served upstream (its ``key_env`` variable's value) masked."""
+        for upstream in self.upstreams().values():
+            key = os.environ.get(upstream.config.key_env) if upstream.config.key_env else None
+            text = text.replace(key, "***") if key else text
+        return text
+
+    def _search_pair(self, index: VectorIndex) -> tuple[ServedModel, VectorIndex]:
+        """The served model that searches ``index``, and the index it searches: ``index`` itself, or, when
+        it holds the unmapped vectors of an adapted model's base (an index built from the same upstream),
+        those vectors mapped by the adaptor (embedded indexes only: the others cannot be mapped in memory)."""
+        from matryoshka.indexes.faiss import FunnelIndex
+
+        labels = {name: m.label for name, m in self.models.items()}
+        bases = {name: m.model.base_label for name, m in self.models.items() if isinstance(m.model, AdaptedModel)}
+        chosen = index_model(index.model_name, labels, allow_unnamed=len(self.models) == 1, bases=bases)
+        served = self.models[chosen] if chosen else self.default
+        if index.dim > served.dim:
+            raise DimensionError(f"index vectors have {index.dim} dims but model {served.name!r} gives {served.dim}")
+        if not isinstance(served.model, AdaptedModel) or not index.model_name or same_model(served.label, index.model_name):
+            return served, index
+        if not isinstance(index, FunnelIndex):
+            raise StartupError(
+                f"the index holds vectors of {index.model_name!r} without the adaptor, and only an embedded index "
+                "(a directory) can be mapped on start; build the index with the adapted model instead"
+            )
+        adaptor = served.model.adaptor
+        logger.info("mapping the index", extra={"event": "map_index", "model": served.name, "vectors": len(index)})
+        return served, index.mapped(adaptor.apply, served.label)
 
     def demo_choice(self, name: str | None) -> tuple[ServedModel, VectorIndex]:
         """The demo's model ``name`` (default: the first) with its index, or a 404 naming the choices."""
@@ -257,6 +329,8 @@ class ServerState:
     async def close(self) -> None:
         for served in self.models.values():
             await served.batcher.close()
+        for upstream in self.upstreams().values():
+            upstream.close()
 
 
 def server_state(request: Request) -> ServerState:

@@ -17,9 +17,8 @@ from matryoshka.errors import MatryoshkaError
 from matryoshka.models.identity import model_fingerprint, model_label, short_name
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
     from matryoshka.indexes.faiss.index import FunnelIndex
+    from matryoshka.serving.served import Served
 
 __all__ = ["DEMO_CACHE", "DEMO_LIMIT", "NEUTRAL_CORPUS", "WORDNET_CORPUS", "DemoCorpus", "build_demo_index",
            "demo_cache_path"]
@@ -75,7 +74,7 @@ def demo_cache_path(cache_dir: Path, model: str | None, limit: int | None) -> Pa
 
 
 def build_demo_index(
-    model: SentenceTransformer,
+    model: Served,
     model_name: str,
     limit: int | None = DEMO_LIMIT,
     cache_dir: Path = DEMO_CACHE,
@@ -90,8 +89,10 @@ def build_demo_index(
     ``model_name``) is what ``model`` was loaded from, whose identity keys the cache.
     """
     from matryoshka.data.wordnet import find_source, load_glosses
+    from matryoshka.embeddings.vectors import encode
     from matryoshka.indexes.faiss.index import FunnelIndex
     from matryoshka.retrieval.stages import PRESETS
+    from matryoshka.serving.served import as_model
 
     path = demo_cache_path(cache_dir, model_source or model_name, limit)
     if path.exists() and not rebuild:
@@ -105,9 +106,8 @@ def build_demo_index(
     ids, texts = load_glosses(limit, where)
     log(f"encoding {len(texts)} WordNet glosses from {where} (cached afterwards in {path})")
     started = time.perf_counter()
-    index = FunnelIndex.build(
-        model, texts, ids=ids, model_name=model_name, stages=PRESETS["funnel"], show_progress_bar=True
-    )
+    vectors = encode(as_model(model), texts, show_progress_bar=True)  # any model: an upstream API's too
+    index = FunnelIndex.from_vectors(vectors, ids, texts, model_name=model_name, stages=PRESETS["funnel"])
     log(f"indexed {len(index)} glosses in {time.perf_counter() - started:.0f} s")
     index.save(path)
     return index

@@ -2,8 +2,9 @@
 
 The seed article's own demonstration is the same query at the same small dimension under a plain
 model and a Matryoshka one. The rotation choice costs nothing: it is fitted on the base index's
-vectors (one SVD) and applied to them, and its queries go through the base model plus the rotation
-as a ``Dense`` module, so it is served like any model. Every other choice encodes the glosses itself.
+vectors (one SVD) and applied to them, and its queries go through the base model followed by the
+rotation (:class:`~matryoshka.adapt.applied.AdaptedModel`, so an upstream API's model gets one too), so
+it is served like any model. Every other choice encodes the glosses itself.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ import numpy as np
 from matryoshka.errors import InputError
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
     from matryoshka.indexes.faiss import FunnelIndex
+    from matryoshka.serving.served import Served
 
 #: Suffix of the served name of the rotated base model.
 ROTATION_SUFFIX = "+rotation"
 
 
-def rotation_choice(model: SentenceTransformer, name: str, index: FunnelIndex) -> tuple[str, SentenceTransformer, FunnelIndex]:
+def rotation_choice(model: Served, name: str, index: FunnelIndex) -> tuple[str, Served, FunnelIndex]:
     """``(served name, model, index)`` of ``model`` rotated onto the principal axes of ``index``'s vectors."""
-    from matryoshka.adapt import Adaptor, adapted_model, fit_rotation
+    from matryoshka.adapt import AdaptedModel, Adaptor, fit_rotation
 
     fitted: list[Adaptor] = []
 
@@ -38,20 +38,20 @@ def rotation_choice(model: SentenceTransformer, name: str, index: FunnelIndex) -
 
     rotated_name = f"{name}{ROTATION_SUFFIX}"
     rotated_index = index.mapped(fit_and_rotate, rotated_name)
-    return rotated_name, adapted_model(model, fitted[0]), rotated_index
+    return rotated_name, AdaptedModel(model, fitted[0], index.model_name or name), rotated_index
 
 
 def demo_choices(
-    model: SentenceTransformer,
+    model: Served,
     name: str,
     index: FunnelIndex,
-    others: Sequence[tuple[str, SentenceTransformer]] = (),
-    build: Callable[[SentenceTransformer, str], FunnelIndex] | None = None,
+    others: Sequence[tuple[str, Served]] = (),
+    build: Callable[[Served, str], FunnelIndex] | None = None,
     rotation: bool = True,
-) -> tuple[dict[str, SentenceTransformer], dict[str, FunnelIndex]]:
+) -> tuple[dict[str, Served], dict[str, FunnelIndex]]:
     """Served models and their demo indexes beyond the first: the rotation, then each of ``others``
     (``(name, model)``, indexed with ``build(model, name)``)."""
-    models: dict[str, SentenceTransformer] = {}
+    models: dict[str, Served] = {}
     indexes: dict[str, FunnelIndex] = {}
     if rotation:
         rotated_name, rotated, rotated_index = rotation_choice(model, name, index)
@@ -64,7 +64,7 @@ def demo_choices(
 
 
 def choices_quality(
-    choices: Mapping[str, tuple[SentenceTransformer, FunnelIndex]],
+    choices: Mapping[str, tuple[Served, FunnelIndex]],
     base_path: Path,
     own_paths: Mapping[str, Path] | None = None,
 ) -> dict[str, Any] | None:

@@ -22,10 +22,13 @@ router = APIRouter()
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
 async def create_embeddings(body: EmbeddingRequest, request: Request, state: State) -> Response:
-    """Embed strings with a served model, optionally cut to ``dimensions`` (re-normalized)."""
+    """Embed strings with a served model, optionally cut to ``dimensions`` (re-normalized); with
+    ``--strict-dimensions`` only to one of the model's ``matryoshka_dimensions``."""
     served = state.get_model(body.model)
     texts = check_inputs(body.input, state.config)
     dim = check_dimensions(body.dimensions, served.dim)
+    if state.config.strict_dimensions:
+        served.check_safe(body.dimensions)
     vectors, tokens = await submit_while_connected(request, served.batcher, texts)
 
     rows = truncate(vectors, dim)

@@ -1,4 +1,5 @@
-"""``GET /health``: liveness plus what an operator wants at a glance (models, index size, batch counters)."""
+"""``GET /health``: liveness plus what an operator wants at a glance (models, index size, batch counters,
+and per upstream API: calls made, texts sent, vector-cache hits and misses)."""
 
 from __future__ import annotations
 
@@ -27,5 +28,9 @@ async def health(state: State) -> dict[str, Any]:
         "batches": {
             name: {k: v for k, v in dataclasses.asdict(m.batcher.stats).items() if k != "sizes"}
             for name, m in state.models.items()
+        },
+        "upstream": {
+            name: {**dataclasses.asdict(upstream.stats), "cache_hit_rate": upstream.stats.hit_rate}
+            for name, upstream in state.upstreams().items()
         },
     }
