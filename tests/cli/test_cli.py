@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,18 @@ def test_compare_end_to_end_on_a_tiny_budget(tmp_path, tiny_beir):
     assert {"base", "base+rotation", "base+adapt", "adaptor-standard", "adaptor-matryoshka"} == {k for k in rows if k not in (
         "task", "metric", "retention", "metrics", "metadata")}
     assert rows["metadata"]["adaptors"]["adapt"]["chosen"] in {"rotation", "learned"}  # what `adapt` would save
+    # The models it fitted are saved, and a saved one scores what its row says.
+    saved = sts_rows["metadata"]["adaptors"]["saved"]
+    assert set(saved) == {"base+rotation", "adaptor-standard", "adaptor-matryoshka", "top-layer-standard",
+                          "top-layer-matryoshka"}
+    assert (Path(rows["metadata"]["adaptors"]["saved"]["base+adapt"]) / "adapt-report.json").is_file()
+    from matryoshka.data import load_sts
+    from matryoshka.evaluation import evaluate_sts
+    from matryoshka.models.loading import load_model
+
+    for label in ("adaptor-matryoshka", "top-layer-matryoshka"):
+        again = evaluate_sts(load_model(saved[label]), load_sts("test")[:40], [384, 32])
+        assert abs(again[32] - sts_rows[label]["32"]) < 1e-4 and abs(again[384] - sts_rows[label]["384"]) < 1e-4
     assert meta["runs"]["matryoshka"]["config"]["weights"] == [1, 1, 1, 1, 1, 1]
     assert meta["runs"]["standard"] == data["metadata"]["runs"]["standard"]
 

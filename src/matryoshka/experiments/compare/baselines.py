@@ -16,6 +16,7 @@ from matryoshka.embeddings.cache import cached_encode
 from matryoshka.evaluation import evaluate_sts
 from matryoshka.evaluation.sts import sentence_rows, spearman_by_dim
 from matryoshka.experiments.compare.config import CompareConfig
+from matryoshka.experiments.compare.saved import save_adaptors, save_tuned
 from matryoshka.training.top_layer import cache_layer_inputs, tune_top_layer
 
 
@@ -74,6 +75,8 @@ def sts_rows(
         f"{encoded - started:.0f}s encoding, {time.perf_counter() - encoded:.0f}s fitting)")
     info: dict[str, Any] = {"fit_pairs": len(train), "fit_texts": len(fit_texts),
                             "seconds": {k: a.info.get("seconds") for k, a in adaptors.items()}}
+    if config.save_models:
+        info["saved"] = save_adaptors(config.out, "stsb", base, adaptors)
     if inputs is not None and config.top_layer is not None:
         pairs = np.stack([fit_left, fit_right], axis=1)
         for label, matryoshka in (("top-layer-standard", False), ("top-layer-matryoshka", True)):
@@ -87,6 +90,8 @@ def sts_rows(
             tuned = tune_top_layer(base, inputs, pairs, recipe, progress=report)
             scores[label] = evaluate_sts(tuned, test, config.dims, batch_size=128)
             info["seconds"][label] = round(time.perf_counter() - tick, 1)
+            if config.save_models:
+                info["saved"][label] = save_tuned(config.out, "stsb", label, tuned)
         info["top_layer_cache_seconds"] = inputs.seconds
         log(f"last layer fine-tuned on {len(train):,} STS-B train pairs, both twins "
             f"({inputs.seconds:.0f}s caching its inputs, {info['seconds']['top-layer-standard']:.0f}s + "

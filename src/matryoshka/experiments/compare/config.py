@@ -56,6 +56,9 @@ class CompareConfig:
     #: Also fine-tune the base's last layer on the same STS-B train pairs (both twins, self-distilled on
     #: cached inputs, a minute each; :mod:`matryoshka.training.top_layer`). ``quick()`` turns it on.
     top_layer: TopLayerConfig | None = None
+    #: Save the adaptors and top-layer twins as model directories under ``out/models/<task>/`` (the
+    #: fine-tuned twins are saved under ``out/models/`` either way).
+    save_models: bool = True
     #: Where encodings are kept between runs (``None``: not kept).
     cache_dir: Path | None = Path("runs/cache")
     quick_mode: bool = False

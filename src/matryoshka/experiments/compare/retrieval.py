@@ -17,6 +17,7 @@ from matryoshka.embeddings.cache import cached_encode
 from matryoshka.evaluation.retrieval import score_vectors
 from matryoshka.experiments.compare.baselines import fit_adaptors
 from matryoshka.experiments.compare.config import CompareConfig
+from matryoshka.experiments.compare.saved import save_adaptors
 from matryoshka.models.loading import load_model
 
 
@@ -100,4 +101,6 @@ def retrieval_rows(
             "seconds": {k: a.info.get("seconds") for k, a in adaptors.items()},
             "adapt": {**report.summary(), "validation": {k: v.means() for k, v in report.rows.items()},
                       "seconds": report.seconds}}
+    if config.save_models:
+        info["saved"] = save_adaptors(config.out, dataset.name, base, adaptors, reports={"base+adapt": report})
     return metrics, info
