@@ -114,6 +114,34 @@ class Server:
         return count
 
 
+def cpu_seconds() -> dict[int, float]:
+    """CPU seconds (user + system) each running process has used so far, by pid."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            used[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+class OtherLoad:
+    """How many cores processes other than this benchmark's used during a phase (those that ended inside
+    it are missed, so this is a floor): the noise every number here shares."""
+
+    def __init__(self) -> None:
+        self.ours: set[int] = {os.getpid()}
+        self.phases: dict[str, float] = {}
+        self._start, self._since = cpu_seconds(), time.perf_counter()
+
+    def phase(self, name: str) -> None:
+        """Close the phase that began at the last call (or at creation) under ``name``; start the next."""
+        now, elapsed = cpu_seconds(), time.perf_counter() - self._since
+        used = sum(seconds - self._start.get(pid, 0.0) for pid, seconds in now.items() if pid not in self.ours)
+        self.phases[name] = round(used / elapsed, 2)
+        self._start, self._since = now, time.perf_counter()
+
+
 def upstream_server(work: Path, env: dict[str, str], backend: str, pin: bool) -> Server:
     return Server(["--backend", backend, "--threads", "1"], env, work / "upstream.log", 0 if pin else None)
 
@@ -354,10 +382,12 @@ def markdown(report: dict[str, Any]) -> str:
         "# `serve --upstream`: added latency, throughput, calls saved by the cache", "",
         f"Command: `{report['command']}` ({report['date']}, {report['cpus']} CPUs, load average "
         f"{report['load_start']:.2f} at the start and {report['load_end']:.2f} at the end). {report['setup']}", "",
-        "**Noise.** This machine has 2 cores, and a training job and a comparison run kept about one of them busy "
-        "throughout: the upstream, the proxy, the clients and those jobs share what is left. Absolute milliseconds "
-        "and requests/s are therefore noisy and low; the interleaved direct/proxied ratios are what to read, and "
-        "p99 and the 16-client numbers are the noisiest.", "",
+        f"**Noise.** This machine has {report['cpus']} cores, shared with other jobs (training and comparison runs, "
+        f"tests): processes outside this benchmark used {report['other_cores']['latency']} cores on average during "
+        f"the latency part and {report['other_cores']['throughput']} during the throughput part (a floor: processes "
+        "that ended meanwhile are missed). The upstream, the proxy and the clients share what is left, so absolute "
+        "milliseconds and requests/s are noisy and low, and differ from run to run; the interleaved direct/proxied "
+        "ratios are what to read, and p99 and the 16-client numbers are the noisiest.", "",
         "## Targets", "", "| target | measured | |", "|---|---|---|",
         *[f"| {v['target']} | {v['value']} | {'met' if v['met'] else '**missed**'} |" for v in report["verdicts"]], "",
         *context(report), "",
@@ -435,13 +465,20 @@ def main(argv: list[str] | None = None) -> None:
     texts = glosses()
     needed = args.pairs + 2000 * args.rounds * len(args.clients.split(","))
     log(f"{len(texts):,} distinct glosses (about {needed:,} may be needed)")
+    other = OtherLoad()
     with upstream_server(work, env, args.backend, args.pin) as upstream:
+        other.ours.add(upstream.process.pid)
         report["calls"], adaptor = calls_part(upstream, work, env, args.corpus, args.limit)
         with proxy_server(upstream, work, env, adaptor, args.pin) as proxy:
+            other.ours.add(proxy.process.pid)
+            other.phase("calls")  # includes the commands' own processes, which end inside it
             report["latency"] = latency_part(upstream, proxy, texts[: args.pairs])
+            other.phase("latency")
             fresh = iter(texts[args.pairs :])
             clients = [int(c) for c in args.clients.split(",")]
             report["throughput"] = throughput_part(upstream, proxy, fresh, clients, args.seconds, args.rounds)
+            other.phase("throughput")
+    report["other_cores"] = other.phases
     report["load_end"] = os.getloadavg()[0]
     report["verdicts"] = verdicts(report)
     args.out.mkdir(parents=True, exist_ok=True)
