@@ -363,8 +363,8 @@ def context(report: dict[str, Any]) -> list[str]:
             f"{miss['paired_difference_p50_ms']} ms) to an upstream answering in {miss['direct']['p50_ms']} ms; a hit "
             f"took {own} ms, the proxy's own HTTP path. The same costs would meet the 10% target beside an upstream "
             f"whose p50 is {added / MAX_ADDED_P50:.0f} ms or more, and the 10x target beside one of "
-            f"{own * MIN_HIT_SPEEDUP:.0f} ms or more; hosted APIs usually answer slower than this local upstream, "
-            "which runs a 6-layer model on one CPU thread."]
+            f"{own * MIN_HIT_SPEEDUP:.0f} ms or more (this upstream is on the same machine and runs a 6-layer "
+            "model; an API across a network adds its round trip to every miss)."]
 
 
 def tidy(line: str) -> str:
@@ -382,12 +382,13 @@ def markdown(report: dict[str, Any]) -> str:
         "# `serve --upstream`: added latency, throughput, calls saved by the cache", "",
         f"Command: `{report['command']}` ({report['date']}, {report['cpus']} CPUs, load average "
         f"{report['load_start']:.2f} at the start and {report['load_end']:.2f} at the end). {report['setup']}", "",
-        f"**Noise.** This machine has {report['cpus']} cores, shared with other jobs (training and comparison runs, "
-        f"tests): processes outside this benchmark used {report['other_cores']['latency']} cores on average during "
-        f"the latency part and {report['other_cores']['throughput']} during the throughput part (a floor: processes "
-        "that ended meanwhile are missed). The upstream, the proxy and the clients share what is left, so absolute "
-        "milliseconds and requests/s are noisy and low, and differ from run to run; the interleaved direct/proxied "
-        "ratios are what to read, and p99 and the 16-client numbers are the noisiest.", "",
+        f"**Noise.** This machine is a VM with {report['cpus']} cores; other jobs (training and comparison runs, "
+        f"tests) come and go on it. During this run, processes outside this benchmark used "
+        f"{report['other_cores']['latency']} cores on average in the latency part and "
+        f"{report['other_cores']['throughput']} in the throughput part (a floor: processes that ended meanwhile are "
+        "missed). The upstream, the proxy and the clients share the rest, so absolute milliseconds and requests/s "
+        "are noisy and differ from run to run, and not only with the load inside the VM. The interleaved "
+        "direct/proxied ratios are what to read; p99 and the 16-client numbers are the noisiest.", "",
         "## Targets", "", "| target | measured | |", "|---|---|---|",
         *[f"| {v['target']} | {v['value']} | {'met' if v['met'] else '**missed**'} |" for v in report["verdicts"]], "",
         *context(report), "",
@@ -446,9 +447,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pin", action="store_true", help="taskset: the upstream on CPU 0, the proxy on CPU 1")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-upstream", help="caches, logs, index")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "upstream")
+    parser.add_argument("--render", action="store_true", help="only write upstream.md again from upstream.json")
     args = parser.parse_args(argv)
     from matryoshka.files import write_atomic
 
+    if args.render:
+        write_atomic(args.out / "upstream.md", markdown(json.loads((args.out / "upstream.json").read_text())).encode())
+        return
     work = args.work / datetime.now().strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True)
     env = child_env(work / "cache")  # a fresh vector cache: every first call is a real miss
