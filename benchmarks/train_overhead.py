@@ -26,10 +26,11 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 
 from matryoshka.data import load_distillation_pairs, load_nli_triplets
+from matryoshka.embeddings.vectors import dimension_ladder
 from matryoshka.files import write_atomic
-from matryoshka.models.loading import load_model
+from matryoshka.models.loading import load_model, model_dimension
 from matryoshka.training.losses import InBatchSimilarityDistillationLoss
-from matryoshka.training.train import DEFAULT_DIMS, TrainConfig, build_dataset
+from matryoshka.training.train import TrainConfig, build_dataset
 
 
 def time_step(model, loss, features, labels, optimizer) -> float:
@@ -71,10 +72,11 @@ def main() -> None:
     }
     # one optimizer over the model only: the comparison is about the loss, not optimizer state
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-9)
-    report = {"batch_size": bs, "steps": args.steps, "dims": list(DEFAULT_DIMS), "torch_threads": torch.get_num_threads(),
+    dims = dimension_ladder(model_dimension(model))
+    report = {"batch_size": bs, "steps": args.steps, "dims": dims, "torch_threads": torch.get_num_threads(),
               "platform": platform.platform(), "python": sys.version.split()[0], "recipes": {}}
     for name, (base, features, labels) in recipes.items():
-        variants = {"plain": base, "matryoshka": MatryoshkaLoss(model, base, list(DEFAULT_DIMS))}
+        variants = {"plain": base, "matryoshka": MatryoshkaLoss(model, base, dims)}
         for _ in range(args.warmup):
             for loss in variants.values():
                 time_step(model, loss, features, labels, optimizer)
@@ -98,7 +100,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "train_overhead.json", (json.dumps(report, indent=2) + "\n").encode())
     lines = ["# Training-step overhead of MatryoshkaLoss", "",
-             f"Command: `python benchmarks/train_overhead.py --steps {args.steps}`; batch {bs}, dims {list(DEFAULT_DIMS)}, "
+             f"Command: `python benchmarks/train_overhead.py --steps {args.steps}`; batch {bs}, dims {dims}, "
              f"{report['torch_threads']} torch threads, median of {args.steps} interleaved optimizer steps.", "",
              "| recipe | plain s/step | Matryoshka s/step | ratio | target ≤ 1.05 |", "|---|---:|---:|---:|---|"]
     for name, r in report["recipes"].items():

@@ -154,3 +154,22 @@ def test_user_data_shape_must_fit_the_objective(tmp_path, model):
     pairs.write_text("anchor,positive\n" + "".join(f"q{i},d{i}\n" for i in range(16)))
     with pytest.raises(DataError, match="needs a 'negative' column"):
         train(model, TrainConfig(objective="nli", data=str(pairs), show_progress_bar=False), tmp_path / "m")
+
+
+def test_the_recipe_weights_follow_the_ladder_of_any_model_size():
+    """The self-distillation recipes weigh prefixes by size, so a 768-d model's seven sizes get them too."""
+    from matryoshka.embeddings.vectors import dimension_ladder
+    from matryoshka.experiments.compare import CompareConfig
+    from matryoshka.training.losses import weights_by_size
+    from matryoshka.training.top_layer import TopLayerConfig
+
+    for full in (384, 768, 96):
+        ladder = dimension_ladder(full)
+        weights = weights_by_size(ladder)
+        assert len(weights) == len(ladder) and dict(zip(ladder, weights))[32] == 8.0
+        assert set(dict(zip(ladder, weights)).values()) <= {1.0, 2.0, 4.0, 8.0}
+        TrainConfig(dims=tuple(ladder), weights=weights).validate(full)
+        assert TopLayerConfig().scored(full) == list(zip(weights, ladder))
+    assert weights_by_size(dimension_ladder(768)) == (1.0, 1.0, 1.0, 1.0, 2.0, 8.0, 4.0)
+    assert CompareConfig().distill.weights is None  # taken by run_compare from the base model's ladder
+    assert build_static_model(seed=0).get_embedding_dimension() == load_model().get_embedding_dimension()  # not a fixed 384

@@ -379,7 +379,8 @@ def compare(
     eval_limit: Annotated[int | None, typer.Option(min=10, help="Score only the first N STS-B test pairs.")] = None,
     jobs: Annotated[int, typer.Option(min=1, max=2, help="Train a recipe's two variants in 1 or 2 processes.")] = 2,
     weights: Annotated[str | None, typer.Option(
-        help="MatryoshkaLoss weights of the self-distillation recipe, one per dim 384..16 (default 1,1,1,2,8,4).")] = None,
+        help="MatryoshkaLoss weights of the self-distillation recipe, one per size of the model's ladder, largest first "
+        "(default: 2 at 64, 8 at 32, 4 at 16, 1 at every other size).")] = None,
     keep_previous: Annotated[bool, typer.Option(
         "--keep-previous", help="Reuse results.json in --out: models with unchanged training settings keep their "
         "scores (not retrained); with --no-nli/--no-static, keep those recipes' rows.")] = False,

@@ -7,6 +7,7 @@ so the toolkit works on a machine with no access to a model hub. ``load_model(up
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,10 +134,13 @@ def model_dimension(model: AnyModel) -> int:
 
 def build_static_model(
     tokenizer_source: str | os.PathLike[str] | None = None,
-    embedding_dim: int = 384,
+    embedding_dim: int | None = None,
     seed: int = 0,
 ) -> SentenceTransformer:
     """Build an untrained ``StaticEmbedding`` model on the tokenizer of ``tokenizer_source``.
+
+    ``embedding_dim`` defaults to the size of the transformer in ``tokenizer_source`` (its
+    ``config.json``'s ``hidden_size``), so the static model stands beside it at the same size.
 
     A static model averages one learned vector per token. Training one from random weights stands in
     for "training from a plain model": it shows what the Matryoshka loss does to a model that has no
@@ -152,6 +156,11 @@ def build_static_model(
     if not tokenizer_file.exists():
         raise ModelLoadError(f"no tokenizer.json in {source}")
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    if embedding_dim is None:
+        try:
+            embedding_dim = int(json.loads((source / "config.json").read_text())["hidden_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ModelLoadError(f"no hidden_size in {source / 'config.json'}: pass embedding_dim") from None
     torch.manual_seed(seed)
     static = StaticEmbedding(tokenizer, embedding_dim=embedding_dim)
     return SentenceTransformer(modules=[static], device="cpu")

@@ -10,7 +10,8 @@ far more signal at no extra encoding cost. It is written here because no library
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -19,6 +20,20 @@ from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
 from matryoshka.errors import InputError
+
+#: The self-distillation recipes' prefix weights by size, chosen on STS-B dev (2 at 64, 8 at 32, 4 at 16);
+#: every other size weighs 1, so a model of any size gets them on its own ladder.
+RECIPE_WEIGHTS: Mapping[int, float] = MappingProxyType({64: 2.0, 32: 8.0, 16: 4.0})
+
+
+def weights_by_size(dims: Sequence[int], by_size: Mapping[int, float] = RECIPE_WEIGHTS) -> tuple[float, ...]:
+    """One weight per entry of ``dims``: ``by_size``'s weight for that size, or 1 where it has none.
+
+    Example:
+        >>> weights_by_size([768, 384, 256, 128, 64, 32, 16])
+        (1.0, 1.0, 1.0, 1.0, 2.0, 8.0, 4.0)
+    """
+    return tuple(float(by_size.get(int(d), 1.0)) for d in dims)
 
 
 def check_prefixes(dims: Sequence[int], weights: Sequence[float] | None, full_dim: int, need_full: bool = True) -> None:

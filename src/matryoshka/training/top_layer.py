@@ -42,14 +42,11 @@ from matryoshka.embeddings.vectors import dimension_ladder
 from matryoshka.errors import InputError, ModelError
 from matryoshka.models.layers import encoder, layer_list
 from matryoshka.models.loading import model_dimension
-from matryoshka.training.losses import check_prefixes, similarity_mse
+from matryoshka.training.losses import RECIPE_WEIGHTS, check_prefixes, similarity_mse, weights_by_size
 
 #: Largest difference allowed between the model's own output and its last layer re-run on cached inputs.
 REPLAY_TOLERANCE = 1e-4
 
-
-#: The recipe's prefix weights by size (chosen on STS-B dev for 384..16: 1,1,1,2,8,4); 1 for other sizes.
-WEIGHTS_BY_DIM: dict[int, float] = {64: 2.0, 32: 8.0, 16: 4.0}
 
 
 @dataclass
@@ -60,7 +57,7 @@ class TopLayerConfig:
         dims: prefixes the loss scores (``matryoshka``); must include the full size (``None``: the
             model's ladder, :func:`~matryoshka.embeddings.vectors.dimension_ladder`).
         weights: one weight per entry of ``dims`` (``None``: the recipe's weights by size,
-            :data:`WEIGHTS_BY_DIM`, 1 for every other size).
+            :data:`~matryoshka.training.losses.RECIPE_WEIGHTS`, 1 for every other size).
         matryoshka: score every prefix; ``False`` trains the standard twin, at full size only.
         epochs: passes over the pairs, used when ``max_steps`` is ``None``.
         max_steps: stop after this many steps.
@@ -102,7 +99,7 @@ class TopLayerConfig:
         if not self.matryoshka:
             return [(1.0, full_dim)]
         dims = self.dims_for(full_dim)
-        weights = self.weights or [WEIGHTS_BY_DIM.get(d, 1.0) for d in dims]
+        weights = self.weights or weights_by_size(dims, RECIPE_WEIGHTS)
         return list(zip(weights, dims, strict=True))
 
     def dims_for(self, full_dim: int) -> list[int]:

@@ -56,7 +56,7 @@ from sentence_transformers.sentence_transformer.losses import (
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from matryoshka.embeddings.vectors import DIMENSION_LADDER, dimension_ladder
+from matryoshka.embeddings.vectors import dimension_ladder
 from matryoshka.errors import DataError, InputError
 from matryoshka.files import save_model_atomic
 from matryoshka.models.loading import model_dimension
@@ -65,8 +65,6 @@ from matryoshka.training.losses import InBatchSimilarityDistillationLoss, Rankin
 
 Objective = Literal["distill", "nli", "retrieval"]
 DistillLoss = Literal["cosine", "cosent", "inbatch", "vector"]
-#: The sizes of the packaged 384-d model's ladder; a config's empty ``dims`` means the trained model's own.
-DEFAULT_DIMS: tuple[int, ...] = DIMENSION_LADDER
 
 
 @dataclass

@@ -23,10 +23,11 @@ class CompareConfig:
     #: ladder (:func:`dimension_ladder`), taken by :func:`run_compare`.
     dims: tuple[int, ...] = ()
     seed: int = 0
+    #: The self-distillation recipe; its ``weights=None`` means the recipe's weights by size on the base
+    #: model's ladder (:data:`~matryoshka.training.losses.RECIPE_WEIGHTS`), taken by :func:`run_compare`.
     distill: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            objective="distill", distill_loss="cosent", weights=(1, 1, 1, 2, 8, 4), learning_rate=5e-5,
-            batch_size=32,
+            objective="distill", distill_loss="cosent", weights=None, learning_rate=5e-5, batch_size=32,
         )
     )
     nli: TrainConfig = field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from matryoshka.experiments.compare.previous import previous_results
 from matryoshka.experiments.compare.retrieval import retrieval_rows
 from matryoshka.experiments.compare.static_rows import static_rows
 from matryoshka.models.loading import load_model, model_dimension, resolve_model_name
+from matryoshka.training.losses import weights_by_size
 
 
 def run_compare(
@@ -43,6 +44,8 @@ def run_compare(
     base = load_model(config.base_model)
     if not config.dims:
         config.dims = tuple(dimension_ladder(model_dimension(base)))
+    if config.distill.weights is None:
+        config.distill = replace(config.distill, weights=weights_by_size(config.dims))
     scores, sts_adaptors = sts_rows(config, base, test, log, progress)
     runs: dict[str, Any] = {}
     datasets: dict[tuple[Any, ...], Any] = {}
