@@ -2,6 +2,7 @@
 
     python benchmarks/headline_dev.py                     # every variant not yet in the JSONL, in order
     python benchmarks/headline_dev.py ref inbatch-pairs   # only these (skipped when already done)
+    python benchmarks/headline_dev.py sts@1 sts@2         # a variant again with seeds 1 and 2
     python benchmarks/headline_dev.py --render            # only redraw the table from the JSONL
     python benchmarks/headline_dev.py --list              # the variants and their configs
 
@@ -55,6 +56,8 @@ WEIGHTS = (1.0, 1.0, 1.0, 2.0, 8.0, 4.0)  # CompareConfig.distill's
 STEPS = 300
 MAX_WORDS = 40
 
+_STS: dict[str, Any] = {"objective": "sts", "batch_size": 16, "max_steps": 359, "max_examples": None}
+
 #: name -> (description, TrainConfig overrides on top of CompareConfig.distill, None for the untouched base).
 VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "base": ("untouched all-MiniLM-L6-v2", None),
@@ -69,6 +72,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "ref-lr1e-4": ("today's recipe at learning rate 1e-4", {"learning_rate": 1e-4}),
     "ref-lr1e-4-standard": ("standard twin of ref-lr1e-4", {"learning_rate": 1e-4, "matryoshka": False}),
     "ref-lr2e-4": ("today's recipe at learning rate 2e-4", {"learning_rate": 2e-4}),
+    # objective "sts": CoSENT on STS-B train's gold scores (5,749 pairs; one pass at batch 16 is 359 steps)
+    "sts": ("CoSENT on STS-B train's gold scores, one pass, batch 16, lr 5e-5, weights 1,1,1,2,8,4",
+            {**_STS, "learning_rate": 5e-5}),
+    "sts-standard": ("standard twin of sts", {**_STS, "learning_rate": 5e-5, "matryoshka": False}),
+    "sts-lr1e-4": ("sts at learning rate 1e-4", {**_STS, "learning_rate": 1e-4}),
+    "sts-lr2e-5": ("sts at learning rate 2e-5", {**_STS, "learning_rate": 2e-5}),
+    "sts-2ep": ("sts, two passes (718 steps)", {**_STS, "learning_rate": 5e-5, "max_steps": 718}),
 }
 
 
@@ -79,11 +89,20 @@ def base_config(steps: int) -> Any:
     return replace(recipe, dims=DIMS, weights=WEIGHTS, max_steps=steps, show_progress_bar=False)
 
 
+def split_name(name: str) -> tuple[str, int]:
+    """``"sts@2"`` -> ``("sts", 2)``: a variant run with another seed (data order, dropout); no suffix is seed 0."""
+    base, _, seed = name.partition("@")
+    return base, int(seed) if seed else 0
+
+
 def variant_config(name: str, steps: int) -> Any:
-    overrides = dict(VARIANTS[name][1] or {})
+    name, seed = split_name(name)
+    overrides = {**(VARIANTS[name][1] or {}), "seed": seed}
     if overrides.get("data") == "mix":
         overrides["data"] = str(MIX)
     config = replace(base_config(steps), **overrides)
+    if "max_examples" in overrides:  # e.g. every STS-B train pair, for more than one pass
+        return config
     return replace(config, max_examples=config.max_steps * config.batch_size)
 
 
@@ -182,7 +201,9 @@ def run_variant(name: str, steps: int, command: str, teacher: Any) -> dict[str, 
     from matryoshka.models.loading import load_model
     from matryoshka.training.train import train
 
-    description, overrides = VARIANTS[name]
+    description, overrides = VARIANTS[split_name(name)[0]]
+    if split_name(name)[1]:
+        description += f" (seed {split_name(name)[1]})"
     record: dict[str, Any] = {"variant": name, "description": description, "command": command,
                               "date": time.strftime("%Y-%m-%d %H:%M"), "threads": torch.get_num_threads()}
     if overrides is None:
@@ -194,7 +215,13 @@ def run_variant(name: str, steps: int, command: str, teacher: Any) -> dict[str, 
     config = variant_config(name, steps)
     if config.data == str(MIX) and not MIX.exists():
         print(f"  mix: {build_mix(config.seed)}", flush=True)
-    dataset, table, info = cached_data(config, teacher)
+    if config.objective == "sts":
+        from matryoshka.training.train import gold_sts_dataset
+
+        dataset, table, info = gold_sts_dataset(config), None, {"rows": None, "source": "STS-B train, gold scores"}
+        info["rows"] = len(dataset)
+    else:
+        dataset, table, info = cached_data(config, teacher)
     torch.manual_seed(config.seed)
     model = load_model(device="cpu")
     clock = time.perf_counter()
@@ -229,7 +256,8 @@ def render(records: dict[str, dict[str, Any]]) -> str:
              "|---|---|---|---|---|---:|---:|---:|" + "---:|" * len(DIMS) + "---:|---:|---:|---:|---:|"]
     for name, r in records.items():
         c = r.get("config") or {}
-        data = "" if not c else ("mix" if c.get("data") else "+".join(c["pair_sources"]))
+        data = "" if not c else ("mix" if c.get("data") else "stsb gold" if c.get("objective") == "sts"
+                                 else "+".join(c["pair_sources"]))
         weights = "" if not c else ("-" if not c["matryoshka"] else ",".join(f"{w:g}" for w in c["weights"]))
         cells = " | ".join(f"{r['scores'][str(d)]:.2f}" for d in DIMS)
         delta = f"{r['scores']['384'] - base['384']:+.2f}" if base else ""
@@ -254,7 +282,7 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="only redraw dev.md from the JSONL")
     parser.add_argument("--list", action="store_true", help="print the variants' configs and exit")
     args = parser.parse_args()
-    unknown = set(args.variants) - set(VARIANTS)
+    unknown = {split_name(v)[0] for v in args.variants} - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.list:
@@ -273,7 +301,7 @@ def main() -> None:
             if name in done():
                 print(f"{name}: already in {RUNS_JSONL.name}, skipped", flush=True)
                 continue
-            print(f"{name}: {VARIANTS[name][0]}", flush=True)
+            print(f"{name}: {VARIANTS[split_name(name)[0]][0]}", flush=True)
             record = run_variant(name, args.steps, command, teacher)
             with open(RUNS_JSONL, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
@@ -109,6 +111,7 @@ def test_static_model_trains_with_matryoshka(tmp_path, model):
     ({"learning_rate": 0}, "learning_rate"),
     ({"objective": "retrieval"}, "needs data"),
     ({"objective": "retrieval", "data": "x", "distill_weight": -1}, "distill_weight"),
+    ({"objective": "sts", "data": "x"}, "gold scores"),
 ])
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -173,3 +176,21 @@ def test_the_recipe_weights_follow_the_ladder_of_any_model_size():
     assert weights_by_size(dimension_ladder(768)) == (1.0, 1.0, 1.0, 1.0, 2.0, 8.0, 4.0)
     assert CompareConfig().distill.weights is None  # taken by run_compare from the base model's ladder
     assert build_static_model(seed=0).get_embedding_dimension() == load_model().get_embedding_dimension()  # not a fixed 384
+
+
+@pytest.mark.slow
+def test_the_sts_objective_ranks_by_gold_scores(tmp_path):
+    """``objective="sts"``: CoSENT on STS-B train's gold scores (0..1), seeded order, a teacher refused."""
+    from matryoshka.data import load_sts
+    from matryoshka.training.train import gold_sts_dataset
+
+    config = TrainConfig(objective="sts", batch_size=8, max_steps=2, max_examples=40, show_progress_bar=False)
+    data = gold_sts_dataset(config)
+    gold = {(p.sentence1, p.sentence2): p.score for p in load_sts("train")}
+    assert len(data) == 40 and all(gold[(r["sentence1"], r["sentence2"])] == r["label"] for r in data)
+    assert len({r["label"] for r in data}) > 5 and data["sentence1"] != gold_sts_dataset(replace(config, seed=1))["sentence1"]
+    model = load_model(device="cpu")
+    with pytest.raises(ValueError, match="not from a teacher"):
+        train(model, config, tmp_path / "no", teacher=model)
+    result = train(model, config, tmp_path / "out")
+    assert result.steps == 2 and result.losses and (tmp_path / "out" / "modules.json").exists()

@@ -145,7 +145,8 @@ def train(
     model: ModelOption = None,
     standard: Annotated[bool, typer.Option("--standard", help="Train without MatryoshkaLoss (the baseline).")] = False,
     objective: Annotated[str | None, typer.Option(
-        help="distill (self-distillation), nli (MNRL on triplets) or retrieval (MNRL on query-document pairs); "
+        help="distill (self-distillation), nli (MNRL on triplets), retrieval (MNRL on query-document pairs) or sts "
+        "(CoSENT on STS-B train's gold scores); "
         "default: retrieval for --data with anchor/positive columns, else distill.")] = None,
     data: Annotated[str | None, typer.Option(
         "--data", help="Your training data: a .jsonl/.csv/.parquet file, a hub data set, or a BEIR set/directory "

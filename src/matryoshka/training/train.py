@@ -63,7 +63,7 @@ from matryoshka.models.loading import model_dimension
 from matryoshka.training import teachers
 from matryoshka.training.losses import InBatchSimilarityDistillationLoss, RankingDistillationLoss, check_prefixes
 
-Objective = Literal["distill", "nli", "retrieval"]
+Objective = Literal["distill", "nli", "retrieval", "sts"]
 DistillLoss = Literal["cosine", "cosent", "inbatch", "vector"]
 
 
@@ -72,8 +72,9 @@ class TrainConfig:
     """Everything that defines a training run; defaults run on a 2-core CPU.
 
     Attributes:
-        objective: ``distill`` (self-distillation on text pairs), ``nli`` (MNRL on NLI triplets) or
-            ``retrieval`` (MNRL on query-document pairs, e.g. ``data="scifact"``).
+        objective: ``distill`` (self-distillation on text pairs), ``nli`` (MNRL on NLI triplets),
+            ``retrieval`` (MNRL on query-document pairs, e.g. ``data="scifact"``) or ``sts`` (CoSENT
+            on STS-B train's gold similarity scores, sentence-transformers' ``matryoshka_sts`` recipe).
         distill_loss: for ``distill``: ``cosent`` (default; a ranking loss on the teacher's cosine per
             pair), ``cosine`` (squared error on it), ``inbatch`` (all pairs of texts) or ``vector``
             (``inbatch`` plus each text's vector pulled toward the teacher's; best for a student cut
@@ -132,7 +133,9 @@ class TrainConfig:
     def validate(self, full_dim: int) -> None:
         """Raise :class:`InputError` for settings that cannot train ``full_dim``-dimensional models."""
         if self.objective not in get_args(Objective):
-            raise InputError(f"objective must be 'distill', 'nli' or 'retrieval', got {self.objective!r}")
+            raise InputError(f"objective must be 'distill', 'nli', 'retrieval' or 'sts', got {self.objective!r}")
+        if self.objective == "sts" and self.data is not None:
+            raise InputError("the sts objective trains on STS-B train's gold scores; it takes no --data")
         if self.objective == "retrieval" and self.data is None:
             raise InputError("the retrieval objective needs data: a file or BEIR set of (anchor, positive) rows")
         if self.distill_weight < 0:
@@ -225,17 +228,21 @@ def build_dataset(
     ``rows`` overrides the data loaded from disk or the hub (pairs for ``distill``, triplets for
     ``nli``, (query, document[, negatives]) for ``retrieval``; single texts self-distill in-batch).
     """
+    if config.objective == "sts" and rows is None:
+        return gold_sts_dataset(config), None
     loaded = load_rows(config, rows)
     if not loaded:
         raise InputError("no training rows")
     columns = teachers.row_columns(loaded)
-    if config.objective in ("nli", "retrieval"):
+    if config.objective in ("nli", "retrieval", "sts"):
         if columns < 2:
             raise InputError(f"the {config.objective} objective needs rows of at least (anchor, positive)")
         names = ["anchor", "positive"] + [f"negative_{i}" if i > 1 else "negative" for i in range(1, columns - 1)]
         data: dict[str, list[Any]] = {name: [row[i] for row in loaded] for i, name in enumerate(names)}
         if config.objective == "nli":
             return Dataset.from_dict(data), None
+        if config.objective == "sts":
+            raise InputError("the sts objective trains on gold scores; rows of texts carry none")
         data["label"] = list(range(len(loaded)))
         table = None
         if config.distill_weight > 0:
@@ -252,12 +259,25 @@ def build_dataset(
     return pair_dataset(loaded, table, config.distill_loss), table
 
 
+def gold_sts_dataset(config: TrainConfig) -> Dataset:
+    """STS-B train's pairs labelled with their gold scores (0..1), in the seed's order, capped at ``max_examples``."""
+    from matryoshka.data import load_sts
+
+    pairs = load_sts("train")
+    order = np.random.default_rng(config.seed).permutation(len(pairs))[: config.max_examples]
+    return Dataset.from_dict({"sentence1": [pairs[i].sentence1 for i in order],
+                              "sentence2": [pairs[i].sentence2 for i in order],
+                              "label": [float(pairs[i].score) for i in order]})
+
+
 def build_loss(model: SentenceTransformer, config: TrainConfig, teacher_table: torch.Tensor | None) -> torch.nn.Module:
     """The base loss of ``config.objective``, wrapped in ``MatryoshkaLoss`` when ``config.matryoshka``."""
     if config.objective == "nli":
         base: torch.nn.Module = MultipleNegativesRankingLoss(model)
     elif config.objective == "retrieval":
         base = RankingDistillationLoss(model, teacher_table, config.distill_weight)
+    elif config.objective == "sts":
+        base = CoSENTLoss(model)
     elif config.distill_loss in ("inbatch", "vector") or (teacher_table is not None and teacher_table.shape[1] == 1):
         if teacher_table is None:
             raise InputError("the distill objective needs the teacher's embedding table")
@@ -332,8 +352,8 @@ def train(
     config = config or TrainConfig()
     config.validate(model_dimension(model))
     config = replace(config, dims=config.dims_for(model_dimension(model)))
-    if teacher is not None and config.objective == "nli":
-        raise InputError("the nli objective learns from its triplets, not from a teacher; drop the teacher")
+    if teacher is not None and config.objective in ("nli", "sts"):
+        raise InputError(f"the {config.objective} objective learns from its labels, not from a teacher; drop the teacher")
     own_max_seq_length = model.max_seq_length if config.max_seq_length else None  # static models have no settable cap
     if config.max_seq_length:
         model.max_seq_length = config.max_seq_length  # for training only: restored before the model is saved
