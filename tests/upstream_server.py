@@ -12,12 +12,15 @@ changed):
 ``wrong_dim`` (vectors ``dim + 1`` wide), ``ragged`` (one row shorter), ``fewer`` (one embedding
 fewer than inputs), ``malformed`` (a body that is not JSON), ``no_data`` (JSON without ``data``),
 ``nan`` (a NaN in a vector), ``reversed`` (rows in reverse order, with their indexes), ``echo_key``
-(a 401 whose message repeats the Authorization header it got), ``drop`` (closes the connection).
+(a 401 whose message repeats the Authorization header it got), ``drop`` (closes the connection),
+``floats_only`` (a 422 for ``encoding_format: base64``, as a server that knows only floats; good floats otherwise).
+Good answers follow the request's ``encoding_format`` (``float``, the default, or ``base64``), as OpenAI's do.
 Good vectors are a function of the text alone (:func:`vector_of`), so any test can compute them.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import socket
@@ -32,7 +35,7 @@ import numpy as np
 __all__ = ["MODES", "StandIn", "vector_of"]
 
 MODES = ("ok", "429", "500", "401", "slow", "wrong_dim", "ragged", "fewer", "malformed", "no_data", "nan",
-         "reversed", "echo_key", "drop")
+         "reversed", "echo_key", "drop", "floats_only")
 
 
 def vector_of(text: str, dim: int) -> np.ndarray:
@@ -142,13 +145,15 @@ class StandIn:
                         return self._send(404, {"error": {"message": f"no route {self.path}"}})
                     if stand_in.max_inputs is not None and len(texts) > stand_in.max_inputs:
                         return self._send(413, {"error": {"message": f"at most {stand_in.max_inputs} inputs"}})
-                    self._answer(plan, texts)
+                    self._answer(plan, texts, body.get("encoding_format", "float"))
                 finally:
                     with stand_in._lock:
                         stand_in.in_flight -= 1
 
-            def _answer(self, plan: _Plan, texts: list[str]) -> None:
+            def _answer(self, plan: _Plan, texts: list[str], fmt: str) -> None:
                 mode, dim = plan.mode, stand_in.dim
+                if mode == "floats_only" and fmt != "float":
+                    return self._send(422, {"error": {"message": f"encoding_format {fmt!r} is not supported"}})
                 if mode == "429":
                     headers = {"Retry-After": plan.retry_after} if plan.retry_after is not None else {}
                     return self._send(429, {"error": {"message": "rate limited"}}, headers)
@@ -173,6 +178,8 @@ class StandIn:
                     rows[-1] = rows[-1][:-1]
                 if mode == "nan" and rows:
                     rows[0][0] = float("nan")
+                if fmt == "base64":
+                    rows = [base64.b64encode(np.asarray(row, dtype="<f4").tobytes()).decode() for row in rows]
                 data = [{"object": "embedding", "embedding": row, "index": i} for i, row in enumerate(rows)]
                 if mode == "fewer":
                     data = data[:-1]

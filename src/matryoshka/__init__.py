@@ -14,10 +14,10 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from matryoshka import _moved
+from matryoshka._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from matryoshka.embeddings.vectors import Precision, encode, truncate
@@ -40,10 +40,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'matryoshka' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
     "DEFAULT_MODEL", "Precision", "UpstreamConfig", "build_static_model", "encode", "load_model", "truncate", "__version__",

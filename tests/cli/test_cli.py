@@ -179,3 +179,17 @@ def test_train_on_a_users_file_infers_the_objective(tmp_path):
     broken.write_text("anchor,positive\nq,\n")
     result = invoke("train", "--data", broken, "--out", tmp_path / "x")
     assert result.exit_code == 1 and "broken.csv, line 2: empty or missing value in column 'positive'" in result.output
+
+
+def test_help_loads_neither_torch_nor_an_http_client():
+    """``matryoshka --help`` and a command's ``--help`` answer in a fraction of a second: nothing heavy is imported."""
+    import subprocess
+    import sys
+
+    script = ("import sys, runpy; sys.argv = ['matryoshka', *sys.argv[1:]]\n"
+              "try:\n    runpy.run_module('matryoshka.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+              "heavy = sorted(m for m in ('torch', 'sentence_transformers', 'transformers', 'httpx', 'faiss') if m in sys.modules)\n"
+              "print('HEAVY', heavy)")
+    for args in (["--help"], ["serve", "--help"], ["index", "--help"]):
+        out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120).stdout
+        assert "Usage" in out and out.strip().splitlines()[-1] == "HEAVY []", (args, out[-300:])

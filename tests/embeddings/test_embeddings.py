@@ -51,6 +51,17 @@ def test_quantize_shapes_and_types():
         quantize(vectors, "int4")
 
 
+@pytest.mark.parametrize("precision", ["binary", "ubinary"])
+def test_binary_packing_is_sentence_transformers_own(precision):
+    """The numpy packing (no torch import) gives exactly what sentence-transformers' quantize_embeddings gives."""
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    vectors = truncate(np.random.default_rng(2).normal(size=(7, 48)), 48)
+    ours, theirs = quantize(vectors, precision), np.asarray(quantize_embeddings(vectors, precision=precision))
+    assert ours.dtype == theirs.dtype and ours.shape == (7, 6)
+    np.testing.assert_array_equal(ours, theirs)
+
+
 def test_encode_matches_model_encode_then_truncate(model):
     texts = ["A man is playing a guitar.", "The stock market fell sharply today."]
     full = model.encode(texts, convert_to_numpy=True)

@@ -55,7 +55,7 @@ def test_rows_come_back_in_input_order_with_each_distinct_text_sent_once(api):
         sent = [t for batch in api.inputs for t in batch]
         assert sorted(sent) == sorted(TEXTS)  # the repeats were not paid for twice
         assert model.stats.calls == api.calls == -(-len(TEXTS) // 4) and model.stats.texts == len(TEXTS)
-        assert all(body["model"] == api.model and body["encoding_format"] == "float" for body in api.bodies)
+        assert all(body["model"] == api.model and body["encoding_format"] == "base64" for body in api.bodies)
         single = model.encode(TEXTS[5])
         assert single.shape == (DIM,)
         np.testing.assert_allclose(single, vector_of(TEXTS[5], DIM), atol=1e-7)
@@ -199,6 +199,44 @@ def test_the_cache_answers_a_second_model_with_no_calls(api, tmp_path):
     with UpstreamModel(config(api, cache_dir=None)) as uncached:
         uncached.encode(TEXTS)
         assert uncached.stats.calls > 0 and uncached.stats.hit_rate is None
+
+
+def test_an_upstream_that_knows_only_floats_is_asked_for_floats(api):
+    """base64 first (smaller answers, no float parsing); a 422 for it switches the client to floats for good."""
+    api.misbehave("floats_only")
+    with UpstreamModel(config(api)) as model:
+        np.testing.assert_allclose(model.encode(TEXTS), expected(TEXTS), atol=1e-7)
+        formats = [body["encoding_format"] for body in api.bodies]
+        refused = formats.count("base64")  # the calls already in flight (concurrency 2) when the first was refused
+        assert formats[0] == "base64" and 1 <= refused <= 2 and formats.count("float") == -(-len(TEXTS) // 4)
+        assert model.stats.texts == len(TEXTS)
+        api.reset()
+        model.encode(["one more"])
+        assert [body["encoding_format"] for body in api.bodies] == ["float"]
+
+
+def test_repeated_texts_are_remembered_in_memory_within_its_bound(api, tmp_path):
+    """``remembered`` answers only when every text is held in memory, and never calls or reads the file."""
+    from matryoshka.models.upstream.cache import VectorCache, text_key
+
+    with UpstreamModel(config(api, cache_dir=tmp_path)) as model:
+        assert model.remembered(TEXTS[:3]) is None
+        model.encode(TEXTS[:3])
+        calls = api.calls
+        np.testing.assert_allclose(model.remembered([TEXTS[2], TEXTS[0]]), expected([TEXTS[2], TEXTS[0]]), atol=1e-7)
+        assert model.remembered([TEXTS[0], TEXTS[5]]) is None and api.calls == calls
+    with UpstreamModel(config(api, cache_dir=tmp_path)) as reopened:  # a new process's memory starts empty
+        assert reopened.remembered(TEXTS[:3]) is None
+        reopened.encode(TEXTS[:3])  # read from the file, then held
+        assert reopened.remembered(TEXTS[:3]) is not None and api.calls == calls
+    small = VectorCache(tmp_path / "small", "label", memory_bytes=2 * DIM * 4)  # room for two rows
+    keys = [text_key(t) for t in TEXTS[:3]]
+    small.put(zip(keys, expected(TEXTS[:3])), DIM)
+    assert small.remembered(keys[:1]) is None and small.remembered(keys[1:]) is not None
+    rows = small.remembered(keys[1:])
+    assert rows is not None and not rows[0].flags.writeable  # callers cannot change what others get
+    assert sorted(small.get(keys)) == sorted(keys)  # the file still has all three
+    small.close()
 
 
 def test_another_upstream_model_does_not_share_cached_vectors(api, tmp_path):

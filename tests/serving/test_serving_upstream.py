@@ -217,6 +217,49 @@ def test_the_key_goes_to_the_upstream_and_nowhere_else(stand_in):
     assert files and not any(KEY.encode() in p.read_bytes() for p in files)
 
 
+def test_a_repeated_text_is_answered_from_memory_without_the_batcher(stand_in):
+    """Texts the cache holds in memory skip the batcher's queue and thread: same rows, no call, no batch."""
+    api, server, _ = stand_in
+    api.reset()
+    texts = ["remembered once", "and remembered twice"]
+    first = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts, "dimensions": 16}).json()
+    def batches() -> int:
+        return int(httpx.get(f"{server.url}/health").json()["batches"]["stand-in"]["calls"])
+
+    calls, before = api.calls, batches()
+    again = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts[::-1], "dimensions": 16}).json()
+    assert [d["embedding"] for d in again["data"]] == [d["embedding"] for d in first["data"]][::-1]
+    assert again["usage"] == first["usage"] and api.calls == calls and batches() == before
+    expected = truncate(np.stack([vector_of(t, 32) for t in texts]), 16)
+    np.testing.assert_allclose([d["embedding"] for d in first["data"]], expected, atol=1e-6)
+    mixed = httpx.post(f"{server.url}/v1/embeddings", json={"input": [texts[0], "a new text"]})
+    assert mixed.status_code == 200 and api.calls == calls + 1 and batches() == before + 1
+
+
+def test_embeddings_come_in_the_products_precisions(stand_in):
+    """``precision``: float16, and sign bits packed 8 to a byte (binary as int8, ubinary as uint8), as numbers
+    or base64 bytes; int8/uint8 (which need a calibration set) and bits that do not fill bytes are 400s."""
+    _, server, _ = stand_in
+    texts = ["a text in bits", "another one"]
+    full = truncate(np.stack([vector_of(t, 32) for t in texts]), 24)
+
+    def embeddings(**extra: object) -> list:
+        answer = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts, "dimensions": 24, **extra})
+        assert answer.status_code == 200, answer.text
+        return [d["embedding"] for d in answer.json()["data"]]
+
+    bits = np.packbits(full > 0, axis=1)
+    assert embeddings(precision="ubinary") == bits.tolist()
+    assert embeddings(precision="binary") == (bits.astype(int) - 128).tolist()
+    assert [base64.b64decode(e) for e in embeddings(precision="ubinary", encoding_format="base64")] == [r.tobytes() for r in bits]
+    half = [np.frombuffer(base64.b64decode(e), dtype="<f2") for e in embeddings(precision="float16", encoding_format="base64")]
+    np.testing.assert_array_equal(half, full.astype(np.float16))
+    np.testing.assert_allclose(embeddings(precision="float16"), full, atol=1e-3)
+    for bad, status in (({"precision": "int8"}, 400), ({"precision": "binary", "dimensions": 12}, 400)):
+        answer = httpx.post(f"{server.url}/v1/embeddings", json={"input": texts, "dimensions": 24, **bad})
+        assert answer.status_code == status and answer.json()["error"]["param"] in ("precision", "dimensions"), answer.text
+
+
 # -- end to end: a second `matryoshka serve` is the upstream -----------------------------------------------
 
 
@@ -356,6 +399,17 @@ def test_a_missing_key_variable_is_named_not_shown():
     line = one_line_failure(["--upstream", "http://127.0.0.1:9/v1", "--upstream-model", "m",
                              "--upstream-key-env", KEY_ENV])
     assert KEY_ENV in line
+
+
+@pytest.mark.parametrize("url", ["http://me:{key}@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api_key={key}",
+                                 "http://127.0.0.1:9/v1#{key}"])
+def test_a_url_that_carries_a_secret_is_refused_without_showing_it(url):
+    """The URL becomes the model's label (index metadata, /v1/models, logs), so it may hold no secret."""
+    line = one_line_failure(["--upstream", url.format(key=KEY), "--upstream-model", "m"])
+    assert "--upstream-key-env" in line and "127.0.0.1:9/v1" in line and KEY not in line
+    with pytest.raises(ValueError, match="plain base URL") as caught:
+        UpstreamConfig(url.format(key=KEY), "m")
+    assert KEY not in str(caught.value)
 
 
 def test_an_index_of_an_upstream_asks_for_it(tmp_path):

@@ -110,6 +110,11 @@ def quantize(
     if precision == "float16":
         return vectors.astype(np.float16)
     check_binary_dim(int(np.shape(vectors)[-1]), precision)
+    if precision in BINARY_PRECISIONS:
+        # sentence-transformers' packing (sign bits, 8 per byte; binary shifted by -128 into int8), done
+        # here with numpy so that a server without a local model need not import torch for it.
+        packed = np.packbits(np.asarray(vectors) > 0, axis=-1)
+        return (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
     from sentence_transformers.util.quantization import quantize_embeddings
 
     return np.asarray(quantize_embeddings(vectors, precision=precision, calibration_embeddings=calibration))

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from matryoshka.embeddings.vectors import check_dim
+from matryoshka.embeddings.vectors import check_binary_dim, check_dim
 from matryoshka.errors import DimensionError, InputError
 from matryoshka.retrieval.filters import check_filter
 from matryoshka.retrieval.protocol import VectorIndex
@@ -65,6 +65,15 @@ def check_dimensions(value: int | None, full_dim: int, param: str = "dimensions"
             f"Invalid value for '{param}': {value}; it must be an integer from 1 to {full_dim} (the model's size)."
         )
         raise APIError(400, message, param, "invalid_dimensions") from None
+
+
+def check_precision(precision: str, dim: int) -> None:
+    """A 400 when a binary ``precision`` gets a ``dim`` that does not fill whole bytes."""
+    try:
+        check_binary_dim(dim, precision)
+    except DimensionError:
+        message = f"precision '{precision}' packs 8 dimensions per byte; 'dimensions' must be a multiple of 8, got {dim}."
+        raise APIError(400, message, "dimensions", "invalid_dimensions") from None
 
 
 def request_stages(body: SearchRequest, index: VectorIndex) -> list[Stage] | None:

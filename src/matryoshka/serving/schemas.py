@@ -61,6 +61,10 @@ class EmbeddingRequest(BaseModel):
     model: StrictStr | None = None
     dimensions: StrictInt | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    #: Beyond OpenAI: ``float16``, or ``binary``/``ubinary`` (one sign bit per dimension, 8 to a byte, as
+    #: int8/uint8 numbers, or their bytes in base64). ``int8``/``uint8`` are not served: their scale comes
+    #: from a calibration set, so one request's answer would not match another's.
+    precision: Literal["float32", "float16", "binary", "ubinary"] = "float32"
     user: StrictStr | None = None
 
     @field_validator("input", mode="before")

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+import numpy as np
+
 from matryoshka.adapt.applied import AdaptedModel, adaptor_fingerprint, load_adapted
 from matryoshka.adapt.model import model_dimensions
 from matryoshka.errors import StartupError
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [  # and, for type checkers only, ``Served``
     "as_model",
+    "cache_reader",
     "config_labels",
     "load_config_models",
     "quality_dimensions",
@@ -54,6 +57,23 @@ def served_label(model: Served, source: str) -> str:
     if isinstance(model, (AdaptedModel, UpstreamModel)):
         return model.label
     return model_label(source)
+
+
+def cache_reader(model: Served) -> Callable[[list[str]], np.ndarray | None] | None:
+    """For a model over an upstream API with a vector cache: a function giving the served full-size rows
+    (the adaptor applied, if any) of texts the cache holds in memory, else ``None``; ``None`` for other models."""
+    base = model.model if isinstance(model, AdaptedModel) else model
+    if not isinstance(base, UpstreamModel) or base.cache is None:
+        return None
+    if not isinstance(model, AdaptedModel):
+        return base.remembered
+    adaptor = model.adaptor
+
+    def adapted(texts: list[str]) -> np.ndarray | None:
+        full = base.remembered(texts)
+        return None if full is None else adaptor.apply(full)
+
+    return adapted
 
 
 def upstream_of_label(label: str) -> tuple[str, str] | None:

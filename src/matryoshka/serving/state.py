@@ -31,7 +31,7 @@ from matryoshka.serving.demo.index import NEUTRAL_CORPUS, DemoCorpus
 from matryoshka.serving.http.errors import APIError, ClientGone
 from matryoshka.serving.quality import clean_quality
 from matryoshka.serving.schemas import ModelCard
-from matryoshka.serving.served import as_model, served_dimensions, served_label, upstream_of_label
+from matryoshka.serving.served import as_model, cache_reader, served_dimensions, served_label, upstream_of_label
 
 if TYPE_CHECKING:
     from matryoshka.serving.served import Served
@@ -103,6 +103,19 @@ class ServedModel:
     batcher: MicroBatcher
     created: int
     matryoshka_dimensions: list[int] | None = None
+    #: Served rows of texts an upstream's cache holds in memory, else ``None`` (:func:`cache_reader`).
+    cached: Callable[[list[str]], np.ndarray | None] | None = None
+
+    async def vectors(self, texts: list[str], request: Request | None = None) -> tuple[np.ndarray, ...]:
+        """Full-size rows of ``texts`` and their token counts. Texts an upstream's cache holds in memory
+        are answered here on the event loop (a lookup: no thread hop, no queue); others go through the
+        batcher, cancelled if ``request``'s client goes away meanwhile."""
+        rows = self.cached(texts) if self.cached is not None else None
+        if rows is not None:
+            return rows, count_tokens(self.model, texts)
+        if request is None:
+            return await self.batcher.submit(texts)
+        return await submit_while_connected(request, self.batcher, texts)
 
     def card(self) -> ModelCard:
         limit = getattr(base_model(self.model), "max_seq_length", None)  # a static model reads any length: inf; an API: unknown
@@ -207,7 +220,7 @@ class ServerState:
                 max_queued_texts=config.max_queued_texts,
                 name=f"encode-{name}"[:15],
             )
-            self.models[name] = ServedModel(name, label, model, dim, batcher, created, safe)
+            self.models[name] = ServedModel(name, label, model, dim, batcher, created, safe, cache_reader(model))
         self.default = next(iter(self.models.values()))
         self.index = index
         self.search_model = self.default
@@ -322,7 +335,7 @@ class ServerState:
                 400, f"query is longer than {self.config.max_input_chars} characters.", "query", "input_too_long"
             )
         started = time.perf_counter()
-        vectors, tokens = await (served or self.search_model).batcher.submit([query])
+        vectors, tokens = await (served or self.search_model).vectors([query])
         row = truncate(vectors, dim or self.require_index().dim)
         return row, int(tokens.sum()), (time.perf_counter() - started) * 1000
 
@@ -333,8 +346,11 @@ class ServerState:
             upstream.close()
 
 
-def server_state(request: Request) -> ServerState:
-    """The :class:`ServerState` of the app serving ``request`` (set by :func:`~matryoshka.serving.app.create_app`)."""
+async def server_state(request: Request) -> ServerState:
+    """The :class:`ServerState` of the app serving ``request`` (set by :func:`~matryoshka.serving.app.create_app`).
+
+    ``async`` so that FastAPI calls it on the event loop: a plain function would cost every request a
+    hop to its thread pool and back."""
     state: ServerState = request.app.state.serving
     return state
 

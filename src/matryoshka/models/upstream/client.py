@@ -19,13 +19,12 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import numpy as np
 
 from matryoshka.errors import InputError, UpstreamError
-from matryoshka.models.upstream.config import UpstreamConfig
+from matryoshka.models.upstream.config import UpstreamConfig, public_url
 
 __all__ = ["BACKOFF_BASE_S", "BACKOFF_CAP_S", "RETRY_AFTER_CAP_S", "UpstreamClient", "UpstreamStats", "plan_batches",
            "read_key", "retry_after_seconds"]
@@ -76,14 +75,6 @@ def read_key(key_env: str | None) -> str | None:
     if not key:
         raise InputError(f"the environment variable {key_env} (named by --upstream-key-env) is not set or is empty")
     return key
-
-
-def public_url(url: str) -> str:
-    """``url`` without user info, query or fragment: what messages may show of it."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -188,6 +179,9 @@ class UpstreamClient:
         self._slots = threading.Semaphore(config.concurrency)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        #: Vectors are asked for as base64 float32 (a quarter of the JSON, no float parsing on either
+        #: side); an upstream that refuses that format with a 400 or 422 is asked for floats from then on.
+        self._format = "base64"
 
     def __repr__(self) -> str:
         return f"UpstreamClient({self.where!r}, model={self.config.model!r})"
@@ -274,7 +268,8 @@ class UpstreamClient:
     def _try(self, inputs: list[str], attempt: int) -> np.ndarray | _Retry:
         """One HTTP try: the checked rows, a :class:`_Retry` (429, 5xx, timeout, broken connection), or an
         :class:`UpstreamError` raised for an answer no retry would mend."""
-        body = {"model": self.config.model, "input": inputs, "encoding_format": "float"}
+        fmt = self._format
+        body = {"model": self.config.model, "input": inputs, "encoding_format": fmt}
         with self._lock:
             self.stats.calls += 1
             self.stats.retries += attempt > 0
@@ -294,6 +289,10 @@ class UpstreamClient:
         if status >= 500 or status == 408:
             error = UpstreamError(f"upstream {self.where} answered {status}{self._quote(response)}", 502)
             return _Retry(error, retry_after_seconds(response.headers.get("retry-after")))
+        if status in (400, 422) and fmt == "base64":
+            logger.info("upstream %s refused encoding_format=base64 (%d); asking for floats", self.where, status)
+            self._format = "float"
+            return self._try(inputs, attempt)
         if status != 200:
             hint = " (check --upstream-key-env)" if status in (401, 403) else ""
             raise UpstreamError(f"upstream {self.where} refused the call with {status}{hint}{self._quote(response)}", 502)

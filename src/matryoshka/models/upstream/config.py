@@ -5,8 +5,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["UpstreamConfig", "default_cache_dir"]
+from matryoshka.errors import InputError
+
+__all__ = ["UpstreamConfig", "default_cache_dir", "public_url"]
+
+
+def public_url(url: str) -> str:
+    """``url`` without user info, query or fragment: what messages may show of it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def default_cache_dir() -> Path:
@@ -41,6 +52,13 @@ class UpstreamConfig:
     timeout: float = 60.0
     retries: int = 5
     cache_dir: Path | None = field(default_factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+            # The URL becomes the model's label (index metadata, /v1/models, logs): a secret in it would spread.
+            raise InputError(f"--upstream must be a plain base URL, without user info, query or fragment "
+                             f"(got {public_url(self.url)!r} with them); pass a key with --upstream-key-env")
 
     @property
     def label(self) -> str:

@@ -114,6 +114,18 @@ class UpstreamModel:
         out = np.ascontiguousarray(out, dtype=np.float32)
         return out[0] if single else out
 
+    def remembered(self, texts: Sequence[str]) -> np.ndarray | None:
+        """Full-size rows of ``texts`` if the cache holds every one in memory, else ``None``: no call, no
+        file read, so a server can answer a repeated text on its event loop."""
+        if self._cache is None or not texts:
+            return None
+        rows = self._cache.remembered([text_key(text) for text in texts])
+        if rows is None or (self._client.dim is not None and any(len(row) != self._client.dim for row in rows)):
+            return None
+        with self._stats_lock:
+            self.stats.cache_hits += len(set(texts))
+        return np.stack(rows)
+
     def _vectors(self, texts: list[str]) -> np.ndarray:
         """Rows of distinct ``texts``: cache hits, then the misses from the upstream (cached as they come)."""
         cache = self._cache

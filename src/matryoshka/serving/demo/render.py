@@ -27,8 +27,9 @@ def render_embeddings(rows: np.ndarray, first: int, encoding_format: str) -> byt
     Serialized by hand rather than through pydantic: 2,048 x 384 floats through a response model
     would take seconds.
     """
-    if encoding_format == "base64":
-        data: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
+    if encoding_format == "base64":  # the rows' own type, little-endian: float32, float16, or packed bits
+        little = rows.dtype.newbyteorder("<")
+        data: list[Any] = [base64.b64encode(row.astype(little).tobytes()).decode("ascii") for row in rows]
     else:
         data = rows.tolist()
     items = [{"object": "embedding", "embedding": e, "index": first + i} for i, e in enumerate(data)]
