@@ -223,3 +223,15 @@ def test_a_client_that_hangs_up_while_queued_frees_the_model(server, caplog):
     assert any(getattr(r, "status", None) == 499 and r.client_closed for r in caplog.records)
     assert health(server)["queued_texts"] == 0
     assert health(server)["texts"] - before < 512  # the rest never ran
+
+
+def test_the_header_deadline_rides_on_either_parser():
+    """httptools (C) when installed, as it is with this package; h11 on request. Both carry the deadline."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from matryoshka.serving.http.header_deadline import HeaderDeadline, header_timeout_protocol
+
+    auto, h11 = header_timeout_protocol(2.5), header_timeout_protocol(1.0, parser="h11")
+    assert issubclass(auto, HttpToolsProtocol) and issubclass(auto, HeaderDeadline) and auto.header_timeout == 2.5
+    assert issubclass(h11, H11Protocol) and issubclass(h11, HeaderDeadline) and h11.header_timeout == 1.0
