@@ -302,6 +302,16 @@ def test_models_list_the_safe_dimensions_and_strict_refuses_others(e2e, adaptor_
     answer = httpx.post(f"{e2e['url']}/v1/embeddings", json={"input": "x", "dimensions": 32}, timeout=60)
     message = assert_openai_error(answer, 400, "unsafe_dimensions")
     assert ", ".join(map(str, safe)) in message and "32" in message
+    # the same sizes bound search and the demo: a funnel's every stage, and the demo's slider
+    unsafe = [{"dim": 32, "codec": "float32", "keep": 10}, {"dim": "full", "codec": "float32", "keep": 5}]
+    answer = httpx.post(f"{e2e['url']}/v1/search", json={"query": "q", "k": 5, "stages": unsafe}, timeout=60)
+    assert_openai_error(answer, 400, "unsafe_dimensions")
+    answer = httpx.post(f"{e2e['url']}/v1/search", json={"query": "q", "k": 5, "dimensions": 32}, timeout=60)
+    assert_openai_error(answer, 400, "unsafe_dimensions")
+    answer = httpx.post(f"{e2e['url']}/demo/api/compare", json={"query": "q", "dim": 32, "k": 5}, timeout=60)
+    assert_openai_error(answer, 400, "unsafe_dimensions")
+    dims = httpx.get(f"{e2e['url']}/demo/api/info", timeout=60).json()["dims"]
+    assert dims and set(dims) <= set(safe) and 32 not in dims
 
 
 def test_search_and_demo_run_on_an_index_of_the_same_upstream(e2e, model, adaptor_file):

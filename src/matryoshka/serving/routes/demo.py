@@ -48,6 +48,8 @@ async def demo_info(state: State) -> DemoInfo:
         quality_dims = sorted({int(d) for task in state.quality[state.quality_model].values() for d in task})
     dim_codecs = {d: demo_codecs(state, d) for d in demo_dimensions(index.dim, quality_dims, state.config.demo_dims)}
     dims = [d for d, codecs in dim_codecs.items() if codecs]  # e.g. Qdrant ranks only by the prefixes it stores
+    if state.config.strict_dimensions:
+        dims = [d for d in dims if d in (state.search_model.matryoshka_dimensions or []) or d == index.dim]
     corpus = state.demo_corpus
     return DemoInfo(
         model=state.search_model.name,
@@ -72,6 +74,8 @@ async def demo_compare(body: CompareRequest, state: State) -> CompareResponse:
     """Top ``k`` at the chosen dimension next to top ``k`` at full size, for one query."""
     served, index = state.demo_choice(body.model)
     dim = check_dimensions(body.dim, index.dim, "dim")
+    if state.config.strict_dimensions:
+        served.check_safe(dim)
     query, _, encode_ms = await state.encode_query(body.query, served, index.dim)
 
     try:

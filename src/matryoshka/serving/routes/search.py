@@ -21,7 +21,8 @@ router = APIRouter()
 
 @router.post("/v1/search", responses=ERROR_RESPONSES)
 async def search(body: SearchRequest, state: State) -> SearchResponse:
-    """Search the loaded funnel index with one query; hits plus per-stage timings and storage."""
+    """Search the loaded funnel index with one query; hits plus per-stage timings and storage; with
+    ``--strict-dimensions`` only through stages at the model's ``matryoshka_dimensions``."""
     index = state.require_index()
     if body.model is not None and body.model != state.search_model.name:
         raise APIError(
@@ -30,6 +31,9 @@ async def search(body: SearchRequest, state: State) -> SearchResponse:
     if body.k > state.config.search_max_k:
         raise APIError(400, f"k must be at most {state.config.search_max_k}.", "k", "invalid_k")
     stages = request_stages(body, index)
+    if state.config.strict_dimensions:  # every prefix the funnel scores must be one the model serves
+        for stage in stages if stages is not None else index.stages:
+            state.search_model.check_safe(stage.dim or None)
     check_search_filter(body.filter, index)
     query, tokens, encode_ms = await state.encode_query(body.query)
     started = time.perf_counter()
