@@ -110,19 +110,34 @@ def test_train_refuses_bad_settings(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_end_to_end_on_a_tiny_budget(tmp_path, tiny_beir):
+def test_compare_end_to_end_on_a_tiny_budget(tmp_path, tiny_beir, monkeypatch):
     common = ("--out", tmp_path, "--max-steps", 2, "--max-examples", 32, "--eval-limit", 40, "--retrieval", tiny_beir,
               "--cache", tmp_path / "cache")
-    result = invoke("compare", *common)
+    finetuned = {"standard", "matryoshka", "nli-standard", "nli-matryoshka", "sts-standard", "sts-matryoshka"}
+    # A run stopped after the transformer recipes (here: in the static step) leaves what it finished ...
+    import matryoshka.experiments.compare.run as compare_run
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compare_run, "static_rows", stopped)
+        assert invoke("compare", *common).exit_code != 0
+    partial = json.loads((tmp_path / "results.json").read_text())
+    assert partial["metadata"]["partial"] is True and finetuned <= set(partial)
+    # ... and the same command with --keep-previous trains only what is missing.
+    result = invoke("compare", *common, "--keep-previous")
     assert result.exit_code == 0, result.output
     assert "{'loss'" not in result.output and "Loading weights" not in result.output
     data = json.loads((tmp_path / "results.json").read_text())
+    assert "partial" not in data["metadata"] and set(data["metadata"]["kept_from_previous_run"]) == finetuned
     adaptors = {"base+rotation", "adaptor-standard", "adaptor-matryoshka"}
     static = {"static-distill", "static-standard", "static-matryoshka"}
-    expected = {"base", "standard", "matryoshka", "nli-standard", "nli-matryoshka"} | static
+    expected = {"base"} | finetuned | static
     assert expected | adaptors <= set(data)
+    assert data["metadata"]["runs"]["sts-matryoshka"]["config"]["objective"] == "sts"
     retrieval = json.loads((tmp_path / "retrieval.json").read_text())
-    assert {"base", "standard", "matryoshka"} | adaptors <= set(retrieval)
+    assert {"base", "standard", "matryoshka", "sts-standard", "sts-matryoshka"} | adaptors <= set(retrieval)
     assert set(retrieval["metrics"]) >= {"ndcg@10", "recall@100"}
     assert retrieval["metadata"]["adaptors"]["train_pairs"] > 0
     assert all(set(data[m]) == {"384", "256", "128", "64", "32", "16"} for m in expected - static)
@@ -130,7 +145,7 @@ def test_compare_end_to_end_on_a_tiny_budget(tmp_path, tiny_beir):
     assert data["metadata"]["runs"]["matryoshka"]["steps"] == 2
     assert (tmp_path / "results.md").exists() and (tmp_path / "results.png").exists()
     # Only the Matryoshka weighting changes: the second run retrains that one model and keeps the rest.
-    again = invoke("compare", *common, "--weights", "1,1,1,1,1,1", "--keep-previous", "--no-nli", "--no-static")
+    again = invoke("compare", *common, "--weights", "1,1,1,1,1,1", "--keep-previous", "--no-nli", "--no-sts", "--no-static")
     assert again.exit_code == 0, again.output
     meta = json.loads((tmp_path / "results.json").read_text())["metadata"]
     assert meta["kept_from_previous_run"] == sorted(expected - {"base", "matryoshka"})

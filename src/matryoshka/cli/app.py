@@ -374,6 +374,7 @@ def compare(
     model: ModelOption = None,
     no_static: Annotated[bool, typer.Option("--no-static", help="Skip the StaticEmbedding variant.")] = False,
     no_nli: Annotated[bool, typer.Option("--no-nli", help="Skip the NLI (article) recipe.")] = False,
+    no_sts: Annotated[bool, typer.Option("--no-sts", help="Skip the headline recipe (CoSENT on STS-B train's gold scores).")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Cap every recipe's steps (smoke test).")] = None,
     max_examples: Annotated[int, typer.Option(min=2, help="Rows loaded when --max-steps is set.")] = 256,
@@ -384,7 +385,8 @@ def compare(
         "(default: 2 at 64, 8 at 32, 4 at 16, 1 at every other size).")] = None,
     keep_previous: Annotated[bool, typer.Option(
         "--keep-previous", help="Reuse results.json in --out: models with unchanged training settings keep their "
-        "scores (not retrained); with --no-nli/--no-static, keep those recipes' rows.")] = False,
+        "scores (not retrained); with --no-nli/--no-sts/--no-static, keep those recipes' rows. An interrupted run "
+        "leaves the models it finished in results.json, so the same command resumes it.")] = False,
     retrieval: Annotated[str, typer.Option(
         help="BEIR set of the retrieval table (name or directory with test and train qrels).")] = "scifact",
     no_retrieval: Annotated[bool, typer.Option("--no-retrieval", help="Skip the retrieval table.")] = False,
@@ -400,6 +402,7 @@ def compare(
     from matryoshka.experiments.compare import CompareConfig, run_compare
 
     kwargs: dict[str, Any] = dict(base_model=model, out=out, seed=seed, run_static=not no_static, run_nli=not no_nli,
+                  run_sts=not no_sts,
                   eval_limit=eval_limit, jobs=jobs, keep_previous=keep_previous, cache_dir=cache)
     config = CompareConfig.quick(**kwargs) if quick else CompareConfig(**kwargs)
     if weights is not None:

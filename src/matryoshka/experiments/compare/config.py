@@ -33,11 +33,17 @@ class CompareConfig:
     nli: TrainConfig = field(
         default_factory=lambda: TrainConfig(objective="nli", learning_rate=2e-5, batch_size=32)
     )
+    #: The headline recipe: CoSENT on STS-B train's gold scores (``train --objective sts``), weights by size
+    #: like ``distill`` (``None``: taken by :func:`run_compare`); chosen on STS-B dev (``benchmarks/headline_dev.py``).
+    sts: TrainConfig = field(
+        default_factory=lambda: TrainConfig(objective="sts", learning_rate=5e-5, batch_size=16, weights=None)
+    )
     #: The static recipe: model2vec distillation, then training (``static_build.training``); chosen on
     #: STS-B dev by ``benchmarks/static_dev.py``.
     static_build: StaticConfig = field(default_factory=lambda: StaticConfig(pca_dims=256))
     run_static: bool = True
     run_nli: bool = True
+    run_sts: bool = True
     #: Fine-tune the transformer recipes (distill, NLI, static); ``quick()`` turns it off.
     run_finetune: bool = True
     #: The retrieval table's BEIR set (``None``: STS-B only); its ``pairs_split`` qrels supervise the adaptor.
@@ -75,7 +81,8 @@ class CompareConfig:
         parts = ["matryoshka", "compare", *(["--quick"] if self.quick_mode else []), "--out", str(self.out)]
         if self.base_model:
             parts += ["--model", str(self.base_model)]
-        parts += [flag for flag, on in (("--no-nli", not self.run_nli), ("--no-static", not self.run_static),
+        parts += [flag for flag, on in (("--no-nli", not self.run_nli), ("--no-sts", not self.run_sts),
+                                        ("--no-static", not self.run_static),
                                         ("--keep-previous", self.keep_previous)) if on]
         if self.retrieval is None:
             parts.append("--no-retrieval")
@@ -87,7 +94,7 @@ class CompareConfig:
 
     def cap(self, max_steps: int, max_examples: int) -> None:
         """Cap every recipe at ``max_steps`` steps over at most ``max_examples`` rows (smoke tests)."""
-        for name in ("distill", "nli"):
+        for name in ("distill", "nli", "sts"):
             recipe = getattr(self, name)
             batch = min(recipe.batch_size, max_examples)
             setattr(self, name, replace(recipe, max_steps=max_steps, max_examples=max_examples, batch_size=batch))

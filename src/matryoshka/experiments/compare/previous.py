@@ -13,7 +13,7 @@ from matryoshka.experiments.compare.config import CompareConfig
 from matryoshka.models.loading import resolve_model_name
 from matryoshka.training.train import TrainConfig
 
-RECIPE_LABELS = {"nli": ("nli-standard", "nli-matryoshka"),
+RECIPE_LABELS = {"nli": ("nli-standard", "nli-matryoshka"), "sts": ("sts-standard", "sts-matryoshka"),
                   "static": ("static-distill", "static-standard", "static-matryoshka")}
 
 
@@ -21,7 +21,7 @@ def _used_fields(recipe: dict[str, Any]) -> dict[str, Any]:
     """A recipe without the fields its training ignores: display settings; distillation settings in an
     NLI run; truncation dims and weights in a standard (non-Matryoshka) run."""
     ignored = {"show_progress_bar", "checkpoint_steps"}
-    if recipe.get("objective") == "nli":
+    if recipe.get("objective") in ("nli", "sts"):
         ignored |= {"distill_loss", "pair_sources"}
     if recipe.get("matryoshka") is False:
         ignored |= {"dims", "weights"}
@@ -45,7 +45,8 @@ def previous_results(
     recorded training settings equal the ones it would train with.
     """
     path = Path(config.out) / "results.json"
-    skipped = [name for name, on in (("nli", config.run_nli), ("static", config.run_static)) if not on]
+    skipped = [name for name, on in (("nli", config.run_nli), ("sts", config.run_sts), ("static", config.run_static))
+               if not on]
     if not path.is_file():
         if skipped:
             raise InputError(f"keep_previous: no previous {path} to keep the {', '.join(skipped)} recipe(s) from")
