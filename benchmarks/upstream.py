@@ -416,8 +416,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f" | {p['p50_ms_median']:.1f} ms | {d['upstream_texts_per_batch']:.1f}; {p['upstream_texts_per_batch']:.1f}"
                      f" | {', '.join(map(str, d['rps_runs']))}; {', '.join(map(str, p['rps_runs']))} |")
     lines += ["", "Texts per upstream forward pass: the upstream's micro-batcher merges concurrent requests into one model "
-              "call. Through the proxy its requests come from the proxy's own micro-batcher, which has one worker: it "
-              "sends one upstream call at a time and merges what queued meanwhile into the next."]
+              "call. Through the proxy its requests come from the proxy's own micro-batcher, which keeps up to "
+              "`--upstream-concurrency` (4) calls in flight and merges what queued meanwhile into the next."]
     errors = sum(row[s]["errors"] for row in thr.values() for s in ("direct", "proxied"))
     lines += ["", f"Errors: {errors}. Cache hits at the proxy during the throughput runs: "
               f"{report['throughput']['proxy_cache_hits']} (every proxied request was a miss).", "",

@@ -244,3 +244,47 @@ def test_a_small_request_cut_at_the_edge_of_a_call_finishes_next():
     assert len(with_y) == 2  # "y" was cut by the edge of a call (6 slots for small requests: x1-x4, y1-y2)
     assert with_y[1] == with_y[0] + 1  # and finished in the very next call, not after the large request
     assert calls_when_done <= with_y[1] + 2
+
+
+class Overlap:
+    """A batch function that waits ``delay(texts)`` seconds and records how many calls ran at once."""
+
+    def __init__(self, delay):
+        self.delay, self.running, self.peak = delay, 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray]:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(self.delay(texts))
+        with self.lock:
+            self.running -= 1
+        return (np.array([int(t) for t in texts]),)
+
+
+def test_calls_overlap_up_to_max_in_flight_and_rows_keep_their_order():
+    """For an upstream API (``max_in_flight`` > 1) the next batch goes out while others wait on the network.
+    Slices of one request that finish out of order are put back in order."""
+    late_first = Overlap(lambda texts: 0.02 * (12 - int(texts[0]) // 2))  # the first slices finish last
+
+    async def main():
+        batcher = MicroBatcher(late_first, max_texts=4, max_wait_ms=0, max_in_flight=3)
+        (rows,) = await batcher.submit([str(i) for i in range(24)])
+        await batcher.close()
+        return rows, batcher.stats
+
+    rows, stats = run(main())
+    assert rows.tolist() == list(range(24)) and stats.calls == 12  # a lone large request: half a call each
+    assert late_first.peak == 3
+    one_at_a_time = Overlap(lambda texts: 0.02)
+
+    async def serial():
+        batcher = MicroBatcher(one_at_a_time, max_texts=1, max_wait_ms=0)  # a local model's default: one call
+        results = await asyncio.gather(*[batcher.submit([str(i)]) for i in range(5)])
+        await batcher.close()
+        return [r[0].tolist() for r in results]
+
+    assert run(serial()) == [[i] for i in range(5)] and one_at_a_time.peak == 1
+    with pytest.raises(ValueError, match="max_in_flight"):
+        MicroBatcher(one_at_a_time, max_in_flight=0)

@@ -236,6 +236,24 @@ def test_a_repeated_text_is_answered_from_memory_without_the_batcher(stand_in):
     assert mixed.status_code == 200 and api.calls == calls + 1 and batches() == before + 1
 
 
+def test_concurrent_requests_reach_the_upstream_concurrently(stand_in):
+    """The proxy's batcher keeps up to --upstream-concurrency calls in flight: a slow API is not called one at a time."""
+    import concurrent.futures
+
+    api, server, _ = stand_in
+    api.reset()
+    api.misbehave("slow", delay=0.3)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: httpx.post(f"{server.url}/v1/embeddings", json={"input": f"slow text {i}"},
+                                                         timeout=30), range(4)))
+        peak = api.peak_in_flight
+    finally:
+        api.reset()
+    assert all(a.status_code == 200 for a in answers)
+    assert peak >= 2, peak
+
+
 def test_embeddings_come_in_the_products_precisions(stand_in):
     """``precision``: float16, and sign bits packed 8 to a byte (binary as int8, ubinary as uint8), as numbers
     or base64 bytes; int8/uint8 (which need a calibration set) and bits that do not fill bytes are 400s."""

@@ -4,9 +4,9 @@ Why our own: a transformer forward pass over 32 texts costs far less than 32 pas
 but each HTTP request usually carries only a few texts. Serving stacks that batch across requests
 (Triton, TorchServe, text-embeddings-inference, Ray Serve's ``@serve.batch``) run the model in their
 own process or runtime; none of them batches a ``SentenceTransformer`` that lives inside a FastAPI
-process. This module is that missing piece: requests wait in a queue, a single worker runs one call at
-a time in a thread (so the event loop keeps accepting requests while the model works), and each
-caller gets its own rows back.
+process. This module is that missing piece: requests wait in a queue, a worker runs the calls in a
+thread (so the event loop keeps accepting requests while the model works), one at a time for a local
+model and up to ``max_in_flight`` at once for an upstream API, and each caller gets its own rows back.
 
 Scheduling, in three rules:
 
@@ -49,7 +49,7 @@ class _Job:
     order: int
     sent: int = 0  # texts handed to a call so far
     done: int = 0  # texts whose rows came back
-    parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    parts: list[tuple[int, tuple[np.ndarray, ...]]] = field(default_factory=list)  # (first text, rows), any order
 
     @property
     def remaining(self) -> int:
@@ -79,8 +79,10 @@ class MicroBatcher:
         max_wait_ms: how long the first request of a batch waits for others when the queue is empty.
         max_queued_texts: most texts waiting (not yet run) at once; past it :meth:`submit` raises
             :class:`QueueFull`. ``None``: unbounded.
-        executor: where ``fn`` runs; default a private one-thread pool, so model calls never overlap
-            (PyTorch already uses every core it is given inside one call).
+        executor: where ``fn`` runs; default a private pool of ``max_in_flight`` threads.
+        max_in_flight: calls running at once. 1 (the default) for a local model: PyTorch already uses
+            every core it is given inside one call. More for an upstream API, whose calls mostly wait on
+            the network: the next batch is planned and sent while earlier ones are in flight.
     """
 
     def __init__(
@@ -91,9 +93,10 @@ class MicroBatcher:
         executor: Executor | None = None,
         name: str = "batcher",
         max_queued_texts: int | None = None,
+        max_in_flight: int = 1,
     ) -> None:
-        if max_texts < 1:
-            raise InputError(f"max_texts must be at least 1, got {max_texts}")
+        if max_texts < 1 or max_in_flight < 1:
+            raise InputError(f"max_texts and max_in_flight must be at least 1, got {max_texts} and {max_in_flight}")
         self.fn = fn
         self.max_texts = max_texts
         self.max_wait = max_wait_ms / 1000.0
@@ -101,13 +104,16 @@ class MicroBatcher:
         self.name = name
         self.stats = BatchStats()
         self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.max_in_flight = max_in_flight
+        self._executor = executor or ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix=name)
         self._jobs: list[_Job] = []  # waiting or partly run, in arrival order
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._busy = False
+        self._busy = 0  # calls running
+        self._slots: asyncio.Semaphore | None = None
+        self._calls: set[asyncio.Task[None]] = set()
         self._order = itertools.count()
         self._texts_per_second = 0.0  # smoothed throughput, for Retry-After
 
@@ -118,6 +124,8 @@ class MicroBatcher:
             return
         self._loop = loop
         self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._calls = set()
         self._jobs = []
         self._worker = loop.create_task(self._run(), name=f"{self.name}-worker")
 
@@ -174,12 +182,13 @@ class MicroBatcher:
             if not self._busy and not any(not job.future.done() for job in self._jobs):
                 break
             await asyncio.sleep(0.01)
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            try:
-                await self._worker
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in [self._worker, *self._calls]:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
         for job in self._jobs:
             if not job.future.done():
                 job.future.set_exception(BatcherClosed(f"{self.name} closed before the request ran"))
@@ -237,17 +246,32 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        assert self._slots is not None
         while True:
-            await self._gather()
-            plan = self._plan()
+            await self._slots.acquire()  # a free call slot first: with one slot, the next batch forms meanwhile
+            try:
+                await self._gather()
+                plan = self._plan()
+            except BaseException:
+                self._slots.release()
+                raise
             if not plan:
+                self._slots.release()
                 continue
+            call = loop.create_task(self._call(plan))
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    async def _call(self, plan: list[tuple[_Job, int, int]]) -> None:
+        """Run one planned call in the executor and hand each caller its rows (or the call's error)."""
+        assert self._slots is not None
+        try:
             texts = [t for job, start, end in plan for t in job.texts[start:end]]
             self.stats.queued_texts = self.queued_texts
             started = time.perf_counter()
-            self._busy = True
+            self._busy += 1
             try:
-                outputs = await loop.run_in_executor(self._executor, self.fn, texts)
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, texts)
             except asyncio.CancelledError:
                 for job, _, _ in plan:
                     if not job.future.done():
@@ -257,22 +281,23 @@ class MicroBatcher:
                 for job, _, _ in plan:
                     if not job.future.done():
                         job.future.set_exception(exc)
-                continue
+                return
             finally:
-                self._busy = False
-                seconds = time.perf_counter() - started
-                self._record(len({id(job) for job, _, _ in plan}), len(texts), seconds)
+                self._busy -= 1
+                self._record(len({id(job) for job, _, _ in plan}), len(texts), time.perf_counter() - started)
             offset = 0
             for job, start, end in plan:
                 count = end - start
                 if not job.future.done():
-                    job.parts.append(tuple(out[offset : offset + count] for out in outputs))
+                    job.parts.append((start, tuple(out[offset : offset + count] for out in outputs)))
                     job.done += count
                     if job.done == len(job.texts):
                         job.future.set_result(_join(job.parts))
                         job.parts = []
                 offset += count
             self._jobs = [job for job in self._jobs if not job.future.done()]
+        finally:
+            self._slots.release()
 
     def _record(self, requests: int, texts: int, seconds: float) -> None:
         stats = self.stats
@@ -289,7 +314,9 @@ class MicroBatcher:
             stats.sizes.append(texts)
 
 
-def _join(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+def _join(parts: list[tuple[int, tuple[np.ndarray, ...]]]) -> tuple[np.ndarray, ...]:
+    """A request's rows from its slices, put back in order (calls in flight together may finish in any order)."""
     if len(parts) == 1:
-        return parts[0]
-    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+        return parts[0][1]
+    ordered = [rows for _, rows in sorted(parts, key=lambda part: part[0])]
+    return tuple(np.concatenate(arrays) for arrays in zip(*ordered))

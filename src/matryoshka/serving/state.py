@@ -213,12 +213,15 @@ class ServerState:
                     f"--strict-dimensions: model {name!r} has no known safe dimensions; serve it with an adaptor "
                     "from `adapt` (--adaptor), or give --results from `matryoshka evaluate` of it"
                 )
+            upstream = base_model(model)
             batcher = MicroBatcher(
                 make_batch_function(model, config.encode_batch_size),
                 max_texts=config.batch_max_texts,
-                max_wait_ms=config.batch_wait_ms(upstream=isinstance(base_model(model), UpstreamModel)),
+                max_wait_ms=config.batch_wait_ms(upstream=isinstance(upstream, UpstreamModel)),
                 max_queued_texts=config.max_queued_texts,
                 name=f"encode-{name}"[:15],
+                # an API's calls wait on the network: as many in flight as the upstream allows (--upstream-concurrency)
+                max_in_flight=upstream.config.concurrency if isinstance(upstream, UpstreamModel) else 1,
             )
             self.models[name] = ServedModel(name, label, model, dim, batcher, created, safe, cache_reader(model))
         self.default = next(iter(self.models.values()))
