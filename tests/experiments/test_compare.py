@@ -82,3 +82,44 @@ def test_offers_every_recorded_model_of_a_matching_run(tmp_path):
     kept, reusable = _previous_results(config, 100)
     assert kept == {} and sorted(reusable) == ["nli-matryoshka", "nli-standard"]
     assert _previous_results(CompareConfig(out=tmp_path / "none", keep_previous=True), 100) == ({}, {})
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory):
+    """A randomly initialised 2-layer BERT 768 wide on the packaged tokenizer: a stand-in for a 768-d model."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("wide")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(None))
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
+                         intermediate_size=1536)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    modules = [models.Transformer(str(out), max_seq_length=64), models.Pooling(768, "mean"), models.Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_every_recipe_runs_on_a_768_dimensional_model(wide_model, tmp_path, tiny_beir):
+    """Nothing assumes the packaged model's 384 dims: every row of a full run, on the 768-d model's own ladder."""
+    from typer.testing import CliRunner
+
+    from matryoshka.cli.app import app
+    from matryoshka.embeddings.vectors import dimension_ladder
+
+    result = CliRunner().invoke(app, [str(a) for a in (
+        "compare", "--model", wide_model, "--out", tmp_path, "--max-steps", 2, "--max-examples", 32, "--eval-limit", 40,
+        "--retrieval", tiny_beir, "--cache", tmp_path / "cache", "--jobs", 1)])
+    assert result.exit_code == 0, result.output
+    ladder = [str(d) for d in dimension_ladder(768)]
+    data = json.loads((tmp_path / "results.json").read_text())
+    rows = {"base", "base+rotation", "adaptor-standard", "adaptor-matryoshka", "standard", "matryoshka",
+            "nli-standard", "nli-matryoshka", "sts-standard", "sts-matryoshka"}
+    assert rows <= set(data) and all(list(data[r]) == ladder for r in rows)
+    assert data["metadata"]["recipes"]["distill"]["weights"] == [1, 1, 1, 1, 2, 8, 4]
+    assert {"static-distill", "static-standard", "static-matryoshka"} <= set(data)  # model2vec's PCA to 256
+    retrieval = json.loads((tmp_path / "retrieval.json").read_text())
+    assert list(retrieval["sts-matryoshka"]) == ladder
