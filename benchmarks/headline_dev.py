@@ -81,6 +81,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "sts-2ep": ("sts, two passes (718 steps)", {**_STS, "learning_rate": 5e-5, "max_steps": 718}),
     "sts-w32": ("sts, weights 1,1,1,4,32,8 (the 32-dim prefix weighs most)",
                 {**_STS, "learning_rate": 5e-5, "weights": (1.0, 1.0, 1.0, 4.0, 32.0, 8.0)}),
+    "sts-small": ("sts with no weight on 384, 256 and 128 (0,0,0,2,8,4): gold scores teach the small prefixes "
+                  "only, full size moves only through them", {**_STS, "learning_rate": 5e-5,
+                                                               "weights": (0.0, 0.0, 0.0, 2.0, 8.0, 4.0)}),
     "sts-4ep": ("sts, four passes (1,436 steps; sentence-transformers' matryoshka_sts runs four)",
                 {**_STS, "learning_rate": 5e-5, "max_steps": 1436}),
     "sts-4ep-standard": ("standard twin of sts-4ep", {**_STS, "learning_rate": 5e-5, "max_steps": 1436, "matryoshka": False}),

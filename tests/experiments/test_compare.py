@@ -123,3 +123,17 @@ def test_every_recipe_runs_on_a_768_dimensional_model(wide_model, tmp_path, tiny
     assert {"static-distill", "static-standard", "static-matryoshka"} <= set(data)  # model2vec's PCA to 256
     retrieval = json.loads((tmp_path / "retrieval.json").read_text())
     assert list(retrieval["sts-matryoshka"]) == ladder
+
+
+def test_the_sts_recipe_trains_on_gold_scores_not_the_distillation_pairs():
+    """compare's sts twins read STS-B train's gold scores, even after the distill recipe filled the shared cache."""
+    from matryoshka.data import load_sts
+    from matryoshka.experiments.compare.finetune import recipe_data
+
+    config = CompareConfig()
+    datasets: dict = {(("stsb", "snli"), 0): ([("a", "b")] * 64, None)}  # what a distill recipe leaves behind
+    recipe = replace(config.sts, max_examples=50)
+    dataset, table = recipe_data(recipe, teacher=None, datasets=datasets)
+    gold = {(p.sentence1, p.sentence2): p.score for p in load_sts("train")}
+    assert table is None and len(dataset) == 50
+    assert all(gold[(row["sentence1"], row["sentence2"])] == row["label"] for row in dataset)

@@ -143,7 +143,7 @@ def train_pair(
 
 def recipe_data(config: TrainConfig, teacher: Any, datasets: dict[tuple[Any, ...], Any]) -> tuple[Any, Any]:
     """The training set of a recipe and, for distillation, the teacher's embeddings of its rows."""
-    if config.objective == "nli":
+    if config.objective in ("nli", "sts"):  # labelled data: triplets, or STS-B train's gold scores
         return build_dataset(config)
     # The teacher's embeddings are the costly part. Recipes with the same sources and seed read
     # prefixes of one pair order, so one table serves all of them; only missing rows are encoded.
