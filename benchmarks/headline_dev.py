@@ -251,6 +251,40 @@ def run_variant(name: str, steps: int, command: str, teacher: Any) -> dict[str, 
     return record
 
 
+def seeds_section(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Variants run with more seeds (``name@seed``): mean and spread per dim, and against their standard twin
+    (``<name>-standard``) seed by seed, so a margin can be read against the noise."""
+    import statistics
+
+    groups: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, record in records.items():
+        base, seed = split_name(name)
+        groups.setdefault(base, {})[seed] = record
+    lines: list[str] = []
+    for base, runs in groups.items():
+        twin = groups.get(f"{base}-standard", {})
+        seeds = sorted(set(runs) & set(twin))
+        if len(seeds) < 2 or base.endswith("-standard"):
+            continue
+        if not lines:
+            lines = ["", "## Seeds (mean ± sample sd over seeds; margin = variant − its standard twin, seed by seed)", "",
+                     "| variant | seeds | " + " | ".join(map(str, DIMS)) + " | ret@32 |",
+                     "|---|---|" + "---:|" * len(DIMS) + "---:|"]
+
+        def cell(values: list[float]) -> str:
+            return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+        for label, source in ((base, runs), (f"{base}-standard", twin)):
+            per_dim = {d: [source[s]["scores"][str(d)] for s in seeds] for d in DIMS}
+            ret = [source[s]["retention"]["32"] for s in seeds]
+            lines.append(f"| {label} | {','.join(map(str, seeds))} | " + " | ".join(cell(per_dim[d]) for d in DIMS)
+                         + f" | {cell(ret)}% |")
+        margins = {d: [runs[s]["scores"][str(d)] - twin[s]["scores"][str(d)] for s in seeds] for d in DIMS}
+        lines.append(f"| margin | {','.join(map(str, seeds))} | " + " | ".join(
+            f"{cell(margins[d])} (min {min(margins[d]):+.2f})" for d in DIMS) + " | |")
+    return lines
+
+
 def render(records: dict[str, dict[str, Any]]) -> str:
     base = records.get("base", {}).get("scores")
     lines = ["# Headline recipe screening on STS-B dev (Spearman of cosine x 100; STS-B test is not read)", "",
@@ -274,6 +308,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
             f"{c.get('learning_rate', '') if c else ''} | {c.get('batch_size', '') if c else ''} | {r['steps']} | {cells} | "
             f"{r['retention']['64']:.2f}% | {r['retention']['32']:.2f}% | {r['retention']['16']:.2f}% | {delta} | "
             f"{r['train_seconds']:.0f} |")
+    lines += seeds_section(records)
     lines += ["", "Variants:", ""] + [f"- `{n}`: {r['description']}" for n, r in records.items()]
     commands = list(dict.fromkeys(r["command"] for r in records.values()))
     lines += ["", "Commands that made these rows (environment: `PYTHONPATH=src HF_HUB_OFFLINE=1 "
