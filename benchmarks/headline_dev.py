@@ -290,7 +290,7 @@ def render(records: dict[str, dict[str, Any]]) -> str:
     lines = ["# Headline recipe screening on STS-B dev (Spearman of cosine x 100; STS-B test is not read)", "",
              "Produced by `python benchmarks/headline_dev.py` (each row's exact command and full TrainConfig are "
              "in `dev-runs.jsonl`); rendered " + time.strftime("%Y-%m-%d %H:%M") + ". Every trained variant "
-             "starts from the packaged all-MiniLM-L6-v2, dims 384..16, seed 0, one thread; rows compared share "
+             "starts from the packaged all-MiniLM-L6-v2, dims 384..16, seed 0 (name@N: seed N), one thread; rows compared share "
              "their step count. ret = score at d / score at 384. Goal: ret@32 >= 98%, 384 >= base - 0.30, "
              "and above the standard twin at 64, 32 and 16.", "",
              "| variant | loss | data | MRL | weights | lr | bs | steps | " + " | ".join(map(str, DIMS))
