@@ -76,7 +76,7 @@ def test_dimension_ladder_starts_at_the_full_size():
     from matryoshka.embeddings.vectors import dimension_ladder
     from matryoshka.errors import DimensionError
 
-    assert dimension_ladder(768) == [768, 384, 256, 128, 64, 32, 16]
+    assert dimension_ladder(768) == [768, 512, 256, 128, 64, 32, 16]
     assert dimension_ladder(384) == [384, 256, 128, 64, 32, 16]
     assert dimension_ladder(100) == [100, 64, 32, 16]
     assert dimension_ladder(8) == [8]

@@ -55,8 +55,8 @@ def adapt(
     out: Annotated[Path, typer.Option("--out", "-o", help="Adapted model directory (or .safetensors with --vectors).")] = Path(
         "runs/adapted"),
     dims: Annotated[str | None, typer.Option(
-        help="Prefixes the result must serve, e.g. 256,64,32 (default: the model's full size, then every one of "
-        "384,256,128,64,32,16 below it).")] = None,
+        help="Prefixes the result must serve, e.g. 256,64,32 (default: the model's full size, then each power of "
+        "two below it down to 16).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="learned: the most optimizer steps (validation stops earlier).")] = None,
     folds: Annotated[int | None, typer.Option(
         min=1, help="Validation folds over the labelled queries: 1 = one held-out share (default with 250+ queries), "

@@ -157,8 +157,8 @@ def train(
     distill_loss: Annotated[str, typer.Option(help="For distill: cosine, cosent (ranking), inbatch, or vector "
         "(inbatch plus each text's vector; for a model cut to fewer layers).")] = "cosent",
     dims: Annotated[str | None, typer.Option(
-        help="Dimensions MatryoshkaLoss scores (default: the model's full size, then every one of 384,256,128,64,32,16 "
-        "below it).")] = None,
+        help="Dimensions MatryoshkaLoss scores (default: the model's full size, then each power of two "
+        "below it down to 16).")] = None,
     weights: Annotated[str | None, typer.Option(help="One weight per dimension, e.g. 1,1,1,2,4,4.")] = None,
     batch_size: Annotated[int, typer.Option(min=2)] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
@@ -273,8 +273,8 @@ def evaluate(
     models: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model(s) to score; repeat the option.")] = None,
     task: Annotated[str, typer.Option(help="stsb, or a retrieval set: scifact, npl, or a BEIR directory.")] = "stsb",
     dims: Annotated[str | None, typer.Option(
-        help="Dimensions to score, e.g. 384,64. Default: each model's full size, then every one of "
-        "384,256,128,64,32,16 below it.")] = None,
+        help="Dimensions to score, e.g. 384,64. Default: each model's full size, then each power of "
+        "two below it down to 16.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for results.json/.md/.png.")] = Path("runs/evaluate"),
     split: Annotated[str, typer.Option(help="Data split.")] = "test",
     limit: Annotated[int | None, typer.Option(min=10, help="STS only: score the first N pairs.")] = None,

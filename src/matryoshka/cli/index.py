@@ -302,8 +302,8 @@ def advise_command(
     model: ModelOption = None,
     target: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction of exact nDCG@10 to keep.")] = 0.99,
     dims: Annotated[str | None, typer.Option(
-        help="First-stage dims to try, comma-separated (default: the model's full size, then every one of "
-        "384,256,128,64,32,16 below it).")] = None,
+        help="First-stage dims to try, comma-separated (default: the model's full size, then each power of "
+        "two below it down to 16).")] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Write the report: a .json or .md file, or a directory for both."),

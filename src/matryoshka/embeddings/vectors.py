@@ -20,22 +20,23 @@ if TYPE_CHECKING:
 Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
-#: The usual Matryoshka prefix sizes, scored when a caller names none (see :func:`dimension_ladder`).
-DIMENSION_LADDER: tuple[int, ...] = (384, 256, 128, 64, 32, 16)
+#: The smallest prefix a default ladder goes down to.
+SMALLEST_PREFIX = 16
 
 
 def dimension_ladder(full_dim: int) -> list[int]:
-    """The dimensions to score a ``full_dim`` model at by default: its full size, then every size of
-    :data:`DIMENSION_LADDER` below it, largest first.
+    """The dimensions to score a ``full_dim`` model at by default, taken from its size: the full size, then
+    every power of two below it down to :data:`SMALLEST_PREFIX`, largest first.
 
     Example:
         >>> dimension_ladder(768)
-        [768, 384, 256, 128, 64, 32, 16]
-        >>> dimension_ladder(256)
-        [256, 128, 64, 32, 16]
+        [768, 512, 256, 128, 64, 32, 16]
+        >>> dimension_ladder(384)
+        [384, 256, 128, 64, 32, 16]
     """
     full_dim = check_dim(full_dim, full_dim)
-    return [full_dim, *(d for d in DIMENSION_LADDER if d < full_dim)]
+    powers = [2**k for k in range(full_dim.bit_length(), -1, -1) if SMALLEST_PREFIX <= 2**k < full_dim]
+    return [full_dim, *powers]
 
 
 def check_dim(dim: int | None, full_dim: int) -> int:

@@ -30,7 +30,7 @@ def weights_by_size(dims: Sequence[int], by_size: Mapping[int, float] = RECIPE_W
     """One weight per entry of ``dims``: ``by_size``'s weight for that size, or 1 where it has none.
 
     Example:
-        >>> weights_by_size([768, 384, 256, 128, 64, 32, 16])
+        >>> weights_by_size([768, 512, 256, 128, 64, 32, 16])
         (1.0, 1.0, 1.0, 1.0, 2.0, 8.0, 4.0)
     """
     return tuple(float(by_size.get(int(d), 1.0)) for d in dims)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from matryoshka.embeddings.vectors import dimension_ladder
 from matryoshka.errors import ModelLoadError, StaticBuildError
 from matryoshka.files import save_model_atomic
 from matryoshka.models.loading import load_model, model_dimension, resolve_model_name
@@ -105,8 +106,8 @@ class StaticConfig:
 
     @staticmethod
     def dims_for(full_dim: int) -> tuple[int, ...]:
-        """The Matryoshka sizes trained by default: the full size, then the powers of two below it down to 16."""
-        return (full_dim, *[2**k for k in range(12, 3, -1) if 2**k < full_dim])
+        """The Matryoshka sizes trained by default: :func:`~matryoshka.embeddings.vectors.dimension_ladder`."""
+        return tuple(dimension_ladder(full_dim))
 
 
 @dataclass
