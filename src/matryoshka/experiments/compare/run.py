@@ -33,7 +33,7 @@ RETRIEVAL_MODELS = ("standard", "matryoshka", "sts-standard", "sts-matryoshka")
 
 
 def _metadata(config: CompareConfig, base_name: str, sts_adaptors: Any, runs: dict[str, Any], kept: list[str],
-              test_pairs: int) -> dict[str, Any]:
+              data: dict[str, int]) -> dict[str, Any]:
     """What results.json records beside the scores: the command, every recipe, each model's run."""
     return {
         "command": config.command(),
@@ -53,8 +53,7 @@ def _metadata(config: CompareConfig, base_name: str, sts_adaptors: Any, runs: di
         "jobs": config.jobs,
         "kept_from_previous_run": kept,
         "platform": platform.platform(),
-        "data": {"distill_pairs": len(load_distillation_pairs(config.distill.pair_sources)),
-                 "nli_triplets": len(load_nli_triplets()), "sts_test_pairs": test_pairs},
+        "data": data,
     }
 
 
@@ -89,6 +88,10 @@ def run_compare(
     recipes += [(name, getattr(config, name)) for name, on in (("nli", config.run_nli), ("sts", config.run_sts))
                 if on and config.run_finetune]
 
+    # read once: the results are saved after every recipe
+    data = {"distill_pairs": len(load_distillation_pairs(config.distill.pair_sources)),
+            "nli_triplets": len(load_nli_triplets()), "sts_test_pairs": len(test)}
+
     def results_so_far(partial: bool) -> Results:
         """The STS-B results of the models finished so far. ``partial``: saved after each recipe, so that
         ``--keep-previous`` resumes an interrupted run; it also carries the earlier run's models this run
@@ -103,7 +106,7 @@ def run_compare(
                 rows.setdefault(label, score)
                 records.setdefault(label, run)
         ordered = {k: rows[k] for k in ORDER if k in rows}
-        metadata = _metadata(config, base_name, sts_adaptors, records, sorted([*kept, *reused]), len(test))
+        metadata = _metadata(config, base_name, sts_adaptors, records, sorted([*kept, *reused]), data)
         if partial:
             metadata["partial"] = True
         return Results(task="stsb-test", metric="spearman_cosine", scores=ordered, metadata=metadata)
