@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [  # and, for type checkers only, ``Served``
     "as_model",
+    "base_model",
     "cache_reader",
     "config_labels",
     "load_config_models",
@@ -59,10 +60,15 @@ def served_label(model: Served, source: str) -> str:
     return model_label(source)
 
 
+def base_model(model: Served) -> object:
+    """The model under an adaptor (or ``model`` itself): what holds the tokenizer, or calls an API."""
+    return model.model if isinstance(model, AdaptedModel) else model
+
+
 def cache_reader(model: Served) -> Callable[[list[str]], np.ndarray | None] | None:
     """For a model over an upstream API with a vector cache: a function giving the served full-size rows
     (the adaptor applied, if any) of texts the cache holds in memory, else ``None``; ``None`` for other models."""
-    base = model.model if isinstance(model, AdaptedModel) else model
+    base = base_model(model)
     if not isinstance(base, UpstreamModel) or base.cache is None:
         return None
     if not isinstance(model, AdaptedModel):

@@ -31,7 +31,14 @@ from matryoshka.serving.demo.index import NEUTRAL_CORPUS, DemoCorpus
 from matryoshka.serving.http.errors import APIError, ClientGone
 from matryoshka.serving.quality import clean_quality
 from matryoshka.serving.schemas import ModelCard
-from matryoshka.serving.served import as_model, cache_reader, served_dimensions, served_label, upstream_of_label
+from matryoshka.serving.served import (
+    as_model,
+    base_model,
+    cache_reader,
+    served_dimensions,
+    served_label,
+    upstream_of_label,
+)
 
 if TYPE_CHECKING:
     from matryoshka.serving.served import Served
@@ -62,11 +69,6 @@ async def submit_while_connected(request: Request, batcher: MicroBatcher, texts:
         work.cancel()
         raise ClientGone()
     return work.result()
-
-
-def base_model(model: Served) -> object:
-    """The model under an adaptor (or ``model`` itself): what holds the tokenizer, or calls an API."""
-    return model.model if isinstance(model, AdaptedModel) else model
 
 
 def count_tokens(model: Served, texts: Sequence[str]) -> np.ndarray:
