@@ -129,10 +129,14 @@ class ServedModel:
             matryoshka_dimensions=self.matryoshka_dimensions,
         )
 
+    def is_safe(self, dim: int | None) -> bool:
+        """Whether ``dim`` is one of the model's safe dimensions (``None``, the full size, always is)."""
+        return dim is None or dim == self.dim or dim in (self.matryoshka_dimensions or [])
+
     def check_safe(self, dim: int | None) -> None:
         """A 400 naming the safe dimensions when ``dim`` is not one of them (``None``, full size, always is)."""
         safe = self.matryoshka_dimensions or [self.dim]
-        if dim is not None and dim not in safe:
+        if not self.is_safe(dim):
             raise APIError(
                 400,
                 f"Invalid value for 'dimensions': {dim}; model `{self.name}` serves only its safe dimensions "

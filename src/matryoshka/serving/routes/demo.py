@@ -49,7 +49,7 @@ async def demo_info(state: State) -> DemoInfo:
     dim_codecs = {d: demo_codecs(state, d) for d in demo_dimensions(index.dim, quality_dims, state.config.demo_dims)}
     dims = [d for d, codecs in dim_codecs.items() if codecs]  # e.g. Qdrant ranks only by the prefixes it stores
     if state.config.strict_dimensions:
-        dims = [d for d in dims if d in (state.search_model.matryoshka_dimensions or []) or d == index.dim]
+        dims = [d for d in dims if state.search_model.is_safe(d)]
     corpus = state.demo_corpus
     return DemoInfo(
         model=state.search_model.name,
